@@ -1,5 +1,41 @@
-"""Metrics: one file per quantity of SPEC.md (M1..M7) plus detection statistics.
+"""Metrics: one file per quantity of SPEC.md, plus detection / correlation statistics.
 
-Importing this package is cheap: the metric modules are registered lazily as
-``"module:Class"`` entries, so ``torch`` / ``onnxruntime`` / ``open_clip`` load only on use.
+Importing this package registers every metric class with ``memberbench.registry.METRICS``.
+Module-level imports are light (numpy only); torch, onnxruntime, open_clip, scipy and sklearn are
+imported when a metric is used.
+
+=====================  ====================================  ===========================
+file                   quantity                              metric names (registry)
+=====================  ====================================  ===========================
+sscd.py                M1 SSCD severity                      sscd
+overestimation.py      M2 training-pair loss / k, M3 k_i     k_training_pair, k_trajectory
+noise_magnitude.py     M4 Wen et al.'s ||eps_c - eps_u||     wen_magnitude
+diversity.py           M5 collapse / diversity               latent_diversity, seed_similarity
+decomposition.py       M6 W0/WT, D1, D2                      d1, d2
+clip_score.py          utility                               clip_score
+stats.py               AUC, TPR@FPR, Pearson/Spearman, CIs   (functions)
+=====================  ====================================  ===========================
 """
+
+from memberbench.metrics import (  # noqa: F401  (import registers the metrics)
+    clip_score,
+    decomposition,
+    diversity,
+    noise_magnitude,
+    overestimation,
+    sscd,
+)
+from memberbench.metrics.base import Metric, TraceMetric
+from memberbench.metrics.stats import Stat
+
+__all__ = [
+    "Metric",
+    "Stat",
+    "TraceMetric",
+    "clip_score",
+    "decomposition",
+    "diversity",
+    "noise_magnitude",
+    "overestimation",
+    "sscd",
+]

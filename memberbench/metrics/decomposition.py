@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from memberbench.metrics.base import TraceMetric
+from memberbench.registry import register_metric
+from memberbench.types import MemberbenchError, Trace
 
 
 def _as_rows(a: Any, batch: int | None = None):
@@ -60,3 +65,335 @@ def decompose_batch(latents: Any, x: Any, x_T: Any, *, rcond: float = 1e-10):
     if as_numpy:
         return w0.numpy(), wT.numpy(), rms.numpy()
     return w0, wT, rms
+
+
+# --------------------------------------------------------------------------------------------
+# one trajectory
+
+
+def decompose(states: Any, x: Any, x_T: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit every row of ``states`` as ``w0 * x + wT * x_T`` (fp64 normal equations).
+
+    ``states``: (n, d) or (n, C, H, W) -- e.g. the T+1 states 0..T or the T states 1..T of one
+    trajectory (alignment is the caller's: D1/D2 use states 1..T); ``x``, ``x_T``: (d,) or
+    (C, H, W).  Returns numpy float64 ``(w0, wT, resid_rms)`` of shape (n,); NaN where x is zero
+    or collinear with x_T.
+    """
+    import torch
+
+    S = torch.as_tensor(np.asarray(states) if not torch.is_tensor(states) else states)
+    n = S.shape[0]
+    X = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).reshape(1, -1)
+    N = torch.as_tensor(np.asarray(x_T) if not torch.is_tensor(x_T) else x_T).reshape(1, -1)
+    w0, wT, rms = decompose_batch(S.reshape(n, -1), X, N)
+    return w0.numpy(), wT.numpy(), rms.numpy()
+
+
+def decompose_from_inner_products(
+    latent_dot_x: Any,
+    latent_dot_xT: Any,
+    latent_norm: Any,
+    x_norm2: float,
+    xT_norm2: float,
+    x_dot_xT: float,
+    dim: float,
+    *,
+    rcond: float = 1e-10,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same fit from the scalar records of a trace (no full latents needed).
+
+    The residual uses ``||r||^2 = ||l||^2 - w0 <l,x> - wT <l,x_T>`` (true at the least-squares
+    optimum), so it loses precision when the residual is tiny relative to ``||l||``.
+    """
+    p = np.asarray(latent_dot_x, dtype=np.float64)
+    q = np.asarray(latent_dot_xT, dtype=np.float64)
+    ln2 = np.asarray(latent_norm, dtype=np.float64) ** 2
+    a, b, c = float(x_norm2), float(x_dot_xT), float(xT_norm2)
+    det = a * c - b * b
+    if not (a > 0 and c > 0 and det > rcond * a * c):
+        nan = np.full(p.shape, np.nan)
+        return nan, nan.copy(), nan.copy()
+    w0 = (c * p - b * q) / det
+    wT = (a * q - b * p) / det
+    r2 = np.maximum(ln2 - w0 * p - wT * q, 0.0)
+    return w0, wT, np.sqrt(r2 / float(dim))
+
+
+# --------------------------------------------------------------------------------------------
+# schedules and deviation scores
+
+SCHEDULES = ("sqrt_abar", "ddim_ideal")
+EARLY_STATES = 10
+
+
+def schedule_reference(
+    abar_next: Any, abar_t1: float, schedule: str = "sqrt_abar"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference coefficients ``(ref0_i, refT_i)`` of the states i = 1..T.
+
+    ``abar_next``: noise level of each state (alphas_cumprod of the next timestep; the last state
+    uses final_alpha_cumprod); ``abar_t1``: alphas_cumprod of the first sampling timestep.
+
+    * ``sqrt_abar``: ``(sqrt(abar_i), sqrt(1 - abar_i))`` -- the forward-process coefficients;
+    * ``ddim_ideal``: ``omega0_i = sqrt(abar_i) - sqrt(abar_t1) sqrt(1 - abar_i) / sqrt(1 - abar_t1)``,
+      ``omegaT_i = sqrt(1 - abar_i) / sqrt(1 - abar_t1)`` -- what deterministic DDIM gives for a
+      perfect predictor x0_hat = x started from x_T (x_i = omega0_i x + omegaT_i x_T).
+    """
+    ab = np.asarray(abar_next, dtype=np.float64)
+    a1 = float(abar_t1)
+    if schedule == "sqrt_abar":
+        return np.sqrt(ab), np.sqrt(1.0 - ab)
+    if schedule == "ddim_ideal":
+        omega_T = np.sqrt(1.0 - ab) / np.sqrt(1.0 - a1)
+        return np.sqrt(ab) - np.sqrt(a1) * omega_T, omega_T
+    raise MemberbenchError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+
+
+def window_slice(window: str | int, n: int) -> slice:
+    """``"all"`` -> states 1..T; ``"early"`` -> the first 10 states; an int k -> the first k."""
+    if window == "all":
+        return slice(0, n)
+    if window == "early":
+        return slice(0, min(EARLY_STATES, n))
+    if isinstance(window, int | np.integer) and not isinstance(window, bool) and window > 0:
+        return slice(0, min(int(window), n))
+    raise MemberbenchError(f"window must be 'all', 'early' or a positive int, got {window!r}")
+
+
+def deviation_scores(
+    W0: Any,
+    WT: Any,
+    abar_next: Any,
+    abar_t1: float,
+    *,
+    schedule: str = "sqrt_abar",
+    window: str | int = "all",
+) -> tuple[float, float]:
+    """``D1 = sum_i (W0_i - ref0_i)`` and ``D2 = -sum_i (WT_i - refT_i)`` over the window.
+
+    ``W0``, ``WT``: seed-averaged coefficients of the states 1..T (same length as abar_next).
+    """
+    W0 = np.asarray(W0, dtype=np.float64)
+    WT = np.asarray(WT, dtype=np.float64)
+    ab = np.asarray(abar_next, dtype=np.float64)
+    if not (W0.shape == WT.shape == ab.shape) or W0.ndim != 1:
+        raise MemberbenchError(
+            f"deviation_scores: W0 {W0.shape}, WT {WT.shape} and abar_next {ab.shape} must be "
+            "1-d of the same length (one entry per state 1..T)"
+        )
+    ref0, refT = schedule_reference(ab, abar_t1, schedule)
+    sl = window_slice(window, len(ab))
+    return float((W0[sl] - ref0[sl]).sum()), float(-(WT[sl] - refT[sl]).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# from traces
+
+_IP_FIELDS = ("latent_dot_x", "latent_dot_xT", "latent_norm", "x_norm2", "xT_norm2", "x_dot_xT")
+
+
+def trace_coefficients(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """``(w0, wT)`` of the states 1..T of one trace: the recorded w0/wT series, or else the fit
+    from the recorded inner products."""
+    if trace.has("w0", "wT"):
+        return (
+            np.asarray(trace.series["w0"], dtype=np.float64),
+            np.asarray(trace.series["wT"], dtype=np.float64),
+        )
+    if not trace.has(*_IP_FIELDS):
+        missing = [n for n in ("w0", "wT", *_IP_FIELDS) if not trace.has(n)]
+        raise MemberbenchError(
+            f"trace lacks fields {missing} needed by the decomposition (it needs either the "
+            "w0/wT series or the inner products latent_dot_x, latent_dot_xT, latent_norm and the "
+            "scalars x_norm2, xT_norm2, x_dot_xT). Record them by sampling with a reference latent "
+            "(the prompt's training image), i.e. pass references= to the sampler."
+        )
+    sc = trace.scalars
+    w0, wT, _ = decompose_from_inner_products(
+        trace.series["latent_dot_x"],
+        trace.series["latent_dot_xT"],
+        trace.series["latent_norm"],
+        sc["x_norm2"],
+        sc["xT_norm2"],
+        sc["x_dot_xT"],
+        sc.get("dim", 1.0),
+    )
+    return w0, wT
+
+
+def load_trace_latents(trace: Trace) -> np.ndarray:
+    """Full latents of a trace saved at ``trace.latents_path``: states 0..T, shape (T+1, ...).
+
+    Accepts ``.npy`` or ``.npz`` (first array, or the one named ``latents``).
+    """
+    if not trace.latents_path:
+        raise MemberbenchError(
+            "basis='final' needs the full latents of each trajectory, but this trace has no "
+            "latents_path; sample with full latents saved, or call deviation_from_latents()"
+        )
+    data = np.load(trace.latents_path)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        data = data["latents"] if "latents" in data.files else data[data.files[0]]
+    arr = np.asarray(data, dtype=np.float64)
+    T = trace.num_steps
+    if arr.shape[0] != T + 1:
+        raise MemberbenchError(
+            f"{trace.latents_path}: expected states 0..{T} ({T + 1} rows), got {arr.shape[0]}"
+        )
+    return arr
+
+
+def _schedule_of(trace: Trace) -> tuple[np.ndarray, float]:
+    trace.require(["abar_t", "abar_next"], why="the schedule reference of D1/D2")
+    return (
+        np.asarray(trace.series["abar_next"], dtype=np.float64),
+        float(trace.series["abar_t"][0]),
+    )
+
+
+def trace_deviation(
+    trace: Trace,
+    *,
+    schedule: str = "sqrt_abar",
+    window: str | int = "all",
+    basis: str = "x",
+) -> tuple[float, float]:
+    """(D1, D2) of one trajectory."""
+    ab, a1 = _schedule_of(trace)
+    if basis == "x":
+        w0, wT = trace_coefficients(trace)
+    elif basis == "final":
+        lat = load_trace_latents(trace)
+        n = lat.shape[0]
+        flat = lat.reshape(n, -1)
+        w0, wT, _ = decompose(flat[1:], flat[-1], flat[0])
+    else:
+        raise MemberbenchError(f"basis must be 'x' or 'final', got {basis!r}")
+    return deviation_scores(w0, wT, ab, a1, schedule=schedule, window=window)
+
+
+def deviation_from_traces(
+    traces: Trace | Sequence[Trace],
+    *,
+    schedule: str = "sqrt_abar",
+    window: str | int = "all",
+    basis: str = "x",
+) -> dict[str, Any]:
+    """Seed-averaged ``W0``, ``WT`` and D1/D2 for the traces of one prompt (one per seed)."""
+    from memberbench.metrics.base import as_traces
+
+    ts = as_traces(traces)
+    ab, a1 = _schedule_of(ts[0])
+    ws = []
+    for t in ts:
+        ab_t, _ = _schedule_of(t)
+        if ab_t.shape != ab.shape or not np.allclose(ab_t, ab):
+            raise MemberbenchError("traces of one prompt must share the sampling schedule")
+        if basis == "x":
+            ws.append(trace_coefficients(t))
+        else:
+            lat = load_trace_latents(t).reshape(t.num_steps + 1, -1)
+            w0, wT, _ = decompose(lat[1:], lat[-1], lat[0])
+            ws.append((w0, wT))
+    W0 = np.mean([w[0] for w in ws], axis=0)
+    WT = np.mean([w[1] for w in ws], axis=0)
+    d1, d2 = deviation_scores(W0, WT, ab, a1, schedule=schedule, window=window)
+    return {"W0": W0, "WT": WT, "D1": d1, "D2": d2, "n_seeds": len(ts)}
+
+
+def deviation_from_latents(
+    states: Any,
+    x: Any,
+    x_T: Any,
+    abar_next: Any,
+    abar_t1: float,
+    *,
+    schedule: str = "sqrt_abar",
+    window: str | int = "all",
+    basis: str = "x",
+) -> dict[str, Any]:
+    """D1/D2 from full latents of one prompt.
+
+    ``states``: (S, T, ...) states 1..T of S seeds; ``x``: the training latent (ignored for
+    ``basis="final"``, where each trajectory's own final state is the basis); ``x_T``: (S, ...)
+    initial noises.
+    """
+    st = np.asarray(states, dtype=np.float64)
+    S, T = st.shape[:2]
+    st = st.reshape(S, T, -1)
+    xT = np.asarray(x_T, dtype=np.float64).reshape(S, -1)
+    if basis not in ("x", "final"):
+        raise MemberbenchError(f"basis must be 'x' or 'final', got {basis!r}")
+    w0s, wTs, rs = [], [], []
+    for s in range(S):
+        base = st[s, -1] if basis == "final" else np.asarray(x, dtype=np.float64).ravel()
+        w0, wT, r = decompose(st[s], base, xT[s])
+        w0s.append(w0)
+        wTs.append(wT)
+        rs.append(r)
+    W0, WT = np.mean(w0s, 0), np.mean(wTs, 0)
+    d1, d2 = deviation_scores(W0, WT, abar_next, abar_t1, schedule=schedule, window=window)
+    return {
+        "W0": W0,
+        "WT": WT,
+        "resid_rms": np.mean(rs, 0),
+        "w0": np.array(w0s),
+        "wT": np.array(wTs),
+        "D1": d1,
+        "D2": d2,
+        "n_seeds": S,
+    }
+
+
+class _Deviation(TraceMetric):
+    higher_is_better = False
+    _index = 0
+
+    def __init__(
+        self, schedule: str = "sqrt_abar", window: str | int = "all", basis: str = "x"
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise MemberbenchError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
+        window_slice(window, 1)
+        if basis not in ("x", "final"):
+            raise MemberbenchError(f"basis must be 'x' or 'final', got {basis!r}")
+        super().__init__(schedule=schedule, window=window, basis=basis)
+
+    def required_fields(self) -> tuple[str, ...]:
+        return ("abar_t", "abar_next")
+
+    def values(self, traces: Trace | Sequence[Trace]) -> np.ndarray:
+        from memberbench.metrics.base import as_traces
+
+        ts = as_traces(traces)
+        for t in ts:
+            t.require(list(self.required_fields()), why=f"metric {self.name!r}")
+            if self.params["basis"] == "x":
+                trace_coefficients(t)  # raises naming the missing fields
+        return np.array([self.per_sample(t) for t in ts], dtype=np.float64)
+
+    def per_sample(self, trace: Trace) -> float:
+        return trace_deviation(trace, **self.params)[self._index]
+
+    def degenerate(self, trace: Trace) -> str:
+        if self.params["basis"] == "x" and trace.has("x_norm2") and trace.scalars["x_norm2"] <= 0:
+            return "the training latent x is zero, so the decomposition is undefined"
+        if not np.isfinite(self.per_sample(trace)):
+            return "the decomposition is undefined (x zero or collinear with x_T)"
+        return ""
+
+
+@register_metric("d1")
+class D1(_Deviation):
+    """D1: training-image share above the schedule, sum_i (W0_i - ref0_i) (overestimation)."""
+
+    name = "d1"
+    _index = 0
+
+
+@register_metric("d2")
+class D2(_Deviation):
+    """D2: initial noise suppressed below the schedule, -sum_i (WT_i - refT_i)."""
+
+    name = "d2"
+    _index = 1
