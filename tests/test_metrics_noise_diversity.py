@@ -12,6 +12,7 @@ from memberbench.metrics.diversity import (
     LatentDiversity,
     SeedSimilarity,
     across_seed_variance,
+    diversity_profile,
     mean_pairwise_similarity,
     pairwise_l2_by_state,
 )
@@ -124,3 +125,14 @@ def test_seed_similarity():
     assert math.isnan(SeedSimilarity()(e[:1]).value)
     bad = SeedSimilarity()(np.zeros((2, 2)))
     assert math.isnan(bad.value) and "zero" in bad.reason
+
+
+def test_diversity_profile():
+    rng = np.random.default_rng(4)
+    lat = rng.normal(size=(3, 4, 8))
+    emb = rng.normal(size=(3, 5))
+    prof = diversity_profile(lat, emb)
+    np.testing.assert_allclose(prof["pairwise_l2"], pairwise_l2_by_state(lat))
+    np.testing.assert_allclose(prof["variance"], across_seed_variance(lat))
+    assert prof["sscd_pairwise"] == pytest.approx(mean_pairwise_similarity(emb))
+    assert prof["n_seeds"] == 3 and "sscd_pairwise" not in diversity_profile(lat)

@@ -97,6 +97,12 @@ class ClipScorer(Metric):
             params["checkpoint_sha256"] = file_sha256(Path(pretrained).expanduser())
         if model is not None:
             params["custom_model"] = True
+        try:
+            from importlib.metadata import version
+
+            params["open_clip_version"] = version("open_clip_torch")
+        except Exception:  # pragma: no cover - metadata missing
+            pass
         super().__init__(**params)
 
     def load(self) -> tuple[Any, Any, Any]:

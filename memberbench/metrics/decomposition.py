@@ -12,11 +12,20 @@ from memberbench.registry import register_metric
 from memberbench.types import MemberbenchError, Trace
 
 
-def _as_rows(a: Any, batch: int | None = None):
-    """Flatten a (B, ...) tensor/array to (B, d) fp64 torch tensor."""
+def _fp64_device(a: Any):
+    """Where to compute in fp64: the tensor's own device if it supports fp64 (CPU, CUDA)."""
     import torch
 
-    t = torch.as_tensor(a).detach().to(device="cpu", dtype=torch.float64)
+    if torch.is_tensor(a) and a.device.type in ("cpu", "cuda"):
+        return a.device
+    return torch.device("cpu")
+
+
+def _as_rows(a: Any, device: Any, batch: int | None = None):
+    """Flatten a (B, ...) tensor/array to a (B, d) fp64 torch tensor on ``device``."""
+    import torch
+
+    t = torch.as_tensor(a).detach().to(device=device, dtype=torch.float64)
     if t.ndim == 0:
         raise ValueError("expected a batched latent (B, ...), got a scalar")
     t = t.reshape(t.shape[0], -1)
@@ -30,17 +39,20 @@ def decompose_batch(latents: Any, x: Any, x_T: Any, *, rcond: float = 1e-10):
 
     latents, x, x_T: torch tensors (or arrays) of shape (B, ...) with the same number of elements
     per sample (x / x_T may have batch size 1 and are then broadcast).  Solves the 2x2 normal
-    equations.  Returns ``(w0, wT, resid_rms)``, each a float64 tensor of shape (B,) (numpy arrays
-    if ``latents`` was a numpy array).  Where x is zero or x and x_T are collinear (the Gram
-    determinant is below ``rcond * ||x||^2 ||x_T||^2``) the result is NaN, without raising.
+    equations.  Returns ``(w0, wT, resid_rms)``, each a float64 tensor of shape (B,) on the
+    device of ``latents`` (CPU for devices without fp64, e.g. MPS), or numpy arrays if
+    ``latents`` was a numpy array.  ``resid_rms = sqrt(mean_d (x_i - w0 x - wT x_T)^2)``.
+    Where x is zero or x and x_T are collinear (the Gram determinant is below
+    ``rcond * ||x||^2 ||x_T||^2``) the result is NaN, without raising.
     """
     import torch
 
     as_numpy = isinstance(latents, np.ndarray)
-    L = _as_rows(latents)
+    dev = _fp64_device(latents)
+    L = _as_rows(latents, dev)
     B = L.shape[0]
-    X = _as_rows(x, B)
-    N = _as_rows(x_T, B)
+    X = _as_rows(x, dev, B)
+    N = _as_rows(x_T, dev, B)
     if not (X.shape == L.shape == N.shape):
         raise ValueError(
             f"decompose_batch: shapes differ after flattening: latents {tuple(L.shape)}, "
@@ -63,7 +75,7 @@ def decompose_batch(latents: Any, x: Any, x_T: Any, *, rcond: float = 1e-10):
     wT = torch.where(ok, wT, nan)
     rms = torch.where(ok, rms, nan)
     if as_numpy:
-        return w0.numpy(), wT.numpy(), rms.numpy()
+        return w0.cpu().numpy(), wT.cpu().numpy(), rms.cpu().numpy()
     return w0, wT, rms
 
 
@@ -86,7 +98,7 @@ def decompose(states: Any, x: Any, x_T: Any) -> tuple[np.ndarray, np.ndarray, np
     X = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).reshape(1, -1)
     N = torch.as_tensor(np.asarray(x_T) if not torch.is_tensor(x_T) else x_T).reshape(1, -1)
     w0, wT, rms = decompose_batch(S.reshape(n, -1), X, N)
-    return w0.numpy(), wT.numpy(), rms.numpy()
+    return w0.cpu().numpy(), wT.cpu().numpy(), rms.cpu().numpy()
 
 
 def decompose_from_inner_products(

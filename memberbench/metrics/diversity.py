@@ -72,6 +72,20 @@ def mean_pairwise_similarity(embeddings: Any) -> float:
     return float((G.sum() - np.trace(G)) / (S * (S - 1)))
 
 
+def diversity_profile(latents: Any, embeddings: Any = None) -> dict[str, Any]:
+    """All of M5 for one prompt: per-state pairwise L2 and variance, and (given the final
+    images' SSCD embeddings) their mean pairwise similarity."""
+    a = _latents(latents)
+    out: dict[str, Any] = {
+        "pairwise_l2": pairwise_l2_by_state(a),
+        "variance": across_seed_variance(a),
+        "n_seeds": a.shape[0],
+    }
+    if embeddings is not None:
+        out["sscd_pairwise"] = mean_pairwise_similarity(embeddings)
+    return out
+
+
 @register_metric("latent_diversity")
 class LatentDiversity(Metric):
     """Mean pairwise L2 between seeds' latents at one state (default: the final state).

@@ -132,7 +132,7 @@ def training_pair_loss(
     import torch
 
     xt = torch.as_tensor(x).float()
-    if xt.ndim >= 2 and xt.shape[0] == 1 and xt.ndim == 4:
+    if xt.ndim == 4 and xt.shape[0] == 1:
         xt = xt[0]
     shape = tuple(xt.shape)
     if noises is None:
