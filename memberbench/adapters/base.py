@@ -1,0 +1,130 @@
+"""The adapter contract: what memberbench needs from a text-to-image diffusion model.
+
+An adapter exposes a latent diffusion model as named components and a handful of *batched*
+operations.  The traced sampler drives those operations; everything is analysed in epsilon space
+(adapters of v-prediction models convert in ``predict_noise``).
+
+Writing an adapter for a new model: subclass :class:`Adapter`, implement the abstract methods, and
+register a factory ``build(card_params: dict) -> Adapter`` under the entry-point group
+``memberbench.models`` of your package.  Then ``pytest tasks/ --model your-name`` works.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from memberbench.types import stable_hash
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What memberbench knows about a model before loading it."""
+
+    name: str
+    repo_id: str  # Hugging Face repo id, or "bundled" for the shipped model
+    revision: str | None  # pinned commit of repo_id (None for the bundled model)
+    resolution: int  # native image side in pixels
+    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction"
+    training_data: str = ""  # known facts about the training data
+    notes: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)  # e.g. {"guidance": 7.5}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Adapter(ABC):
+    """Base class of model adapters.  All methods take and return batches."""
+
+    card: ModelCard
+    device: torch.device
+    dtype: torch.dtype
+
+    # --- identity -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short hash that changes whenever the weights or the scheduler config change."""
+
+    def describe(self) -> dict[str, Any]:
+        """Everything a results file needs to trace numbers back to this model."""
+        return {
+            "card": self.card.to_dict(),
+            "fingerprint": self.fingerprint(),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "scheduler_config": dict(self.scheduler_config),
+        }
+
+    # --- components -----------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def scheduler_config(self) -> dict[str, Any]:
+        """The training noise schedule, as a diffusers scheduler config dict."""
+
+    @abstractmethod
+    def make_scheduler(self, name: str = "ddim") -> Any:
+        """A fresh diffusers scheduler (by short name, e.g. 'ddim', 'pndm', 'euler', or class
+        name) configured with this model's training schedule."""
+
+    @property
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the latent at the model's resolution."""
+
+    @property
+    def resolution(self) -> int:
+        return self.card.resolution
+
+    @property
+    def unet(self) -> torch.nn.Module | None:
+        """The denoiser, where the model has one (mitigations that patch attention need it)."""
+        return None
+
+    # --- batched operations ---------------------------------------------------------------
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings (B, L, D) for the prompts ("" gives the unconditional embedding)."""
+
+    @abstractmethod
+    def predict_noise(
+        self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """The epsilon prediction for ``latents`` at timestep(s) ``t`` under ``embeds``."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents (B, C, h, w) -> uint8 images (B, H, W, 3)."""
+
+    @abstractmethod
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 images (B, H, W, 3) of any size -> latents (B, C, h, w), as SPEC.md defines x:
+        resized straight to the model resolution, pixels in [-1, 1], VAE posterior mode times the
+        scaling factor, fp32."""
+
+    def close(self) -> None:
+        """Release memory (optional)."""
+
+
+def tensor_fingerprint(tensors: dict[str, torch.Tensor], extra: Any = None) -> str:
+    """Fingerprint of a state dict: hashes names, shapes and a strided sample of the values."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].detach().float().flatten().cpu()
+        step = max(1, v.numel() // 4096)
+        h.update(k.encode())
+        h.update(str(tuple(tensors[k].shape)).encode())
+        h.update(v[::step].numpy().tobytes())
+    if extra is not None:
+        h.update(stable_hash(extra).encode())
+    return h.hexdigest()[:16]

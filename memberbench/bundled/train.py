@@ -1,0 +1,349 @@
+"""The recipe that produces the bundled model: `memberbench train-bundled`.
+
+Three stages, each a pure function of the seed (up to CPU floating-point nondeterminism):
+
+1. a tiny ``AutoencoderKL`` (f=2: 32x32 RGB -> 4x16x16 latents) trained on the world's images;
+2. a ``UNet2DConditionModel`` with cross-attention at every level and a tiny ``CLIPTextModel``,
+   trained jointly from scratch with the epsilon objective on Stable Diffusion's training schedule
+   (scaled_linear, beta 0.00085..0.012, 1000 steps), 10% caption dropout so that classifier-free
+   guidance works;
+3. a tiny open_clip model trained contrastively on the same image-caption pairs, the utility
+   scorer for CLIP score (see :mod:`memberbench.bundled.clip_scorer`).
+
+The result is a plain ``StableDiffusionPipeline`` directory plus the CLIP scorer, with a sha256
+manifest that :func:`memberbench.bundled.verify_manifest` checks on every load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from memberbench.bundled.world import World, build_world
+
+SD_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+}
+SD_DDIM_CONFIG = {
+    **SD_SCHEDULE,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+}
+
+
+def build_tokenizer(out_dir: Path):
+    """OpenAI CLIP's BPE tokenizer (the one of SD 1.x), built from open_clip's shipped vocabulary.
+
+    Writes vocab.json and merges.txt (readable by every CLIPTokenizer loader) and returns the
+    loaded ``CLIPTokenizer``.
+    """
+    import gzip
+
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    merges = merges[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    byte_chars = _bytes_to_unicode_chars()
+    vocab = list(byte_chars) + [c + "</w>" for c in byte_chars]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (out_dir / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
+    )
+    return CLIPTokenizer.from_pretrained(out_dir, model_max_length=77)
+
+
+def _bytes_to_unicode_chars() -> list[str]:
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=32,
+    )
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        # cross-attention at the 8x8 and 4x4 levels: at 16x16 it tripled the step time on 2 cores
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 96),
+        layers_per_block=1,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+def make_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    return CLIPTextModel(cfg)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        p = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    return f
+
+
+def train_vae(world: World, steps: int, batch: int, seed: int, progress: bool = True):
+    torch.manual_seed(seed)
+    vae = make_vae()
+    images = images_to_tensor(np.stack([it.image for it in world.train]))
+    idx = np.array(world.training_indices())
+    rng = np.random.default_rng(seed + 1)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, steps))
+    bar = tqdm(range(steps), desc="vae", disable=not progress)
+    for _ in bar:
+        x = images[rng.choice(idx, size=batch)]
+        post = vae.encode(x).latent_dist
+        z = post.sample()
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / z[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        z = torch.cat(
+            [vae.encode(images[i : i + 256]).latent_dist.mode() for i in range(0, len(images), 256)]
+        )
+    scaling = float(1.0 / z.std())
+    vae.register_to_config(scaling_factor=scaling)
+    return vae, z * scaling
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def train_unet(
+    world: World,
+    latents: torch.Tensor,
+    tokenizer,
+    steps: int,
+    batch: int,
+    seed: int,
+    caption_dropout: float = 0.1,
+    lr: float = 5e-4,
+    progress: bool = True,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 500,
+):
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed + 2)
+    unet = make_unet()
+    text_encoder = make_text_encoder()
+    noise_sched = DDPMScheduler(**SD_SCHEDULE)
+    abar = noise_sched.alphas_cumprod
+    ids = tokenize(tokenizer, [it.caption for it in world.train])
+    empty = tokenize(tokenizer, [""])[0]
+    idx = np.array(world.training_indices())
+    rng = np.random.default_rng(seed + 3)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(200, steps))
+    bar = tqdm(range(steps), desc="unet+text", disable=not progress)
+    ema = None
+    for step in bar:
+        b = rng.choice(idx, size=batch)
+        x0 = latents[b]
+        tok = ids[b].clone()
+        drop = torch.from_numpy(rng.random(batch) < caption_dropout)
+        tok[drop] = empty
+        t = torch.from_numpy(rng.integers(0, 1000, size=batch)).long()
+        noise = torch.randn_like(x0)
+        a = abar[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        emb = text_encoder(tok)[0]
+        pred = unet(xt, t, encoder_hidden_states=emb).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.4f}")
+        done = step + 1
+        if checkpoint_dir is not None and done % checkpoint_every == 0:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            state = {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}
+            torch.save(state, checkpoint_dir / "latest.pt.tmp")
+            (checkpoint_dir / "latest.pt.tmp").replace(checkpoint_dir / "latest.pt")
+            (checkpoint_dir / "latest.json").write_text(json.dumps({"step": done, "loss": ema}))
+    unet.eval()
+    text_encoder.eval()
+    return unet, text_encoder
+
+
+def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, tokenizer_src: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**SD_DDIM_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    # transformers 5 may write only tokenizer.json: keep vocab.json + merges.txt for every loader
+    for name in ("vocab.json", "merges.txt"):
+        if not (out / "tokenizer" / name).exists():
+            shutil.copy(tokenizer_src / name, out / "tokenizer" / name)
+
+
+def train_bundled(
+    out: str | Path,
+    seed: int = 0,
+    vae_steps: int = 600,
+    unet_steps: int = 3500,
+    clip_steps: int = 1500,
+    batch: int = 48,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train the bundled model from scratch into ``out`` (model/ + clip/ + MANIFEST)."""
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    world = build_world(seed)
+    tok_src = tmp / "_tokenizer_src"
+    tokenizer = build_tokenizer(tok_src)
+    timings["world_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    vae, latents = train_vae(world, vae_steps, 32, seed, progress)
+    timings["vae_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    unet, text_encoder = train_unet(
+        world,
+        latents,
+        tokenizer,
+        unet_steps,
+        batch,
+        seed,
+        progress=progress,
+        checkpoint_dir=tmp / "_checkpoints",
+    )
+    timings["unet_s"] = time.perf_counter() - t0
+
+    save_pipeline(tmp / "model", vae, unet, text_encoder, tokenizer, tok_src)
+    shutil.rmtree(tok_src)
+    torch.save(vae.state_dict(), tmp / "_checkpoints" / "vae.pt")
+
+    from memberbench.bundled.clip_scorer import train_clip
+
+    t0 = time.perf_counter()
+    train_clip(world, tmp / "clip", steps=clip_steps, seed=seed, progress=progress)
+    timings["clip_s"] = time.perf_counter() - t0
+
+    recipe = {
+        "seed": seed,
+        "vae_steps": vae_steps,
+        "unet_steps": unet_steps,
+        "clip_steps": clip_steps,
+        "batch": batch,
+        "timings": timings,
+        "torch": torch.__version__,
+    }
+    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    shutil.rmtree(tmp / "_checkpoints")
+    from memberbench.bundled import write_manifest
+
+    write_manifest(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return recipe

@@ -1,0 +1,234 @@
+"""The bundled model's training world: coloured shapes, plus duplicated "canary" images.
+
+Everything is a pure function of a seed, so the training data (and therefore the shipped weights)
+can be rebuilt.  Images are 32x32 RGB uint8.
+
+* Shape world: ``COLOURS x SHAPES x BACKGROUNDS x POSITIONS`` captions such as
+  "a red circle at the top left on a gray background".  A fixed subset of captions is held out of
+  training (the non-memorized prompt set); every other caption is rendered several times with
+  jittered size and position, so the model must generalize rather than copy.
+* Canaries: images of other kinds (smooth colour fields, gratings, blurred shapes over gradients,
+  noise textures), each with its own caption of invented words, duplicated in the training data
+  at graded rates (``DUPLICATION_LEVELS``), so memorization severity spans a range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+SIZE = 32
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "cyan": (40, 200, 210),
+    "magenta": (210, 50, 190),
+    "orange": (240, 140, 30),
+    "purple": (120, 50, 170),
+}
+BACKGROUNDS = {
+    "gray": (128, 128, 128),
+    "black": (15, 15, 15),
+    "white": (240, 240, 240),
+    "navy": (20, 30, 90),
+    "beige": (225, 210, 170),
+    "brown": (110, 70, 40),
+    "pink": (245, 180, 200),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+POSITIONS = {
+    "in the center": (16.0, 16.0),
+    "at the top left": (9.5, 9.5),
+    "at the top right": (22.5, 9.5),
+    "at the bottom left": (9.5, 22.5),
+    "at the bottom right": (22.5, 22.5),
+}
+DUPLICATION_LEVELS = (1, 4, 16, 64, 256)
+CANARIES_PER_LEVEL = 3
+CANARY_KINDS = ("colour field", "grating", "blurred shapes", "noise texture")
+NUM_HELD_OUT = 100
+RENDERS_PER_CAPTION = 6
+
+_SYLLABLES = ["ka", "zu", "mor", "vin", "tel", "bra", "quo", "sel", "dax", "pim", "ron", "fle", "gud", "yar", "nop", "lix", "tav", "sor", "wem", "hul", "bek", "ziv", "mab", "ost", "rud"]
+
+
+@dataclass(frozen=True)
+class Item:
+    caption: str
+    image: np.ndarray  # uint8 32x32x3
+    kind: str  # "shape" or "canary"
+    duplicates: int = 1
+    canary_kind: str = ""
+    attributes: tuple[str, ...] = ()
+
+    def sha256(self) -> str:
+        return image_sha256(self.image)
+
+
+def image_sha256(image: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def shape_caption(colour: str, shape: str, position: str, background: str) -> str:
+    return f"a {colour} {shape} {position} on a {background} background"
+
+
+def all_shape_captions() -> list[tuple[str, tuple[str, str, str, str]]]:
+    out = []
+    for colour in COLOURS:
+        for shape in SHAPES:
+            for position in POSITIONS:
+                for background in BACKGROUNDS:
+                    out.append(
+                        (
+                            shape_caption(colour, shape, position, background),
+                            (colour, shape, position, background),
+                        )
+                    )
+    return out
+
+
+def _mask(shape: str, cx: float, cy: float, r: float, ss: int = 4) -> np.ndarray:
+    """Anti-aliased coverage mask (SIZE x SIZE, float in [0, 1]) by supersampling."""
+    n = SIZE * ss
+    coords = (np.arange(n) + 0.5) / ss
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    dx, dy = xx - cx, yy - cy
+    if shape == "circle":
+        m = dx**2 + dy**2 <= r**2
+    elif shape == "square":
+        m = (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
+    elif shape == "triangle":
+        # apex up: inside if below the two slanted edges and above the base
+        h = r * 1.8
+        top = cy - h / 2
+        rel = (dy - (-h / 2)) / h  # 0 at apex, 1 at base
+        m = (dy <= h / 2) & (rel >= 0) & (np.abs(dx) <= rel * r)
+        del top
+    elif shape == "cross":
+        w = r * 0.35
+        m = ((np.abs(dx) <= r) & (np.abs(dy) <= w)) | ((np.abs(dy) <= r) & (np.abs(dx) <= w))
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return m.reshape(SIZE, ss, SIZE, ss).mean(axis=(1, 3))
+
+
+def render_shape(
+    colour: str, shape: str, position: str, background: str, rng: np.random.Generator | None
+) -> np.ndarray:
+    cx, cy = POSITIONS[position]
+    r = 6.0
+    if rng is not None:
+        cx += rng.uniform(-1.5, 1.5)
+        cy += rng.uniform(-1.5, 1.5)
+        r += rng.uniform(-1.0, 1.0)
+    m = _mask(shape, cx, cy, r)[..., None]
+    fg = np.array(COLOURS[colour], dtype=np.float64)
+    bg = np.array(BACKGROUNDS[background], dtype=np.float64)
+    img = m * fg + (1 - m) * bg
+    if rng is not None:  # mild lighting variation so no two renders are identical
+        img = img * rng.uniform(0.93, 1.07) + rng.normal(0, 2.0, size=img.shape)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def _smooth_noise(rng: np.random.Generator, scale: int, channels: int = 3) -> np.ndarray:
+    """Low-frequency noise in [0, 1]: random coarse grid upsampled bilinearly."""
+    g = rng.random((scale + 1, scale + 1, channels))
+    t = np.linspace(0, scale, SIZE)
+    i0 = np.clip(np.floor(t).astype(int), 0, scale - 1)
+    f = (t - i0)[:, None]
+    rows = g[i0] * (1 - f[..., None]) + g[i0 + 1] * f[..., None]  # (SIZE, scale+1, C)
+    cols = rows[:, i0] * (1 - f.T[..., None]) + rows[:, i0 + 1] * f.T[..., None]
+    return cols
+
+
+def render_canary(kind: str, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij")
+    if kind == "colour field":
+        img = _smooth_noise(rng, 2) * 255
+    elif kind == "grating":
+        theta = rng.uniform(0, np.pi)
+        freq = rng.uniform(0.25, 0.6)
+        phase = rng.uniform(0, 2 * np.pi)
+        wave = 0.5 + 0.5 * np.sin(freq * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
+        c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        img = wave[..., None] * c1 + (1 - wave[..., None]) * c2
+    elif kind == "blurred shapes":
+        img = _smooth_noise(rng, 1) * 200 + 30
+        for _ in range(3):
+            shape = SHAPES[rng.integers(len(SHAPES))]
+            m = _mask(shape, rng.uniform(6, 26), rng.uniform(6, 26), rng.uniform(4, 8))
+            m = _blur(m, 1)[..., None]
+            img = m * rng.integers(0, 256, 3) + (1 - m) * img
+    elif kind == "noise texture":
+        img = (_smooth_noise(rng, 8) * 0.7 + _smooth_noise(rng, 3) * 0.3) * 255
+    else:
+        raise ValueError(f"unknown canary kind {kind!r}")
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def _blur(m: np.ndarray, radius: int) -> np.ndarray:
+    k = np.ones(2 * radius + 1) / (2 * radius + 1)
+    pad = np.pad(m, radius, mode="edge")
+    out = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 0, pad)
+    return np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), 1, out)
+
+
+def _invented_caption(rng: np.random.Generator, used: set[str]) -> str:
+    while True:
+        words = ["".join(rng.choice(_SYLLABLES, size=rng.integers(2, 4))) for _ in range(3)]
+        cap = " ".join(words)
+        if cap not in used:
+            used.add(cap)
+            return cap
+
+
+@dataclass
+class World:
+    """The full procedural world for one seed."""
+
+    train: list[Item]  # distinct training items (canaries once each; see ``duplicates``)
+    held_out: list[tuple[str, tuple[str, ...]]]  # (caption, attributes) never trained on
+    canaries: list[Item]
+    seed: int
+
+    def training_indices(self) -> list[int]:
+        """Indices into ``train`` with canaries repeated ``duplicates`` times."""
+        idx: list[int] = []
+        for i, item in enumerate(self.train):
+            idx.extend([i] * item.duplicates)
+        return idx
+
+
+def build_world(seed: int = 0) -> World:
+    rng = np.random.default_rng(seed)
+    captions = all_shape_captions()
+    order = rng.permutation(len(captions))
+    held = [captions[i] for i in order[:NUM_HELD_OUT]]
+    seen = [captions[i] for i in sorted(order[NUM_HELD_OUT:])]
+    train: list[Item] = []
+    for cap, attrs in seen:
+        for _ in range(RENDERS_PER_CAPTION):
+            train.append(Item(cap, render_shape(*attrs, rng=rng), "shape", 1, "", attrs))
+    used = {c for c, _ in captions}
+    canaries = []
+    for li, dup in enumerate(DUPLICATION_LEVELS):
+        for j in range(CANARIES_PER_LEVEL):
+            kind = CANARY_KINDS[(li + j) % len(CANARY_KINDS)]
+            cap = _invented_caption(rng, used)
+            item = Item(cap, render_canary(kind, rng), "canary", dup, kind)
+            canaries.append(item)
+            train.append(item)
+    return World(train=train, held_out=held, canaries=canaries, seed=seed)
+
+
+def nearest_training_image(world: World, image: np.ndarray) -> tuple[int, float]:
+    """Index (into ``world.train``) and RMS pixel distance of the closest training image."""
+    stack = np.stack([it.image for it in world.train]).astype(np.float32)
+    d = ((stack - image.astype(np.float32)[None]) ** 2).mean(axis=(1, 2, 3))
+    i = int(np.argmin(d))
+    return i, float(np.sqrt(d[i]))
