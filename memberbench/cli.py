@@ -1,0 +1,241 @@
+"""``memberbench`` command line.
+
+Subcommands (each imports what it needs only when run)::
+
+    memberbench run [PYTEST/PLUGIN OPTIONS...]   the benchmark: `pytest tasks/` with the options
+    memberbench generate ...                     images + traces for prompts (memberbench.generate)
+    memberbench validate FILE [FILE...]          check results files against the schema
+    memberbench leaderboard [--root DIR]         rebuild leaderboard/README.md and figures
+    memberbench compare BASELINE CURRENT [--fail SPEC] [--force]
+                                                 compare two results files (regression check)
+    memberbench train-bundled --out DIR ...      retrain the bundled model
+    memberbench evidence ...                     the bundled model's evidence report
+
+``memberbench run`` passes every argument after it to pytest, e.g.
+``memberbench run --model sd-1.4 --profile paper -x``; ``--tasks DIR`` picks another task
+folder (default: ``./tasks`` if present, else the one beside the installed package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from memberbench.types import MemberbenchError
+
+PASSTHROUGH = ("run", "generate", "evidence")
+
+
+def find_tasks_dir(explicit: str | None = None) -> Path:
+    if explicit:
+        p = Path(explicit)
+        if not p.is_dir():
+            raise MemberbenchError(f"--tasks {explicit}: no such folder")
+        return p
+    cwd = Path.cwd() / "tasks"
+    if (cwd / "test_memorization.py").is_file():
+        return cwd
+    here = Path(__file__).resolve().parents[1] / "tasks"
+    if (here / "test_memorization.py").is_file():
+        return here
+    raise MemberbenchError(
+        "could not find the memberbench task folder (tasks/ with test_memorization.py) in the "
+        "current directory or beside the package; pass --tasks DIR"
+    )
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    """`pytest <tasks> <argv>` in this process; returns pytest's exit code."""
+    import pytest
+
+    args = list(argv)
+    tasks = None
+    if "--tasks" in args:
+        i = args.index("--tasks")
+        if i + 1 >= len(args):
+            raise MemberbenchError("--tasks needs a folder")
+        tasks = args[i + 1]
+        del args[i : i + 2]
+    else:
+        for a in list(args):
+            if a.startswith("--tasks="):
+                tasks = a.split("=", 1)[1]
+                args.remove(a)
+    target = find_tasks_dir(tasks)
+    # -p memberbench.pytest_plugin makes the plugin available even without installed metadata
+    plugin_args = [] if _plugin_installed() else ["-p", "memberbench.pytest_plugin"]
+    return int(pytest.main([str(target), *plugin_args, *args]))
+
+
+def _plugin_installed() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.value == "memberbench.pytest_plugin" for ep in entry_points(group="pytest11"))
+
+
+def cmd_generate(argv: Sequence[str]) -> int:
+    from memberbench import generate
+
+    return int(generate.main(list(argv)) or 0)
+
+
+def cmd_evidence(argv: Sequence[str]) -> int:
+    from memberbench.bundled import evidence
+
+    return int(evidence.main(list(argv)) or 0)
+
+
+def cmd_validate(ns: argparse.Namespace) -> int:
+    from memberbench.results import validate_file
+
+    status = 0
+    for f in ns.files:
+        errors, doc = validate_file(f)
+        if errors:
+            status = 1
+            print(f"{f}: INVALID")
+            for e in errors:
+                print(f"  - {e}")
+        else:
+            n = len(doc.get("metrics") or {})
+            print(
+                f"{f}: ok (schema_version {doc['schema_version']}, model {doc['model']['name']}, "
+                f"mitigation {doc['mitigation']['spec']}, {n} metrics)"
+            )
+    return status
+
+
+def cmd_leaderboard(ns: argparse.Namespace) -> int:
+    from memberbench.leaderboard import build
+
+    readme, errors, entries = build(ns.root, figures=not ns.no_figures)
+    print(f"wrote {readme} ({len(entries)} runs)")
+    for e in errors:
+        print(f"invalid: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from memberbench.compare import (
+        check_patterns,
+        compare_runs,
+        format_table,
+        identity_differences,
+        parse_tolerances,
+    )
+    from memberbench.results import load_results
+
+    base = load_results(ns.baseline)
+    cur = load_results(ns.current)
+    diffs = identity_differences(base, cur)
+    if diffs and not ns.force:
+        raise MemberbenchError(
+            "the baseline comes from a different setup; refusing to compare (pass --force to "
+            "compare anyway):\n  " + "\n  ".join(diffs)
+        )
+    tols = parse_tolerances(ns.fail)
+    check_patterns(tols, list((base.get("metrics") or {}).keys()))
+    comps = compare_runs(base, cur.get("metrics") or {}, tols)
+    if diffs:
+        print("warning: compared despite differences (--force):\n  " + "\n  ".join(diffs))
+    print(format_table(comps, only_checked=ns.only_checked))
+    failed = [c for c in comps if c.failed]
+    for c in failed:
+        print(f"FAIL {c.test or c.name}: {c.message}")
+    return 1 if failed else 0
+
+
+def cmd_train_bundled(ns: argparse.Namespace) -> int:
+    from memberbench.bundled.train import train_bundled
+
+    info = train_bundled(
+        ns.out,
+        seed=ns.seed,
+        vae_steps=ns.vae_steps,
+        unet_steps=ns.unet_steps,
+        clip_steps=ns.clip_steps,
+        batch=ns.batch,
+    )
+    print(f"trained the bundled model into {ns.out}")
+    if isinstance(info, dict):
+        for k, v in info.items():
+            if not isinstance(v, dict | list):
+                print(f"  {k}: {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="memberbench",
+        description="A pytest-native benchmark for memorization in text-to-image diffusion models.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="run the benchmark (pytest tasks/ ...); options go to pytest")
+    sub.add_parser("generate", help="generate images and traces (see `memberbench generate -h`)")
+    sub.add_parser("evidence", help="the bundled model's evidence report")
+
+    v = sub.add_parser("validate", help="check results files against the schema")
+    v.add_argument("files", nargs="+", metavar="FILE")
+
+    lb = sub.add_parser("leaderboard", help="rebuild leaderboard/README.md and figures")
+    lb.add_argument(
+        "--root", default="leaderboard", help="leaderboard folder (default %(default)s)"
+    )
+    lb.add_argument("--no-figures", action="store_true", help="tables only")
+
+    c = sub.add_parser("compare", help="compare a results file against a baseline results file")
+    c.add_argument("baseline")
+    c.add_argument("current")
+    c.add_argument(
+        "--fail",
+        default="",
+        metavar="SPEC",
+        help="tolerances, e.g. 'sscd_mean:10%%,d1:0.5,clip_score:2se,mem_rate_0.5:-50%%'",
+    )
+    c.add_argument("--force", action="store_true", help="compare even if the setups differ")
+    c.add_argument("--only-checked", action="store_true", help="list only metrics with a tolerance")
+
+    t = sub.add_parser("train-bundled", help="train the bundled model from scratch")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--vae-steps", type=int, default=600)
+    t.add_argument("--unet-steps", type=int, default=3500)
+    t.add_argument("--clip-steps", type=int, default=1500)
+    t.add_argument("--batch", type=int, default=48)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in PASSTHROUGH:
+            rest = argv[1:]
+            if argv[0] == "run":
+                return cmd_run(rest)
+            if argv[0] == "generate":
+                return cmd_generate(rest)
+            return cmd_evidence(rest)
+        parser = build_parser()
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return 2
+        handler = {
+            "validate": cmd_validate,
+            "leaderboard": cmd_leaderboard,
+            "compare": cmd_compare,
+            "train-bundled": cmd_train_bundled,
+        }[ns.command]
+        return handler(ns)
+    except MemberbenchError as e:
+        print(f"memberbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("memberbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
