@@ -1,0 +1,202 @@
+"""Model cards of the built-in models and their registration in ``memberbench.registry.MODELS``.
+
+Each card names a Hugging Face repo, a pinned revision, the native resolution, the prediction
+type and what is known about the training data.  Registered entries are :class:`CardFactory`
+objects: callables ``factory(params: dict) -> Adapter`` (the same contract as out-of-tree
+``memberbench.models`` entry points) that also carry their ``card``, so the card can be read
+without loading any weights.
+
+About the pinned revisions: they are commits of each repo seen in Hugging Face cache snapshot
+paths of public code (``models--<org>--<name>/snapshots/<commit>``), not re-checked against the
+Hub from here (no network).  Override with ``revision=`` in the model spec, e.g.
+``--model sd-1.4:revision=main``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memberbench.adapters.base import Adapter, ModelCard
+from memberbench.registry import MODELS
+from memberbench.types import MemberbenchError
+
+BUNDLED = ModelCard(
+    name="bundled",
+    repo_id="bundled",
+    revision=None,
+    resolution=32,
+    prediction_type="epsilon",
+    training_data=(
+        "memberbench's synthetic world (memberbench/bundled/world.py): coloured shapes on "
+        "backgrounds plus 12 canaries with unique invented-word captions, each duplicated 100x "
+        "(deliberately memorized); 10% caption dropout; SD 1.x training schedule"
+    ),
+    notes=(
+        "Trained on CPU by `memberbench train-bundled`; 32x32 RGB, 4x16x16 latents; verified "
+        "against MANIFEST.sha256 on every load (a path= override skips the manifest)."
+    ),
+    defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},
+)
+
+SD_14 = ModelCard(
+    name="sd-1.4",
+    repo_id="CompVis/stable-diffusion-v1-4",
+    revision="133a221b8aa7292a167afc5127cb63fb5005638b",
+    resolution=512,
+    prediction_type="epsilon",
+    training_data=(
+        "LAION-2B(en) and subsets: v1-1 at 256/512 px, v1-2 on LAION-aesthetics (>5.0), "
+        "v1-4 fine-tuned 225k steps on laion-aesthetics v2 5+ with 10% text dropout. Known "
+        "memorized prompts: Webster 2023 (SD1 set, 500), Wen et al. 2024 (500)."
+    ),
+    notes="The paper's main model (Pearson r about 0.92 between D and SSCD).",
+    defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},
+)
+
+SD_15 = ModelCard(
+    name="sd-1.5",
+    repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    revision="451f4fe16113bff5a5d2269ed5ad43b0592e9a14",
+    resolution=512,
+    prediction_type="epsilon",
+    training_data=(
+        "Same data as SD 1.4 up to v1-2, then 595k steps on laion-aesthetics v2 5+ with 10% "
+        "text dropout. Mirror of the removed runwayml/stable-diffusion-v1-5 (same commits)."
+    ),
+    defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},
+)
+
+SD_21_BASE = ModelCard(
+    name="sd-2.1-base",
+    repo_id="stabilityai/stable-diffusion-2-1-base",
+    revision="5ede9e4bf3e3fd1cb0ef2f7a3fff13ee514fdf06",
+    resolution=512,
+    prediction_type="epsilon",
+    training_data=(
+        "LAION-5B subsets filtered by the LAION NSFW classifier (punsafe 0.1) and aesthetics >= "
+        "4.5; OpenCLIP ViT-H/14 text encoder; deduplication reduced verbatim memorization "
+        "compared with SD 1.x (Webster 2023 SD2 set)."
+    ),
+    notes=(
+        "The 512 px base model predicts epsilon; the 768 px stabilityai/stable-diffusion-2-1 "
+        "predicts v (use it via path=/revision= with this adapter: v is converted to epsilon)."
+    ),
+    defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},
+)
+
+REALISTIC_VISION = ModelCard(
+    name="realistic-vision",
+    repo_id="SG161222/Realistic_Vision_V5.1_noVAE",
+    revision="1e9f017a7b1eaefb63a1900ea6c5953d2739fd21",
+    resolution=512,
+    prediction_type="epsilon",
+    training_data=(
+        "Community fine-tune of SD 1.5 on undisclosed photographic data; the paper reports a "
+        "weaker link (Pearson r about 0.70); Webster 2023 ships a RealisticVision prompt set "
+        "(made on an earlier Realistic Vision release)."
+    ),
+    notes=(
+        "The 'noVAE' checkpoint is meant to be used with stabilityai/sd-vae-ft-mse, which the "
+        "card loads by default (vae=...; revision of the VAE unpinned). Revision "
+        "1e9f017a... is one observed commit of the repo; several exist."
+    ),
+    defaults={
+        "guidance": 7.5,
+        "steps": 50,
+        "scheduler": "ddim",
+        "vae": "stabilityai/sd-vae-ft-mse",
+    },
+)
+
+CARDS: dict[str, ModelCard] = {
+    c.name: c for c in (BUNDLED, SD_14, SD_15, SD_21_BASE, REALISTIC_VISION)
+}
+
+SPEC_KEYS = ("path", "revision", "dtype", "device", "vae")
+
+
+def _check_keys(name: str, params: dict[str, Any]) -> None:
+    unknown = sorted(set(params) - set(SPEC_KEYS))
+    if unknown:
+        raise MemberbenchError(
+            f"model {name!r} has no parameter {unknown[0]!r}; allowed: {', '.join(SPEC_KEYS)} "
+            f"(e.g. {name}:path=/local/dir,dtype=fp16)"
+        )
+
+
+class CardFactory:
+    """``factory(params) -> StableDiffusionAdapter`` for one built-in card."""
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card = card
+
+    def __repr__(self) -> str:
+        return f"CardFactory({self.card.name!r})"
+
+    def __call__(self, params: dict[str, Any] | None = None) -> Adapter:
+        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
+
+        params = dict(params or {})
+        _check_keys(self.card.name, params)
+        card = self.card
+        path = params.get("path") or None
+        revision = params.get("revision") or card.revision
+        vae = params.get("vae", card.defaults.get("vae"))
+        if isinstance(vae, str) and vae.lower() in ("", "none", "model"):
+            vae = None
+        if card.name == "bundled":
+            return _load_bundled(card, path, params)
+        if path:
+            card = _with(card, notes=(card.notes + f" Loaded from local path {path}.").strip())
+            return StableDiffusionAdapter.from_pretrained(
+                path, card, device=params.get("device"), dtype=params.get("dtype"), vae=vae
+            )
+        if revision != card.revision:
+            card = _with(card, revision=revision)
+        return StableDiffusionAdapter.from_pretrained(
+            card.repo_id,
+            card,
+            revision=revision,
+            device=params.get("device"),
+            dtype=params.get("dtype"),
+            vae=vae,
+        )
+
+
+def _with(card: ModelCard, **changes: Any) -> ModelCard:
+    from dataclasses import replace
+
+    return replace(card, **changes)
+
+
+def _load_bundled(card: ModelCard, path: str | None, params: dict[str, Any]) -> Adapter:
+    from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
+    from memberbench.bundled import WEIGHTS_DIR, verify_manifest
+
+    if path:
+        card = _with(card, notes=card.notes + f" Loaded from {path} (manifest not checked).")
+        src = path
+    else:
+        model_dir = WEIGHTS_DIR / "model"
+        if not model_dir.is_dir():
+            raise MemberbenchError(
+                f"the bundled model is not in {model_dir}: the package installation is "
+                "incomplete or the weights were not built yet. Reinstall memberbench, rebuild "
+                "them with `memberbench train-bundled`, or point at a copy with "
+                "--model bundled:path=/dir/with/model_index.json"
+            )
+        digest = verify_manifest(WEIGHTS_DIR, subdir="model")
+        card = _with(card, revision=f"manifest-sha256:{digest[:16]}")
+        src = str(model_dir)
+    return StableDiffusionAdapter.from_pretrained(
+        src, card, device=params.get("device"), dtype=params.get("dtype")
+    )
+
+
+def register_builtin_cards() -> None:
+    for name, card in CARDS.items():
+        if name not in MODELS:
+            MODELS.register(name, CardFactory(card))
+
+
+register_builtin_cards()

@@ -1,0 +1,226 @@
+"""Content-addressed generation cache: one file per sample, written atomically.
+
+The key of a sample hashes everything that determines it: the adapter's fingerprint (weights,
+scheduler config, dtype, device type), the request's key (prompt, seed, steps, guidance,
+scheduler, eta, negative prompt, size), the mitigation's fingerprint (or ``"none"``), the hash of
+the reference latent it was traced against (or ``"none"``) and :data:`SAMPLER_VERSION`.
+
+Layout: ``root/<key[:2]>/<key>.npz`` holding the image, the final latent, every trace series and
+a JSON header (request, scalars, status, timings, meta) with a sha256 over all of it.  Entries are
+written to a unique temporary file and ``os.replace``d into place, so readers never see a partial
+entry and several processes may fill one cache concurrently (the same key always has the same
+content, so the last writer winning is harmless).  An unreadable or checksum-failing entry is
+treated as missing (and removed), so it is regenerated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memberbench.sampling.sampler import SAMPLER_VERSION
+from memberbench.types import GenerationRequest, Sample, Trace, stable_hash
+
+FORMAT_VERSION = 1
+_SERIES_PREFIX = "series__"
+
+
+def default_cache_dir() -> Path:
+    """``$MEMBERBENCH_CACHE/generations`` (default ``~/.cache/memberbench/generations``)."""
+    base = os.environ.get("MEMBERBENCH_CACHE") or str(Path.home() / ".cache" / "memberbench")
+    return Path(base) / "generations"
+
+
+def tensor_hash(t: Any) -> str:
+    """sha256 (16 hex) of a tensor/array's float32 values and shape; "none" for None."""
+    if t is None:
+        return "none"
+    try:
+        import torch
+
+        if torch.is_tensor(t):
+            t = t.detach().to("cpu", torch.float32).numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    a = np.ascontiguousarray(np.asarray(t, dtype=np.float32))
+    h = hashlib.sha256(str(a.shape).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint_of(obj: Any) -> str:
+    if obj is None:
+        return "none"
+    if isinstance(obj, str):
+        return obj
+    return str(obj.fingerprint())
+
+
+def sample_key(
+    adapter: Any,
+    request: GenerationRequest,
+    mitigation: Any = None,
+    reference: Any = None,
+    *,
+    reference_hash: str | None = None,
+) -> str:
+    """The cache key of one sample (32 hex).  ``adapter`` / ``mitigation`` may be objects with a
+    ``fingerprint()`` or the fingerprint strings themselves."""
+    return stable_hash(
+        {
+            "adapter": _fingerprint_of(adapter),
+            "request": request.key(),
+            "mitigation": _fingerprint_of(mitigation),
+            "reference": reference_hash or tensor_hash(reference),
+            "sampler": SAMPLER_VERSION,
+        },
+        n=32,
+    )
+
+
+def _digest(header_wo_sum: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(json.dumps(header_wo_sum, sort_keys=True, default=str).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(str(a.dtype).encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class GenerationCache:
+    """A directory of cached samples.  ``get`` returns None for missing or damaged entries."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.misses = 0
+        self.corrupt = 0
+        self.writes = 0
+
+    def __repr__(self) -> str:
+        return f"GenerationCache({str(self.root)!r})"
+
+    key = staticmethod(sample_key)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npz"
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def keys(self) -> Iterator[str]:
+        for p in sorted(self.root.glob("??/*.npz")):
+            yield p.stem
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    # ------------------------------------------------------------------------------------------
+    def put(self, key: str, sample: Sample) -> Path:
+        """Store ``sample`` under ``key`` atomically; returns the entry's path."""
+        arrays: dict[str, np.ndarray] = {}
+        if sample.image is not None:
+            arrays["image"] = np.asarray(sample.image, dtype=np.uint8)
+        if sample.final_latent is not None:
+            arrays["final_latent"] = np.asarray(sample.final_latent, dtype=np.float32)
+        for name, v in sample.trace.series.items():
+            arrays[_SERIES_PREFIX + name] = np.asarray(v, dtype=np.float64)
+        header = {
+            "format": FORMAT_VERSION,
+            "key": key,
+            "request": sample.request.to_dict(),
+            "scalars": dict(sample.trace.scalars),
+            "latents_path": sample.trace.latents_path,
+            "status": sample.status,
+            "failed_step": sample.failed_step,
+            "error": sample.error,
+            "unet_evals": int(sample.unet_evals),
+            "wall_time_s": float(sample.wall_time_s),
+            "meta": sample.meta,
+        }
+        header = json.loads(json.dumps(header, default=str))  # what a read will give back
+        header["sha256"] = _digest(header, arrays)
+        blob = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, __header__=blob, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self.writes += 1
+        return path
+
+    def get(self, key: str) -> Sample | None:
+        """The cached sample, or None if absent or damaged (a damaged entry is deleted)."""
+        path = self.path(key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            sample = self._read(path, key)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            sample = None
+        if sample is None:
+            self.corrupt += 1
+            self.misses += 1
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        self.hits += 1
+        return sample
+
+    def _read(self, path: Path, key: str) -> Sample | None:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(z["__header__"].tobytes().decode())
+            arrays = {n: z[n] for n in z.files if n != "__header__"}
+        digest = header.pop("sha256", None)
+        if header.get("key") != key or digest != _digest(header, arrays):
+            return None
+        series = {
+            n[len(_SERIES_PREFIX) :]: np.asarray(a, dtype=np.float64)
+            for n, a in arrays.items()
+            if n.startswith(_SERIES_PREFIX)
+        }
+        trace = Trace(
+            series=series,
+            scalars={k: float(v) for k, v in header["scalars"].items()},
+            latents_path=header.get("latents_path"),
+        )
+        return Sample(
+            request=GenerationRequest(**header["request"]),
+            image=arrays.get("image"),
+            trace=trace,
+            final_latent=arrays.get("final_latent"),
+            status=header["status"],
+            failed_step=header.get("failed_step"),
+            error=header.get("error"),
+            unet_evals=int(header.get("unet_evals", 0)),
+            wall_time_s=float(header.get("wall_time_s", 0.0)),
+            meta=dict(header.get("meta") or {}, cached=True),
+        )
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "corrupt": self.corrupt,
+            "writes": self.writes,
+        }

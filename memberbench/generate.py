@@ -1,0 +1,339 @@
+"""``memberbench generate``: generate images with traces, optionally sharded across processes.
+
+Examples::
+
+    memberbench generate --prompt "a red circle" --seeds 0-7 --out out/
+    python -m memberbench.generate --prompts-file prompts.txt --model sd-1.4:dtype=fp16 --out out/
+    accelerate launch --cpu --num_processes 2 -m memberbench.generate --prompts-file p.txt \\
+        --seeds 0-3 --cache-dir cache/ --out out/
+
+Under ``accelerate launch`` / ``torchrun`` each process generates a disjoint slice of the
+requests into the shared cache (rank and world size from ``accelerate.PartialState``, or the
+RANK / WORLD_SIZE environment variables) and writes its own images and traces.
+
+Output per request: ``<out>/<stem>.png`` (ok samples) and ``<out>/<stem>.json`` (request, status,
+UNet evaluations, wall time, trace series and scalars), where ``stem`` is
+``p<prompt index>-s<seed>``; and ``<out>/run.json`` (model, mitigation, settings) from rank 0.
+Bad input exits with status 2 and one line naming the parameter and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from memberbench.types import SEED_MAX, MemberbenchError
+
+PROG = "memberbench generate"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no usage block) and exit with status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(name: str):
+    def conv(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a positive integer (1, 2, ...), got {s!r}"
+            ) from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive integer (1, 2, ...), got {s!r}")
+        return v
+
+    return conv
+
+
+def _finite_float(name: str, low: float | None = None, high: float | None = None):
+    def conv(s: str) -> float:
+        import math
+
+        what = f"a finite number{f' in [{low}, {high}]' if low is not None else ''}"
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}") from None
+        if not math.isfinite(v) or (low is not None and v < low) or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}")
+        return v
+
+    return conv
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"7"``, ``"0-9"`` (inclusive) or ``"0,1,5-7"`` -> a list of seeds in [0, 2**63-1]."""
+    seeds: list[int] = []
+    msg = f"must be integers in [0, 2**63-1] written as 5, 0-9 or 0,1,2; got {text!r}"
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, dash, hi = part.partition("-")
+        try:
+            if dash and lo.strip():
+                a, b = int(lo), int(hi)
+                if b < a or b - a > 1_000_000:
+                    raise ValueError
+                seeds.extend(range(a, b + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(msg) from None
+    if not seeds or any(s < 0 or s > SEED_MAX for s in seeds):
+        raise argparse.ArgumentTypeError(msg)
+    return list(dict.fromkeys(seeds))
+
+
+def _seeds_arg(s: str) -> list[int]:
+    return parse_seeds(s)
+
+
+def _scheduler_arg(s: str) -> str:
+    from memberbench.sampling.schedulers import allowed_names, resolve_scheduler_name
+
+    try:
+        resolve_scheduler_name(s)
+    except MemberbenchError:
+        raise argparse.ArgumentTypeError(
+            f"unknown scheduler {s!r}; allowed: {allowed_names()}"
+        ) from None
+    return s
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Generate images with per-step traces.")
+    src = p.add_argument_group("prompts")
+    src.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    src.add_argument(
+        "--prompts-file",
+        help="text file with one prompt per line, or .jsonl with a 'prompt' or 'caption' field",
+    )
+    p.add_argument("--seed", type=_seeds_arg, help="one seed, a range 0-9 or a list 0,1,2")
+    p.add_argument("--seeds", type=_seeds_arg, help="same as --seed (default 0)")
+    p.add_argument("--steps", type=_positive_int("--steps"), default=50)
+    p.add_argument("--guidance", type=_finite_float("--guidance"), default=7.5)
+    p.add_argument("--scheduler", type=_scheduler_arg, default="ddim")
+    p.add_argument("--eta", type=_finite_float("--eta", 0.0, 1.0), default=0.0)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument(
+        "--model", default="bundled", help="name or name:key=value,... (path, dtype, ...)"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto)")
+    p.add_argument("--dtype", default=None, help="fp32 (default), fp16, bf16")
+    p.add_argument("--mitigation", default=None, help="name or name:key=value,...")
+    p.add_argument("--out", default="memberbench-out", help="output folder")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="generation cache (default $MEMBERBENCH_CACHE/generations or "
+        "~/.cache/memberbench/generations)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    p.add_argument("--record-latents", action="store_true", help="also save full latents (npz)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-images", action="store_true", help="write traces only")
+    return p
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise MemberbenchError(f"--prompts-file: no such file {str(path)!r}")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            for k, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    raise MemberbenchError(
+                        f"--prompts-file: line {k} of {path} is not valid JSON"
+                    ) from None
+                p = rec.get("prompt", rec.get("caption")) if isinstance(rec, dict) else None
+                if not isinstance(p, str):
+                    raise MemberbenchError(
+                        f"--prompts-file: line {k} of {path} has no 'prompt' or 'caption' string"
+                    )
+                prompts.append(p)
+        else:
+            prompts.extend(line.strip() for line in text.splitlines() if line.strip())
+    if not prompts:
+        raise MemberbenchError(
+            "no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE with at least one"
+        )
+    return prompts
+
+
+def dist_info() -> tuple[int, int, Any]:
+    """(rank, world_size, state) from accelerate's PartialState (or RANK/WORLD_SIZE)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        try:
+            from accelerate import PartialState
+
+            st = PartialState(cpu=True) if not _has_gpu() else PartialState()
+            return st.process_index, st.num_processes, st
+        except Exception:  # noqa: BLE001 - fall back to the launcher's variables
+            return int(os.environ.get("RANK", "0")), world, None
+    return 0, 1, None
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in (
+        "1",
+        "true",
+        "yes",
+    )
+
+
+def _stem(prompt_index: int, seed: int) -> str:
+    return f"p{prompt_index:04d}-s{seed}"
+
+
+def write_sample(out: Path, stem: str, sample: Any, images: bool = True) -> None:
+    from memberbench.sampling.sampler import _atomic_write_text
+
+    if images and sample.image is not None:
+        from PIL import Image
+
+        tmp = out / f".{stem}.{os.getpid()}.png"
+        Image.fromarray(sample.image).save(tmp)
+        os.replace(tmp, out / f"{stem}.png")
+    rec = {
+        "request": sample.request.to_dict(),
+        "status": sample.status,
+        "failed_step": sample.failed_step,
+        "error": sample.error,
+        "unet_evals": sample.unet_evals,
+        "wall_time_s": sample.wall_time_s,
+        "image": f"{stem}.png" if sample.image is not None and images else None,
+        "meta": sample.meta,
+        "trace": sample.trace.to_dict(),
+    }
+    _atomic_write_text(out / f"{stem}.json", json.dumps(rec, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def run(args: argparse.Namespace) -> int:
+    from memberbench.types import GenerationRequest
+
+    prompts = read_prompts(args)
+    if args.seed is not None and args.seeds is not None:
+        raise MemberbenchError("give either --seed or --seeds, not both")
+    seeds = args.seeds or args.seed or [0]
+    requests = [
+        GenerationRequest(
+            prompt=p,
+            seed=s,
+            steps=args.steps,
+            guidance=args.guidance,
+            scheduler=args.scheduler,
+            eta=args.eta,
+            negative_prompt=args.negative_prompt,
+            prompt_id=f"p{pi:04d}",
+        )
+        for pi, p in enumerate(prompts)
+        for s in seeds
+    ]
+    stems = [_stem(pi, s) for pi in range(len(prompts)) for s in seeds]
+
+    from memberbench.runner import resolve_mitigation, run_generation, shard_indices
+
+    mitigation = resolve_mitigation(args.mitigation)  # bad specs fail before loading a model
+    rank, world, state = dist_info()
+    from memberbench.adapters import load_adapter
+
+    adapter = load_adapter(args.model, device=args.device, dtype=args.dtype)
+    if mitigation is not None:
+        mitigation.check_compatible(adapter)
+    from memberbench.cache import GenerationCache
+
+    cache = None if args.no_cache else GenerationCache(args.cache_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    idx = list(shard_indices(len(requests), rank, world))
+    latents_dir = out / "latents" if args.record_latents else None
+    samples = run_generation(
+        adapter,
+        [requests[i] for i in idx],
+        mitigation=mitigation,
+        cache=cache,
+        batch_size=args.batch_size,
+        record_latents_dir=latents_dir,
+        progress=not args.no_progress and rank == 0,
+    )
+    for i, s in zip(idx, samples):
+        write_sample(out, stems[i], s, images=not args.no_images)
+    failed = sum(not s.ok for s in samples)
+    if state is not None and world > 1:
+        state.wait_for_everyone()
+    if rank == 0:
+        from memberbench.sampling.sampler import _atomic_write_text
+
+        run_info = {
+            "model": adapter.describe(),
+            "mitigation": mitigation.spec() if mitigation is not None else "none",
+            "settings": {
+                "steps": args.steps,
+                "guidance": args.guidance,
+                "scheduler": args.scheduler,
+                "eta": args.eta,
+                "negative_prompt": args.negative_prompt,
+                "seeds": seeds,
+            },
+            "prompts": prompts,
+            "samples": stems,
+            "world_size": world,
+            "cache_dir": str(cache.root) if cache is not None else None,
+        }
+        _atomic_write_text(out / "run.json", json.dumps(run_info, indent=1, default=_json_default))
+    if failed:
+        print(
+            f"{PROG}: {failed} of {len(samples)} samples failed (non-finite latents)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0)
+    try:
+        return run(args)
+    except MemberbenchError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (finished samples are in the cache)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Run generation: mitigation plumbing, the cache, batching and sharding around the sampler.
+
+:func:`run_generation` is what the pytest tasks, the mitigations and ``memberbench generate`` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from memberbench.types import GenerationRequest, MemberbenchError, Sample
+
+
+def resolve_mitigation(spec: Any) -> Any:
+    """A mitigation object from a spec ``name:key=value,...`` (None / "" / "none" -> None).
+
+    Objects that already look like mitigations (have ``hooks``) are returned unchanged.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
+        return None
+    if not isinstance(spec, str):
+        return spec
+    from memberbench.registry import MITIGATIONS, parse_spec
+
+    # built-in methods register themselves when their package is imported
+    importlib.import_module("memberbench.mitigations")
+    name, params = parse_spec(spec)
+    cls = MITIGATIONS.get(name)
+    return cls(**params)
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> range:
+    """Contiguous, disjoint, near-equal slice ``rank`` of ``range(n)`` over ``world_size``."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise MemberbenchError(f"bad shard: rank {rank} of world size {world_size}")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def shard(requests: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """The requests process ``rank`` of ``world_size`` generates (disjoint; union = all)."""
+    return [requests[i] for i in shard_indices(len(requests), rank, world_size)]
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True)
+
+
+def run_generation(
+    adapter: Any,
+    requests: Sequence[GenerationRequest],
+    *,
+    references: Sequence[Any] | None = None,
+    mitigation: Any = None,
+    cache: Any = None,
+    batch_size: int = 16,
+    record_latents_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[Sample]:
+    """Generate ``requests`` (through ``mitigation`` and ``cache`` when given), in order.
+
+    * ``mitigation``: a Mitigation object or spec string; its ``check_compatible(adapter)`` runs
+      first, then ``transform_requests`` (must keep the count and order), ``wrap_adapter`` and
+      ``hooks()`` feed the one traced sampler.
+    * ``cache``: a :class:`memberbench.cache.GenerationCache` or a directory path; only missing
+      samples are generated, in batches of ``batch_size``, and each batch is stored as soon as it
+      is done (an interrupted run resumes where it stopped).  With ``record_latents_dir``, an
+      entry whose latents file is gone counts as missing.
+    * ``references``: per request, the training latent to trace against (or None).
+
+    Returned samples carry the caller's request (``sample.request``); the request actually
+    sampled after the mitigation's transform is in ``sample.meta["sampled_request"]`` when it
+    differs.
+    """
+    from memberbench.cache import GenerationCache, sample_key, tensor_hash
+    from memberbench.sampling.sampler import TracedSampler, batch_plan
+
+    requests = list(requests)
+    n = len(requests)
+    if references is not None and len(references) != n:
+        raise MemberbenchError(
+            f"got {len(references)} references for {n} requests; pass one per request"
+        )
+    mitigation = resolve_mitigation(mitigation)
+    if cache is not None and not isinstance(cache, GenerationCache):
+        cache = GenerationCache(cache)
+
+    sampled = requests
+    gen_adapter = adapter
+    hooks: list[Any] = []
+    if mitigation is not None:
+        mitigation.check_compatible(adapter)
+        sampled = list(mitigation.transform_requests(list(requests)))
+        if len(sampled) != n:
+            raise MemberbenchError(
+                f"mitigation {getattr(mitigation, 'name', mitigation)!r} returned {len(sampled)} "
+                f"requests for {n}; transform_requests must keep one per request, in order"
+            )
+        gen_adapter = mitigation.wrap_adapter(adapter)
+        hooks = list(mitigation.hooks())
+
+    ref_hashes = [tensor_hash(r) for r in references] if references is not None else ["none"] * n
+    keys = [sample_key(adapter, sampled[i], mitigation, reference_hash=ref_hashes[i]) for i in range(n)]
+
+    out: list[Sample | None] = [None] * n
+    todo: list[int] = []
+    for i in range(n):
+        s = cache.get(keys[i]) if cache is not None else None
+        if s is not None and record_latents_dir is not None:
+            lp = s.trace.latents_path
+            if not lp or not os.path.isfile(lp):
+                s = None
+        if s is None:
+            todo.append(i)
+        else:
+            out[i] = s
+
+    if todo:
+        sampler = TracedSampler(
+            gen_adapter,
+            hooks=hooks,
+            record_latents_dir=record_latents_dir,
+            batch_size=batch_size,
+        )
+        bar = _progress(n, progress, "generate")
+        bar.update(n - len(todo))
+        todo_reqs = [sampled[i] for i in todo]
+        for chunk in batch_plan(todo_reqs, batch_size):
+            idx = [todo[j] for j in chunk]
+            refs = [references[i] for i in idx] if references is not None else None
+            new = sampler.sample(
+                [sampled[i] for i in idx], refs, latent_names=[keys[i] for i in idx]
+            )
+            for i, s in zip(idx, new):
+                s.meta["cache_key"] = keys[i]
+                if cache is not None:
+                    cache.put(keys[i], s)
+                out[i] = s
+            bar.update(len(idx))
+        bar.close()
+
+    result: list[Sample] = []
+    for i, s in enumerate(out):
+        assert s is not None
+        meta = dict(s.meta, cache_key=keys[i])
+        if sampled[i] != requests[i]:
+            meta["sampled_request"] = sampled[i].to_dict()
+        # the caller's request (prompt_id is not part of the key, so a cached entry may differ)
+        s = dataclasses.replace(s, request=requests[i], meta=meta)
+        result.append(s)
+    return result

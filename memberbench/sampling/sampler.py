@@ -1,0 +1,421 @@
+"""The one traced sampling loop: CFG over any diffusers scheduler, with per-step scalar traces.
+
+:class:`TracedSampler` reproduces ``StableDiffusionPipeline.__call__`` (one UNet call on the
+concatenated ``[uncond, cond]`` batch, ``eps_u + g (eps_c - eps_u)``, ``scheduler.step``) over an
+:class:`memberbench.adapters.base.Adapter`, and records at every step the scalar series named in
+:mod:`memberbench.types` (float64, one value per sample and step), so a 50-step trace is a few
+kilobytes.  Mitigations plug in through :class:`memberbench.sampling.hooks.StepHook`.
+
+Conventions
+-----------
+* Initial noise: ``torch.randn(latent_shape, generator=torch.Generator("cpu").manual_seed(seed))``
+  in fp32, per request, times ``scheduler.init_noise_sigma``; stochastic schedulers draw their
+  step noise from the same per-request generator.  So a request gives the same image whatever
+  batch, batch size or process it lands in.
+* Latent states in traces (and in saved full latents) are in variance-preserving form
+  ``sqrt(abar) x + sqrt(1 - abar) eps``: identical to the scheduler's latents for DDIM, DDPM, PNDM
+  and DPM++; divided by ``sqrt(1 + sigma^2)`` for the Euler/Heun/LMS family.  ``x_T`` is state 0
+  after the hooks' ``on_start``.
+* The Tweedie estimate uses the scaled model input (the VP ``x_t``) and ``abar_t``.
+* A sample whose latent becomes NaN/inf gets ``status="failed"`` and ``failed_step`` = the index of
+  the update that produced it (-1: the initial latent); the rest of the batch continues.
+* Full latents (states 0..T, float32, VP form) go to ``record_latents_dir/<name>.npz`` (array
+  ``latents``), one file per sample, only when ``record_latents_dir`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from memberbench.sampling import schedulers as _sched
+from memberbench.sampling.hooks import SamplerState, StepHook
+from memberbench.types import BRANCHES, GenerationRequest, MemberbenchError, Sample, Trace
+
+# Bump whenever the sampler's numerics or trace contents change: it is part of the cache key.
+SAMPLER_VERSION = "1"
+
+# per-step series that need no reference latent
+BASE_SERIES = (
+    "timestep",
+    "abar_t",
+    "abar_next",
+    "guidance",
+    *(f"eps_{b}_norm" for b in BRANCHES),
+    "eps_diff_norm",
+    *(f"eps_{b}_dot_xT" for b in BRANCHES),
+    *(f"x0_{b}_norm" for b in BRANCHES),
+    "latent_norm",
+    "latent_dot_xT",
+)
+# series recorded only when a reference (training) latent x is given
+REF_SERIES = (
+    *(f"eps_{b}_dot_x" for b in BRANCHES),
+    *(f"x0_{b}_dot_x" for b in BRANCHES),
+    *(f"x0_{b}_err" for b in BRANCHES),
+    "latent_dot_x",
+    "w0",
+    "wT",
+    "resid_rms",
+)
+_STATE_SERIES = frozenset(("latent_norm", "latent_dot_xT", "latent_dot_x", "w0", "wT", "resid_rms"))
+_SCHEDULE_SERIES = frozenset(("timestep", "abar_t", "abar_next"))
+
+
+def _settings_key(r: GenerationRequest) -> tuple:
+    """Requests that can share one batch: same grid, scheduler, eta and size."""
+    return (r.steps, r.scheduler, float(r.eta), r.height, r.width)
+
+
+def batch_plan(requests: Sequence[GenerationRequest], batch_size: int) -> list[list[int]]:
+    """Indices of ``requests`` grouped into batches of compatible settings, in first-seen order."""
+    if batch_size < 1:
+        raise MemberbenchError(f"batch_size must be a positive integer, got {batch_size!r}")
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(_settings_key(r), []).append(i)
+    plan = []
+    for idx in groups.values():
+        for s in range(0, len(idx), batch_size):
+            plan.append(idx[s : s + batch_size])
+    return plan
+
+
+def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Generator]:
+    """The fp32 CPU standard-normal noise of a seed (unscaled) and its advanced generator."""
+    g = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=g, dtype=torch.float32), g
+
+
+def _latent_shape(adapter: Any, r: GenerationRequest) -> tuple[int, int, int]:
+    if r.height is None and r.width is None:
+        return tuple(adapter.latent_shape)
+    fn = getattr(adapter, "latent_shape_for", None)
+    if fn is None:
+        raise MemberbenchError(
+            f"model {adapter.name!r} supports only its native resolution; leave height/width unset"
+        )
+    return tuple(fn(r.height, r.width))
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+class TracedSampler:
+    """Sample requests with classifier-free guidance and record per-step traces.
+
+    ``hooks``: :class:`StepHook` objects, called in order (see :mod:`memberbench.sampling.hooks`;
+    for ``combine`` the first hook returning a tensor decides).  ``dtype``: dtype of the latents
+    in the loop (default: the adapter's); the UNet input is cast to the UNet's dtype.
+    The loop runs under ``torch.no_grad()``: hooks that need gradients use ``torch.enable_grad()``.
+    """
+
+    def __init__(
+        self,
+        adapter: Any,
+        *,
+        hooks: Sequence[StepHook] = (),
+        record_latents_dir: str | os.PathLike | None = None,
+        batch_size: int = 16,
+        dtype: Any = None,
+    ) -> None:
+        self.adapter = adapter
+        self.hooks = list(hooks)
+        self.record_latents_dir = Path(record_latents_dir) if record_latents_dir else None
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise MemberbenchError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
+        if dtype is None:
+            self.dtype = getattr(adapter, "dtype", torch.float32)
+        else:
+            from memberbench.adapters.stable_diffusion import parse_dtype
+
+            self.dtype = parse_dtype(dtype)
+
+    # ------------------------------------------------------------------------------------------
+    def sample(
+        self,
+        requests: Sequence[GenerationRequest],
+        references: Sequence[torch.Tensor | np.ndarray | None] | None = None,
+        *,
+        latent_names: Sequence[str] | None = None,
+    ) -> list[Sample]:
+        """Generate every request; returns one :class:`Sample` per request, in order.
+
+        ``references``: per request, the training latent x (C, h, w) or None; with it the trace
+        holds the series that need x.  ``latent_names``: file stems for the full latents
+        (default ``<request key>-<adapter fingerprint[:8]>``).
+        """
+        requests = list(requests)
+        n = len(requests)
+        if references is not None and len(references) != n:
+            raise MemberbenchError(
+                f"got {len(references)} references for {n} requests; pass one per request "
+                "(None where there is no training image)"
+            )
+        if latent_names is not None and len(latent_names) != n:
+            raise MemberbenchError(f"got {len(latent_names)} latent names for {n} requests")
+        out: list[Sample | None] = [None] * n
+        for idx in batch_plan(requests, self.batch_size):
+            reqs = [requests[i] for i in idx]
+            refs = [references[i] for i in idx] if references is not None else [None] * len(idx)
+            names = [latent_names[i] for i in idx] if latent_names is not None else None
+            for i, s in zip(idx, self._sample_batch(reqs, refs, names)):
+                out[i] = s
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sample_batch(
+        self,
+        reqs: list[GenerationRequest],
+        refs: list[Any],
+        names: list[str] | None,
+    ) -> list[Sample]:
+        t_start = time.perf_counter()
+        adapter = self.adapter
+        dev = torch.device(getattr(adapter, "device", "cpu"))
+        dt = self.dtype
+        B = len(reqs)
+        r0 = reqs[0]
+        shape = _latent_shape(adapter, r0)
+        d = int(np.prod(shape))
+
+        sched = adapter.make_scheduler(r0.scheduler)
+        sched.set_timesteps(r0.steps, device=dev)
+        timesteps = sched.timesteps
+        T = len(timesteps)
+        abar_t, abar_next = _sched.noise_levels(sched)
+        vp0, vp_next = _sched.vp_scales(sched)
+
+        # --- initial noise, per request -----------------------------------------------------
+        noises, gens = [], []
+        for r in reqs:
+            z, g = initial_noise(r.seed, shape)
+            noises.append(z)
+            gens.append(g)
+        kw = _sched.step_kwargs(sched, float(r0.eta), gens)
+        latents = torch.stack(noises).to(dev, dt) * sched.init_noise_sigma
+
+        # --- text embeddings ------------------------------------------------------------------
+        texts = list(dict.fromkeys([r.prompt for r in reqs] + [r.negative_prompt for r in reqs]))
+        emb_all = adapter.encode_prompts(texts)
+        pos = {s: k for k, s in enumerate(texts)}
+        cond = emb_all[[pos[r.prompt] for r in reqs]]
+        uncond = emb_all[[pos[r.negative_prompt] for r in reqs]]
+
+        state = SamplerState(
+            requests=reqs,
+            adapter=adapter,
+            scheduler=sched,
+            timesteps=timesteps,
+            latents=latents,
+            cond_embeds=cond,
+            uncond_embeds=uncond,
+            guidance=torch.tensor([r.guidance for r in reqs], dtype=torch.float32, device=dev),
+            unet_evals=torch.zeros(B, dtype=torch.long),
+        )
+        for h in self.hooks:
+            h.on_start(state)
+        latents = state.latents
+
+        # --- reference latents ----------------------------------------------------------------
+        has_ref = np.array([r is not None for r in refs], dtype=bool)
+        X = None
+        if has_ref.any():
+            rows = []
+            for r, ref in zip(reqs, refs):
+                if ref is None:
+                    rows.append(torch.zeros(d, dtype=torch.float64))
+                    continue
+                tr = torch.as_tensor(np.asarray(ref) if not torch.is_tensor(ref) else ref)
+                if tr.numel() != d:
+                    raise MemberbenchError(
+                        f"reference latent for prompt {r.prompt[:40]!r} has shape "
+                        f"{tuple(tr.shape)}; the model's latents are {shape}"
+                    )
+                rows.append(tr.detach().to("cpu", torch.float64).reshape(d))
+            X = torch.stack(rows).to(dev)
+
+        # --- trace buffers ----------------------------------------------------------------------
+        names_series = list(BASE_SERIES) + (list(REF_SERIES) if X is not None else [])
+        col = {k: j for j, k in enumerate(names_series)}
+        rec = torch.full((len(names_series), T, B), float("nan"), dtype=torch.float64, device=dev)
+        rec[col["timestep"]] = torch.as_tensor(
+            [float(t) for t in timesteps], dtype=torch.float64, device=dev
+        )[:, None]
+        rec[col["abar_t"]] = abar_t.to(dev)[:, None]
+        rec[col["abar_next"]] = abar_next.to(dev)[:, None]
+
+        xT = (latents.to(torch.float64) * vp0).reshape(B, d)
+        full = None
+        if self.record_latents_dir is not None:
+            full = np.full((B, T + 1, *shape), np.nan, dtype=np.float32)
+            full[:, 0] = xT.reshape(B, *shape).float().cpu().numpy()
+
+        alive = torch.isfinite(xT).all(1)
+        failed_step = [None if bool(a) else -1 for a in alive.tolist()]
+        if not bool(alive.all()):
+            latents = torch.where(alive.view(-1, 1, 1, 1), latents, torch.zeros_like(latents))
+            xT = torch.where(alive.view(-1, 1), xT, torch.zeros_like(xT))
+
+        unet_dtype = getattr(getattr(adapter, "unet", None), "dtype", dt)
+        evals = torch.zeros(B, dtype=torch.long)
+        for i, t in enumerate(timesteps):
+            state.step = i
+            emb = torch.cat([state.uncond_embeds, state.cond_embeds])
+            inp = torch.cat([latents] * 2)
+            inp = sched.scale_model_input(inp, t)
+            eps = adapter.predict_noise(inp.to(unet_dtype), t, emb)
+            eps_u, eps_c = eps.chunk(2)
+            evals += alive.to(torch.long).cpu() * 2
+            state.unet_evals = evals.clone()
+
+            g = state.guidance
+            for h in self.hooks:
+                g = h.guidance(state, i, t, g)
+            g = torch.as_tensor(g, device=eps.device, dtype=torch.float32)
+            if g.ndim == 0:
+                g = g.expand(B)
+            eps_g = None
+            for h in self.hooks:
+                eps_g = h.combine(state, i, t, eps_u, eps_c, g)
+                if eps_g is not None:
+                    break
+            if eps_g is None:
+                gv = g.to(eps.dtype).view(-1, *([1] * (eps.ndim - 1)))
+                eps_g = eps_u + gv * (eps_c - eps_u)
+
+            # per-step scalars of the predictions (fp64)
+            a = float(abar_t[i])
+            E = torch.stack([eps_u, eps_c, eps_g], 1).to(torch.float64).reshape(B, 3, d)
+            xin = inp[:B].to(torch.float64).reshape(B, 1, d)
+            X0 = (xin - (1.0 - a) ** 0.5 * E) / a**0.5
+            rec[col["guidance"], i] = g.to(torch.float64)
+            en = E.norm(dim=2)
+            xn = X0.norm(dim=2)
+            exT = torch.einsum("bkd,bd->bk", E, xT)
+            for k, b in enumerate(BRANCHES):
+                rec[col[f"eps_{b}_norm"], i] = en[:, k]
+                rec[col[f"x0_{b}_norm"], i] = xn[:, k]
+                rec[col[f"eps_{b}_dot_xT"], i] = exT[:, k]
+            rec[col["eps_diff_norm"], i] = (E[:, 1] - E[:, 0]).norm(dim=1)
+            if X is not None:
+                ex = torch.einsum("bkd,bd->bk", E, X)
+                x0x = torch.einsum("bkd,bd->bk", X0, X)
+                err = (X0 - X[:, None]).pow(2).sum(2)
+                for k, b in enumerate(BRANCHES):
+                    rec[col[f"eps_{b}_dot_x"], i] = ex[:, k]
+                    rec[col[f"x0_{b}_dot_x"], i] = x0x[:, k]
+                    rec[col[f"x0_{b}_err"], i] = err[:, k]
+
+            latents = sched.step(eps_g.to(latents.dtype), t, latents, **kw, return_dict=False)[0]
+            state.latents = latents
+            for h in self.hooks:
+                h.after_step(state, i, t)
+            latents = state.latents
+
+            # state i+1 (the output of update i), VP form
+            L = latents.to(torch.float64).reshape(B, d) * float(vp_next[i])
+            fin = torch.isfinite(L).all(1)
+            newly = alive & ~fin
+            if bool(newly.any()):
+                for b in torch.nonzero(newly).flatten().tolist():
+                    failed_step[b] = i
+                alive = alive & fin
+                keep = alive.view(-1, 1, 1, 1)
+                latents = torch.where(keep, latents, torch.zeros_like(latents))
+                state.latents = latents
+                L = torch.where(alive.view(-1, 1), L, torch.zeros_like(L))
+            rec[col["latent_norm"], i] = L.norm(dim=1)
+            rec[col["latent_dot_xT"], i] = (L * xT).sum(1)
+            if X is not None:
+                from memberbench.metrics.decomposition import decompose_batch
+
+                rec[col["latent_dot_x"], i] = (L * X).sum(1)
+                w0, wT, rr = decompose_batch(L, X, xT)
+                rec[col["w0"], i] = w0.to(dev)
+                rec[col["wT"], i] = wT.to(dev)
+                rec[col["resid_rms"], i] = rr.to(dev)
+            if full is not None:
+                full[:, i + 1] = L.reshape(B, *shape).float().cpu().numpy()
+
+        # --- outputs ----------------------------------------------------------------------------
+        ok = [fs is None for fs in failed_step]
+        ok_idx = [b for b in range(B) if ok[b]]
+        images = adapter.decode(latents[ok_idx]) if ok_idx else None
+        final = latents.to(torch.float32).cpu().numpy()
+        rec_np = rec.cpu().numpy()
+        scal_xT = (xT * xT).sum(1).cpu().numpy()
+        if X is not None:
+            scal_x = (X * X).sum(1).cpu().numpy()
+            scal_xxT = (X * xT).sum(1).cpu().numpy()
+        wall = (time.perf_counter() - t_start) / B
+        samples = []
+        img_pos = {b: k for k, b in enumerate(ok_idx)}
+        for b, r in enumerate(reqs):
+            series_names = BASE_SERIES if not has_ref[b] else names_series
+            series = {k: rec_np[col[k], :, b].copy() for k in series_names}
+            scalars = {"xT_norm2": float(scal_xT[b]), "dim": float(d)}
+            if has_ref[b]:
+                scalars["x_norm2"] = float(scal_x[b])
+                scalars["x_dot_xT"] = float(scal_xxT[b])
+            fs = failed_step[b]
+            if fs is not None:  # nothing from the failure on is meaningful
+                for k in series:
+                    if k in _STATE_SERIES:
+                        series[k][max(fs, 0) :] = np.nan
+                    elif k not in _SCHEDULE_SERIES:
+                        series[k][fs + 1 :] = np.nan
+            trace = Trace(series=series, scalars=scalars)
+            if full is not None:
+                self.record_latents_dir.mkdir(parents=True, exist_ok=True)
+                stem = names[b] if names else f"{r.key()}-{adapter.fingerprint()[:8]}"
+                path = self.record_latents_dir / f"{stem}.npz"
+                _atomic_savez(path, latents=full[b])
+                trace.latents_path = str(path)
+            samples.append(
+                Sample(
+                    request=r,
+                    image=images[img_pos[b]] if ok[b] else None,
+                    trace=trace,
+                    final_latent=final[b] if ok[b] else None,
+                    status="ok" if ok[b] else "failed",
+                    failed_step=fs,
+                    error=None
+                    if ok[b]
+                    else (
+                        f"non-finite latent after update {fs} of {T}"
+                        if fs >= 0
+                        else "non-finite initial latent"
+                    ),
+                    unet_evals=int(evals[b]),
+                    wall_time_s=wall,
+                    meta={
+                        "scheduler": type(sched).__name__,
+                        "num_updates": T,
+                        "sampler_version": SAMPLER_VERSION,
+                        "batch_size": B,
+                        "hooks": [type(h).__name__ for h in self.hooks],
+                    },
+                )
+            )
+        return samples
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
