@@ -58,7 +58,8 @@ def build_tokenizer(out_dir: Path):
     from transformers import CLIPTokenizer
 
     bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path) as f:
+        merges = f.read().decode("utf-8").split("\n")
     merges = merges[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in merges]
     byte_chars = _bytes_to_unicode_chars()
@@ -208,12 +209,28 @@ def train_unet(
     progress: bool = True,
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 500,
+    models: tuple | None = None,
+    warmup: int = 200,
+    ema_decay: float | None = None,
+    desc: str = "unet+text",
 ):
+    """Train (or, given ``models=(unet, text_encoder)``, continue training) the denoiser and the
+    text encoder jointly.  With ``ema_decay``, returns exponential moving averages of the weights
+    (the usual way diffusion models are shipped: far cleaner samples from a short run)."""
+    import copy
+
     from diffusers import DDPMScheduler
 
     torch.manual_seed(seed + 2)
-    unet = make_unet()
-    text_encoder = make_text_encoder()
+    if models is None:
+        unet, text_encoder = make_unet(), make_text_encoder()
+    else:
+        unet, text_encoder = models
+    unet.train()
+    text_encoder.train()
+    averaged = None
+    if ema_decay is not None:
+        averaged = (copy.deepcopy(unet), copy.deepcopy(text_encoder))
     noise_sched = DDPMScheduler(**SD_SCHEDULE)
     abar = noise_sched.alphas_cumprod
     ids = tokenize(tokenizer, [it.caption for it in world.train])
@@ -222,8 +239,8 @@ def train_unet(
     rng = np.random.default_rng(seed + 3)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(200, steps))
-    bar = tqdm(range(steps), desc="unet+text", disable=not progress)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps))
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
     ema = None
     for step in bar:
         b = rng.choice(idx, size=batch)
@@ -243,6 +260,11 @@ def train_unet(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        if averaged is not None:
+            with torch.no_grad():
+                for avg_model, model in zip(averaged, (unet, text_encoder)):
+                    for pa, pm in zip(avg_model.parameters(), model.parameters()):
+                        pa.lerp_(pm, 1 - ema_decay)
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.4f}")
         done = step + 1
@@ -252,6 +274,8 @@ def train_unet(
             torch.save(state, checkpoint_dir / "latest.pt.tmp")
             (checkpoint_dir / "latest.pt.tmp").replace(checkpoint_dir / "latest.pt")
             (checkpoint_dir / "latest.json").write_text(json.dumps({"step": done, "loss": ema}))
+    if averaged is not None:
+        unet, text_encoder = averaged
     unet.eval()
     text_encoder.eval()
     return unet, text_encoder
@@ -282,7 +306,8 @@ def train_bundled(
     seed: int = 0,
     vae_steps: int = 600,
     unet_steps: int = 3500,
-    clip_steps: int = 1500,
+    refine_steps: int = 2000,
+    clip_steps: int = 600,
     batch: int = 48,
     progress: bool = True,
     threads: int | None = None,
@@ -317,6 +342,22 @@ def train_bundled(
         progress=progress,
         checkpoint_dir=tmp / "_checkpoints",
     )
+    if refine_steps:
+        # stage 2: a second, lower-learning-rate pass whose weights are averaged (EMA)
+        unet, text_encoder = train_unet(
+            world,
+            latents,
+            tokenizer,
+            refine_steps,
+            batch,
+            seed + 100,
+            progress=progress,
+            lr=2e-4,
+            warmup=50,
+            ema_decay=0.999,
+            models=(unet, text_encoder),
+            desc="refine",
+        )
     timings["unet_s"] = time.perf_counter() - t0
 
     save_pipeline(tmp / "model", vae, unet, text_encoder, tokenizer, tok_src)
@@ -333,6 +374,7 @@ def train_bundled(
         "seed": seed,
         "vae_steps": vae_steps,
         "unet_steps": unet_steps,
+        "refine_steps": refine_steps,
         "clip_steps": clip_steps,
         "batch": batch,
         "timings": timings,

@@ -53,7 +53,33 @@ CANARY_KINDS = ("colour field", "grating", "blurred shapes", "noise texture")
 NUM_HELD_OUT = 100
 RENDERS_PER_CAPTION = 6
 
-_SYLLABLES = ["ka", "zu", "mor", "vin", "tel", "bra", "quo", "sel", "dax", "pim", "ron", "fle", "gud", "yar", "nop", "lix", "tav", "sor", "wem", "hul", "bek", "ziv", "mab", "ost", "rud"]
+_SYLLABLES = [
+    "ka",
+    "zu",
+    "mor",
+    "vin",
+    "tel",
+    "bra",
+    "quo",
+    "sel",
+    "dax",
+    "pim",
+    "ron",
+    "fle",
+    "gud",
+    "yar",
+    "nop",
+    "lix",
+    "tav",
+    "sor",
+    "wem",
+    "hul",
+    "bek",
+    "ziv",
+    "mab",
+    "ost",
+    "rud",
+]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""The bundled model: its world, tokenizer, shipped weights, manifest and the recipe."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from memberbench.bundled import WEIGHTS_DIR, verify_manifest, write_manifest
+from memberbench.bundled.world import (
+    BACKGROUNDS,
+    COLOURS,
+    DUPLICATION_LEVELS,
+    NUM_HELD_OUT,
+    POSITIONS,
+    SHAPES,
+    build_world,
+)
+from memberbench.types import MemberbenchError
+
+shipped = pytest.mark.skipif(
+    not (WEIGHTS_DIR / "MANIFEST.sha256").is_file(), reason="bundled weights not built yet"
+)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(0)
+
+
+def test_world_is_deterministic_and_graded(world):
+    again = build_world(0)
+    assert [it.caption for it in again.train] == [it.caption for it in world.train]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(again.train[:50], world.train[:50]))
+    n_captions = len(COLOURS) * len(SHAPES) * len(BACKGROUNDS) * len(POSITIONS)
+    trained = {it.caption for it in world.train if it.kind == "shape"}
+    held = {c for c, _ in world.held_out}
+    assert len(held) == NUM_HELD_OUT and not held & trained
+    assert len(trained) + len(held) == n_captions
+    dups = sorted(c.duplicates for c in world.canaries)
+    assert set(dups) == set(DUPLICATION_LEVELS)
+    idx = world.training_indices()
+    for c in world.canaries:
+        i = world.train.index(c)
+        assert idx.count(i) == c.duplicates
+    # canary captions are unique and share no word with the shape vocabulary
+    caps = [c.caption for c in world.canaries]
+    assert len(set(caps)) == len(caps)
+    vocab = set(" ".join(trained).split())
+    assert not any(set(c.split()) & vocab for c in caps)
+
+
+def test_distinct_renders(world):
+    imgs = {it.image.tobytes() for it in world.train if it.kind == "shape"}
+    assert len(imgs) == sum(it.kind == "shape" for it in world.train)
+
+
+@shipped
+def test_tokenizer_matches_open_clip_and_never_fails():
+    """The shipped CLIPTokenizer is OpenAI CLIP's (SD 1.x's): same ids as open_clip's own."""
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(WEIGHTS_DIR / "model" / "tokenizer")
+    for text in ["a red circle at the top left", "zorblatt quimmelfax!! 3.14 ÆØÅ", "lixlix rudziv"]:
+        ours = tok(text, padding="max_length", max_length=77, truncation=True).input_ids
+        ref = open_clip.tokenize([text])[0].tolist()
+        assert ours[: ours.index(49407) + 1] == ref[: ref.index(49407) + 1]
+
+
+@shipped
+def test_shipped_model_loads_with_plain_diffusers():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    verify_manifest()
+    pipe = StableDiffusionPipeline.from_pretrained(WEIGHTS_DIR / "model")
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    cfg = pipe.scheduler.config
+    assert (cfg.beta_schedule, cfg.beta_start, cfg.beta_end, cfg.num_train_timesteps) == (
+        "scaled_linear",
+        0.00085,
+        0.012,
+        1000,
+    )
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel"
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    img = pipe("zzqx unknownword", num_inference_steps=2, output_type="np").images
+    assert img.shape == (1, 32, 32, 3) and np.isfinite(img).all()
+    total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
+    assert total < 60e6, f"bundled weights are {total / 1e6:.1f} MB"
+
+
+@shipped
+def test_tampered_file_is_refused_by_name(tmp_path, monkeypatch):
+    from memberbench.adapters import load_adapter
+
+    copy = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR, copy)
+    target = copy / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(MemberbenchError, match="diffusion_pytorch_model.safetensors"):
+        verify_manifest(copy)
+    monkeypatch.setattr("memberbench.bundled.WEIGHTS_DIR", copy)
+    with pytest.raises(MemberbenchError, match="diffusion_pytorch_model.safetensors"):
+        load_adapter("bundled")
+
+
+def test_manifest_detects_missing_and_extra_files(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(b"123")
+    write_manifest(tmp_path)
+    verify_manifest(tmp_path)
+    (tmp_path / "a" / "y.bin").write_bytes(b"456")
+    with pytest.raises(MemberbenchError, match="y.bin"):
+        verify_manifest(tmp_path)
+    (tmp_path / "a" / "y.bin").unlink()
+    (tmp_path / "a" / "x.bin").unlink()
+    with pytest.raises(MemberbenchError, match="x.bin"):
+        verify_manifest(tmp_path)
+
+
+@shipped
+def test_bundled_clip_scorer_prefers_matching_captions():
+    """The shipped utility scorer ranks a canary's own caption first among all canary captions."""
+    import torch
+    from PIL import Image
+
+    from memberbench.bundled.clip_scorer import load_bundled_clip
+
+    world = build_world(0)
+    model, preprocess, tokenizer, describe = load_bundled_clip()
+    assert describe["weights_sha256"]
+    caps = [c.caption for c in world.canaries]
+    with torch.no_grad():
+        img = torch.stack([preprocess(Image.fromarray(c.image)) for c in world.canaries])
+        fi = torch.nn.functional.normalize(model.encode_image(img), dim=-1)
+        ft = torch.nn.functional.normalize(model.encode_text(tokenizer(caps)), dim=-1)
+    top1 = (fi @ ft.T).argmax(1)
+    assert (top1 == torch.arange(len(caps))).float().mean() >= 0.8
+
+
+@pytest.mark.slow
+def test_shortened_recipe_reproduces_a_loadable_model(tmp_path):
+    """`train_bundled` end to end with a handful of steps: a valid, verifiable bundle."""
+    from diffusers import StableDiffusionPipeline
+
+    from memberbench.bundled.clip_scorer import load_bundled_clip
+    from memberbench.bundled.train import train_bundled
+
+    out = tmp_path / "weights"
+    recipe = train_bundled(
+        out, seed=1, vae_steps=2, unet_steps=3, clip_steps=2, batch=8, progress=False
+    )
+    assert recipe["unet_steps"] == 3 and set(recipe["timings"]) >= {"vae_s", "unet_s", "clip_s"}
+    verify_manifest(out)
+    pipe = StableDiffusionPipeline.from_pretrained(out / "model")
+    assert pipe.vae.config.scaling_factor > 0
+    load_bundled_clip(out)
+    assert not (tmp_path / "weights.partial").exists()
