@@ -4,12 +4,15 @@ Examples::
 
     memberbench generate --prompt "a red circle" --seeds 0-7 --out out/
     python -m memberbench.generate --prompts-file prompts.txt --model sd-1.4:dtype=fp16 --out out/
-    accelerate launch --cpu --num_processes 2 -m memberbench.generate --prompts-file p.txt \\
-        --seeds 0-3 --cache-dir cache/ --out out/
+    torchrun --standalone --nproc_per_node 2 -m memberbench.generate --prompts-file p.txt \\
+        --seeds 0-3 --cache-dir cache/ --out out/            # CPU or GPU processes
+    accelerate launch --multi_gpu --num_processes 4 -m memberbench.generate ...   # 4 GPUs
 
-Under ``accelerate launch`` / ``torchrun`` each process generates a disjoint slice of the
-requests into the shared cache (rank and world size from ``accelerate.PartialState``, or the
-RANK / WORLD_SIZE environment variables) and writes its own images and traces.
+Under a launcher each process generates a disjoint slice of the requests into the shared cache
+(rank and world size from ``accelerate.PartialState``; RANK / WORLD_SIZE as a fallback) and
+writes its own images and traces.  Note: accelerate 1.x runs ``accelerate launch --cpu
+--num_processes N`` as ONE process unless an MPI hostfile is given (``--mpirun_hostfile``); that
+process then generates everything (correct, not parallel).  On CPUs use torchrun.
 
 Output per request: ``<out>/<stem>.png`` (ok samples) and ``<out>/<stem>.json`` (request, status,
 UNet evaluations, wall time, trace series and scalars), where ``stem`` is
@@ -177,9 +180,14 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+# launchers' world-size variables: torchrun / accelerate (torch.distributed), mpirun (Open MPI,
+# Intel MPI / MPICH, MVAPICH)
+_WORLD_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
 def dist_info() -> tuple[int, int, Any]:
     """(rank, world_size, state) from accelerate's PartialState (or RANK/WORLD_SIZE)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = max(int(os.environ.get(k, "1") or 1) for k in _WORLD_VARS)
     if world > 1:
         try:
             from accelerate import PartialState
@@ -205,7 +213,7 @@ def _stem(prompt_index: int, seed: int) -> str:
     return f"p{prompt_index:04d}-s{seed}"
 
 
-def write_sample(out: Path, stem: str, sample: Any, images: bool = True) -> None:
+def write_sample(out: Path, stem: str, sample: Any, images: bool = True, rank: int = 0) -> None:
     from memberbench.sampling.sampler import _atomic_write_text
 
     if images and sample.image is not None:
@@ -223,6 +231,7 @@ def write_sample(out: Path, stem: str, sample: Any, images: bool = True) -> None
         "wall_time_s": sample.wall_time_s,
         "image": f"{stem}.png" if sample.image is not None and images else None,
         "meta": sample.meta,
+        "rank": rank,
         "trace": sample.trace.to_dict(),
     }
     _atomic_write_text(out / f"{stem}.json", json.dumps(rec, default=_json_default))
@@ -287,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and rank == 0,
     )
     for i, s in zip(idx, samples):
-        write_sample(out, stems[i], s, images=not args.no_images)
+        write_sample(out, stems[i], s, images=not args.no_images, rank=rank)
     failed = sum(not s.ok for s in samples)
     if state is not None and world > 1:
         state.wait_for_everyone()

@@ -15,21 +15,26 @@ from memberbench.types import GenerationRequest, MemberbenchError, Sample
 
 
 def resolve_mitigation(spec: Any) -> Any:
-    """A mitigation object from a spec ``name:key=value,...`` (None / "" / "none" -> None).
+    """A mitigation object from a spec ``name:key=value,...``, or None for no mitigation.
 
-    Objects that already look like mitigations (have ``hooks``) are returned unchanged.
+    None, "", "none" and the ``none`` method itself all give None, so plain sampling shares cache
+    entries whichever way it was asked for.  Objects are returned unchanged otherwise.
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
         return None
-    if not isinstance(spec, str):
-        return spec
-    from memberbench.registry import MITIGATIONS, parse_spec
+    if isinstance(spec, str):
+        mit = importlib.import_module("memberbench.mitigations")
+        build = getattr(mit, "build_mitigation", None)
+        if build is not None:
+            spec = build(spec)
+        else:  # pragma: no cover - before the mitigations package had build_mitigation
+            from memberbench.registry import MITIGATIONS, parse_spec
 
-    # built-in methods register themselves when their package is imported
-    importlib.import_module("memberbench.mitigations")
-    name, params = parse_spec(spec)
-    cls = MITIGATIONS.get(name)
-    return cls(**params)
+            name, params = parse_spec(spec)
+            spec = MITIGATIONS.get(name)(**params)
+    if getattr(spec, "name", None) == "none" and not list(spec.hooks()):
+        return None
+    return spec
 
 
 def shard_indices(n: int, rank: int, world_size: int) -> range:
@@ -106,7 +111,9 @@ def run_generation(
         hooks = list(mitigation.hooks())
 
     ref_hashes = [tensor_hash(r) for r in references] if references is not None else ["none"] * n
-    keys = [sample_key(adapter, sampled[i], mitigation, reference_hash=ref_hashes[i]) for i in range(n)]
+    keys = [
+        sample_key(adapter, sampled[i], mitigation, reference_hash=ref_hashes[i]) for i in range(n)
+    ]
 
     out: list[Sample | None] = [None] * n
     todo: list[int] = []

@@ -1,11 +1,24 @@
 """Shared fixtures: a tiny random Stable Diffusion pipeline (built once per session) and an
 adapter over it.  The pipeline has the bundled model's architecture and schedule but random
 weights, so every code path is the real one; building it takes ~20 s on a loaded 2-core machine.
+
+Torch runs single-threaded in the test session (``MEMBERBENCH_TEST_THREADS`` overrides): on the
+shared 2-core machine two intra-op threads fighting the training job were 2-4x slower than one.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+def pytest_configure(config):
+    threads = os.environ.get("MEMBERBENCH_TEST_THREADS", "1")
+    if threads and threads != "0":
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(scope="session")

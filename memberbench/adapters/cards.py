@@ -134,10 +134,17 @@ class CardFactory:
         return f"CardFactory({self.card.name!r})"
 
     def __call__(self, params: dict[str, Any] | None = None) -> Adapter:
-        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
+        from memberbench.adapters.stable_diffusion import (
+            StableDiffusionAdapter,
+            parse_device,
+            parse_dtype,
+        )
 
         params = dict(params or {})
         _check_keys(self.card.name, params)
+        # bad values fail here, before any weights are read
+        params["dtype"] = parse_dtype(params.get("dtype"))
+        params["device"] = parse_device(params.get("device"))
         card = self.card
         path = params.get("path") or None
         revision = params.get("revision") or card.revision

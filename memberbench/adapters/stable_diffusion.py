@@ -283,6 +283,11 @@ class StableDiffusionAdapter(Adapter):
         from PIL import Image
 
         res = self.resolution
+        if isinstance(images, np.ndarray) and images.ndim != 4:
+            raise MemberbenchError(
+                f"expected a batch of uint8 images (B, H, W, 3) or a list of (H, W, 3); got an "
+                f"array of shape {images.shape}"
+            )
         batch = []
         for im in list(images):
             a = np.asarray(im)

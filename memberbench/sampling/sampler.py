@@ -39,6 +39,10 @@ from memberbench.sampling import schedulers as _sched
 from memberbench.sampling.hooks import SamplerState, StepHook
 from memberbench.types import BRANCHES, GenerationRequest, MemberbenchError, Sample, Trace
 
+# state.extra[HOOK_META_KEY] = {key: [one value per sample]}: copied into Sample.meta[key]
+# (memberbench.mitigations.base.record_meta writes it)
+HOOK_META_KEY = "meta"
+
 # Bump whenever the sampler's numerics or trace contents change: it is part of the cache key.
 SAMPLER_VERSION = "1"
 
@@ -103,6 +107,24 @@ def _latent_shape(adapter: Any, r: GenerationRequest) -> tuple[int, int, int]:
             f"model {adapter.name!r} supports only its native resolution; leave height/width unset"
         )
     return tuple(fn(r.height, r.width))
+
+
+def _count(state: SamplerState, add: torch.Tensor) -> None:
+    """Add per-sample UNet evaluations to ``state.unet_evals`` in place (hooks add theirs too)."""
+    if state.unet_evals is None:
+        state.unet_evals = torch.zeros(len(state.requests), dtype=torch.long)
+    state.unet_evals += add.to(state.unet_evals.device, state.unet_evals.dtype)
+
+
+def _jsonable(v: Any) -> Any:
+    if torch.is_tensor(v):
+        v = v.detach().cpu()
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -271,7 +293,6 @@ class TracedSampler:
             xT = torch.where(alive.view(-1, 1), xT, torch.zeros_like(xT))
 
         unet_dtype = getattr(getattr(adapter, "unet", None), "dtype", dt)
-        evals = torch.zeros(B, dtype=torch.long)
         for i, t in enumerate(timesteps):
             state.step = i
             emb = torch.cat([state.uncond_embeds, state.cond_embeds])
@@ -279,8 +300,7 @@ class TracedSampler:
             inp = sched.scale_model_input(inp, t)
             eps = adapter.predict_noise(inp.to(unet_dtype), t, emb)
             eps_u, eps_c = eps.chunk(2)
-            evals += alive.to(torch.long).cpu() * 2
-            state.unet_evals = evals.clone()
+            _count(state, 2 * alive.to(torch.long))
 
             g = state.guidance
             for h in self.hooks:
@@ -362,6 +382,10 @@ class TracedSampler:
             scal_x = (X * X).sum(1).cpu().numpy()
             scal_xxT = (X * xT).sum(1).cpu().numpy()
         wall = (time.perf_counter() - t_start) / B
+        evals = (
+            state.unet_evals.detach().cpu().tolist() if state.unet_evals is not None else [0] * B
+        )
+        hook_meta = state.extra.get(HOOK_META_KEY) or {}
         samples = []
         img_pos = {b: k for k, b in enumerate(ok_idx)}
         for b, r in enumerate(reqs):
@@ -408,6 +432,7 @@ class TracedSampler:
                         "sampler_version": SAMPLER_VERSION,
                         "batch_size": B,
                         "hooks": [type(h).__name__ for h in self.hooks],
+                        **{k: _jsonable(v[b]) for k, v in hook_meta.items()},
                     },
                 )
             )

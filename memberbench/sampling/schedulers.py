@@ -76,6 +76,9 @@ def resolve_scheduler_name(name: str) -> tuple[str, dict[str, Any]]:
     if key.lower() in SCHEDULERS:
         return SCHEDULERS[key.lower()]
     if key.endswith("Scheduler") and key.isidentifier() and _scheduler_class(key) is not None:
+        for cls_name, overrides in SCHEDULERS.values():  # same defaults as its short name
+            if cls_name == key:
+                return key, overrides
         return key, {}
     raise MemberbenchError(f"unknown scheduler {name!r}; allowed: {allowed_names()}")
 

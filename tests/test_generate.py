@@ -1,0 +1,110 @@
+"""``memberbench generate`` (memberbench.generate.main): outputs, the cache, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from memberbench.generate import main, parse_seeds
+from memberbench.types import Trace
+
+
+def _run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_generate_writes_images_and_traces(tiny_pipeline_dir, tmp_path, capsys):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = [
+        "--prompt", "a red circle", "--prompt", "zorblat quennix", "--seeds", "0-1",
+        "--steps", "3", "--guidance", "5", "--model", f"bundled:path={tiny_pipeline_dir}",
+        "--device", "cpu", "--out", out, "--cache-dir", cache, "--batch-size", "3",
+        "--no-progress",
+    ]  # fmt: skip
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 0, err
+    stems = ["p0000-s0", "p0000-s1", "p0001-s0", "p0001-s1"]
+    for stem in stems:
+        img = np.asarray(Image.open(out / f"{stem}.png"))
+        assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+        rec = json.loads((out / f"{stem}.json").read_text())
+        assert rec["status"] == "ok" and rec["unet_evals"] == 6 and rec["image"] == f"{stem}.png"
+        assert rec["request"]["guidance"] == 5.0 and rec["request"]["steps"] == 3
+        tr = Trace.from_dict(rec["trace"])
+        assert tr.num_steps == 3 and np.isfinite(tr["eps_diff_norm"]).all()
+    run = json.loads((out / "run.json").read_text())
+    assert run["samples"] == stems and run["world_size"] == 1
+    assert run["model"]["card"]["name"] == "bundled" and run["mitigation"] == "none"
+    entries = sorted(cache.rglob("*.npz"))
+    assert len(entries) == 4
+    # a rerun reads the cache (entries untouched) and rewrites identical images
+    mtimes = [p.stat().st_mtime_ns for p in entries]
+    first = np.asarray(Image.open(out / "p0000-s0.png"))
+    assert _run(capsys, *argv)[0] == 0
+    assert [p.stat().st_mtime_ns for p in entries] == mtimes
+    assert np.array_equal(first, np.asarray(Image.open(out / "p0000-s0.png")))
+
+
+def test_prompts_file(tiny_pipeline_dir, tmp_path, capsys):
+    txt = tmp_path / "p.txt"
+    txt.write_text("a red circle\n\n  blue square  \n")
+    jl = tmp_path / "p.jsonl"
+    jl.write_text('{"caption": "from jsonl"}\n\n{"prompt": "second"}\n')
+    for f, want in ((txt, ["a red circle", "blue square"]), (jl, ["from jsonl", "second"])):
+        out = tmp_path / f.suffix[1:]
+        rc, _, err = _run(
+            capsys, "--prompts-file", f, "--steps", "1", "--model",
+            f"bundled:path={tiny_pipeline_dir}", "--out", out, "--no-cache", "--no-progress",
+            "--no-images",
+        )  # fmt: skip
+        assert rc == 0, err
+        assert json.loads((out / "run.json").read_text())["prompts"] == want
+        assert not list(out.glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "param", "allowed"),
+    [
+        (["--steps", "0"], "--steps", "positive integer"),
+        (["--steps", "-3"], "--steps", "positive integer"),
+        (["--steps", "2.5"], "--steps", "positive integer"),
+        (["--guidance", "abc"], "--guidance", "finite number"),
+        (["--guidance", "nan"], "--guidance", "finite number"),
+        (["--seeds", "5-x"], "--seeds", "[0, 2**63-1]"),
+        (["--seed", "-1"], "--seed", "[0, 2**63-1]"),
+        (["--seed", str(2**63)], "--seed", "[0, 2**63-1]"),
+        (["--scheduler", "fast"], "--scheduler", "ddim, ddpm, pndm, euler"),
+        (["--eta", "2"], "--eta", "[0.0, 1.0]"),
+        (["--batch-size", "0"], "--batch-size", "positive integer"),
+        ([], "--prompt", "--prompts-file"),
+        (["--prompts-file", "/nonexistent.txt"], "--prompts-file", "no such file"),
+        (["--model", "sd-14"], "sd-1.4", "Known models"),
+        (["--model", "bundled:dtype=fp7"], "dtype", "fp32, fp16, bf16"),
+        (["--mitigation", "no-such-method"], "no-such-method", "Known mitigations"),
+        (["--bogus"], "--bogus", "unrecognized"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, param, allowed):
+    if argv and argv[0] in ("--prompts-file",) or not argv:
+        full = argv + ["--out", tmp_path]
+    else:
+        full = ["--prompt", "x", *argv, "--out", tmp_path]
+    rc, out, err = _run(capsys, *full)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("memberbench generate: error:")
+    assert param in lines[0] and allowed in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_parse_seeds():
+    assert parse_seeds("7") == [7]
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("5, 1,2-3,5") == [5, 1, 2, 3]
+    assert parse_seeds(str(2**63 - 1)) == [2**63 - 1]
