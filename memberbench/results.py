@@ -1,0 +1,591 @@
+"""The results format of a memberbench run: schema, atomic writer, reader and validator.
+
+A run writes two files side by side (``--results PATH``, default
+``memberbench-results/<model>/<mitigation>.json``):
+
+* ``PATH`` -- one JSON object, the **run record** (schema below);
+* ``PATH`` with ``.json`` replaced by ``.prompts.jsonl`` -- the **per-prompt records**, one JSON
+  object per line, so any number in a table can be traced to the prompts behind it.
+
+Both are written only at the end of a session, each atomically (a temporary file in the same
+folder, fsync, ``os.replace``), the JSONL first; the JSON names the JSONL and its sha256.  An
+interrupted run (Ctrl-C) writes neither and leaves earlier files untouched.
+
+Schema, version 1 (``"schema": "memberbench.results"``, ``"schema_version": 1``)
+--------------------------------------------------------------------------------
+
+==================  =====================================================================
+key                 content
+==================  =====================================================================
+schema              ``"memberbench.results"``
+schema_version      integer; this module reads versions ``SUPPORTED_VERSIONS`` and refuses
+                    others naming the version found (older ones are upgraded in memory by
+                    ``MIGRATIONS`` where a migration exists)
+run                 ``id``, ``started`` / ``finished`` (ISO 8601 UTC), ``duration_s``,
+                    ``status`` ("complete"), ``profile`` ("quick" / "paper"),
+                    ``command`` (argv list), ``exitstatus`` (pytest's), ``outcomes``
+                    ({passed, failed, skipped, error: int}), ``skipped`` (list of
+                    {test, reason})
+model               ``spec`` (as given to --model), ``name``, ``card`` (the model card
+                    dict: repo_id, revision, resolution, prediction_type, ...),
+                    ``fingerprint`` (hash of weights + scheduler config), ``revision``,
+                    ``dtype``, ``device``, ``scheduler_config`` (dict)
+sampling            ``scheduler``, ``steps``, ``guidance``, ``eta``, ``seeds`` (list of
+                    int), ``guidance_sweep`` (list of float), ``sweep_seeds``,
+                    ``batch_size``, ``latents`` (whether full latents were recorded)
+mitigation          ``spec`` (canonical name:key=value), ``name``, ``fingerprint``,
+                    ``config`` (dict), ``citation``
+prompt_sets         {"memorized": ..., "nonmemorized": ...}, each ``name``, ``source``,
+                    ``content_hash`` (sha256 of captions + image hashes), ``n``,
+                    ``n_with_image``, ``limit``
+sscd                the SSCD scorer's description: ``model``, ``model_sha256``,
+                    ``backend``, ``recipe`` (e.g. "skew_320"), ``thresholds``
+clip                the CLIP scorer's description, or null when no CLIP score was taken
+environment         ``memberbench``, ``python``, ``platform``, library versions (torch,
+                    diffusers, transformers, open_clip_torch, onnxruntime, numpy, scipy,
+                    scikit-learn), ``device_name``, ``cpu_count``, ``torch_threads``
+metrics             {name: metric}; a metric is ``value`` (number or null when undefined),
+                    ``stderr`` (number or null), ``n`` (int >= 0), ``higher_is_better``
+                    (true / false / null for neutral quantities), ``ci`` ([low, high] or
+                    null), ``reason`` ("" or why the value is null), ``note``,
+                    ``test`` (node id of the task test that recorded it), ``family``,
+                    ``prompt_set``, ``unit``, ``description``
+series              {name: object of JSON arrays}: curves for figures, e.g.
+                    ``decomposition.memorized`` = {steps, W0, WT, ref0_sqrt_abar,
+                    refT_sqrt_abar, ref0_ddim_ideal, refT_ddim_ideal, n_prompts},
+                    ``roc.<score>.k<k>`` = {fpr, tpr, auc}
+per_prompt          ``path`` (file name of the JSONL, relative to the JSON), ``sha256``,
+                    ``rows`` (line count)
+==================  =====================================================================
+
+Metric names: a bare name is measured on the memorized set (``sscd_mean``, ``d1``,
+``clip_score``); ``.nonmem`` marks the non-memorized set; further dotted qualifiers give a
+subgroup (``sscd_mean.dup=64``), a guidance scale (``d1.g=3``), a schedule or window
+(``d1.ddim_ideal``, ``d1.early``) or a detection window (``detect_auc.wen.k5``).
+
+Per-prompt JSONL rows: ``{"set", "prompt_id", "caption", "group", "seeds", "metrics":
+{name: number | null | list}}`` -- every per-prompt value that any task recorded.
+
+Validation (:func:`validate_file`) is pure JSON inspection: the file is parsed with
+``json.loads`` (NaN / Infinity constants are rejected), nothing in it is imported, evaluated or
+followed (the per-prompt path is only checked to be a plain relative file name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from memberbench.types import MemberbenchError
+
+SCHEMA = "memberbench.results"
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+# Upgrades of older versions, applied in memory when reading: {from_version: fn(doc) -> doc of
+# from_version + 1}.  Empty while version 1 is the only version that ever existed.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MAX_FILE_BYTES = 64 * 1024 * 1024
+PER_PROMPT_SUFFIX = ".prompts.jsonl"
+
+REQUIRED_TOP = (
+    "schema",
+    "schema_version",
+    "run",
+    "model",
+    "sampling",
+    "mitigation",
+    "prompt_sets",
+    "sscd",
+    "environment",
+    "metrics",
+)
+METRIC_KEYS = ("value", "stderr", "n", "higher_is_better")
+
+
+class ResultsError(MemberbenchError):
+    """A results file that cannot be read: its message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------------------------
+# JSON helpers
+
+
+def clean_number(x: Any) -> float | None:
+    """A finite float, or None for NaN / inf / None (JSON has no NaN)."""
+    if x is None:
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively turn numpy scalars/arrays, tuples, Paths and non-finite floats into JSON."""
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return to_jsonable(obj.tolist())
+    if hasattr(obj, "to_dict"):
+        return to_jsonable(obj.to_dict())
+    return str(obj)
+
+
+def dumps(obj: Any, indent: int | None = 1) -> str:
+    return json.dumps(to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: temp file in the same folder, fsync, replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def per_prompt_path(results_path: str | Path) -> Path:
+    p = Path(results_path)
+    stem = p.name[:-5] if p.name.endswith(".json") else p.name
+    return p.with_name(stem + PER_PROMPT_SUFFIX)
+
+
+def write_results(
+    path: str | Path, doc: dict[str, Any], prompt_rows: Iterable[Mapping[str, Any]] = ()
+) -> Path:
+    """Write the per-prompt JSONL, then the run record naming it, each atomically.
+
+    ``doc`` is validated first; a document that does not match the schema is a bug and raises
+    ResultsError before anything is written.
+    """
+    path = Path(path)
+    lines = [json.dumps(to_jsonable(r), allow_nan=False, sort_keys=True) for r in prompt_rows]
+    body = "".join(line + "\n" for line in lines)
+    jl = per_prompt_path(path)
+    doc = dict(doc)
+    doc["per_prompt"] = {
+        "path": jl.name,
+        "sha256": hashlib.sha256(body.encode()).hexdigest(),
+        "rows": len(lines),
+    }
+    doc = to_jsonable(doc)
+    errors = validate(doc)
+    if errors:
+        raise ResultsError(
+            "refusing to write an invalid results document: " + "; ".join(errors[:5])
+        )
+    atomic_write_text(jl, body)
+    atomic_write_text(path, dumps(doc) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name} (write null for undefined numbers)")
+
+
+def parse_json_text(text: str, where: str = "results file") -> Any:
+    """``json.loads`` that rejects NaN / Infinity; errors become ResultsError naming ``where``."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise ResultsError(f"{where}: not valid JSON ({e})") from None
+
+
+def read_json_file(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ResultsError(f"{p}: no such file")
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ResultsError(f"{p}: {size} bytes is larger than the {MAX_FILE_BYTES} byte limit")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ResultsError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    return parse_json_text(text, str(p))
+
+
+def upgrade(doc: Any, where: str = "results file") -> dict[str, Any]:
+    """Check the schema tag and version; apply migrations of older versions (in memory)."""
+    if not isinstance(doc, dict):
+        raise ResultsError(f"{where}: the top level must be a JSON object, got {_kind(doc)}")
+    if doc.get("schema") != SCHEMA:
+        raise ResultsError(
+            f"{where}: not a memberbench results file (schema is {doc.get('schema')!r}, "
+            f"expected {SCHEMA!r})"
+        )
+    v = doc.get("schema_version")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ResultsError(f"{where}: schema_version must be an integer, got {v!r}")
+    if v > SCHEMA_VERSION:
+        raise ResultsError(
+            f"{where}: schema_version {v} is newer than this memberbench understands (it reads "
+            f"versions {_versions()}); upgrade memberbench"
+        )
+    while v < SCHEMA_VERSION:
+        step = MIGRATIONS.get(v)
+        if step is None:
+            raise ResultsError(
+                f"{where}: schema_version {v} is no longer supported (this memberbench reads "
+                f"versions {_versions()}); rerun the benchmark to produce a current file"
+            )
+        doc = step(dict(doc))
+        nv = doc.get("schema_version")
+        if nv != v + 1:
+            raise ResultsError(f"{where}: migration from schema_version {v} gave {nv!r}")
+        v = nv
+    return doc
+
+
+def _versions() -> str:
+    return ", ".join(str(v) for v in SUPPORTED_VERSIONS)
+
+
+def load_results(path: str | Path, *, check: bool = True) -> dict[str, Any]:
+    """Read, upgrade and (by default) validate a results file; ResultsError if it is bad."""
+    doc = upgrade(read_json_file(path), str(path))
+    if check:
+        errors = validate(doc)
+        if errors:
+            raise ResultsError(
+                f"{path}: does not match the results schema: " + "; ".join(errors[:10])
+            )
+    return doc
+
+
+def load_per_prompt(results_path: str | Path, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-prompt rows beside a results file (empty list if the file is absent)."""
+    pp = doc.get("per_prompt") or {}
+    name = pp.get("path")
+    if not isinstance(name, str) or not _plain_name(name):
+        return []
+    p = Path(results_path).with_name(name)
+    if not p.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            row = parse_json_text(line, f"{p}:{i}")
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# validation (pure JSON checks)
+
+
+def _kind(x: Any) -> str:
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "boolean"
+    if isinstance(x, int | float):
+        return "number"
+    if isinstance(x, str):
+        return "string"
+    if isinstance(x, list):
+        return "array"
+    if isinstance(x, dict):
+        return "object"
+    return type(x).__name__
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def _depth(x: Any, limit: int = 32) -> int:
+    stack = [(x, 1)]
+    deepest = 0
+    while stack:
+        cur, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > limit:
+            return d
+        if isinstance(cur, dict):
+            stack.extend((v, d + 1) for v in cur.values())
+        elif isinstance(cur, list):
+            stack.extend((v, d + 1) for v in cur)
+    return deepest
+
+
+def _need(errors: list[str], obj: Any, where: str, keys: dict[str, tuple[str, ...]]) -> None:
+    """``keys``: {key: allowed kinds}."""
+    if not isinstance(obj, dict):
+        errors.append(f"{where} must be an object, got {_kind(obj)}")
+        return
+    for k, kinds in keys.items():
+        if k not in obj:
+            errors.append(f"{where}.{k} is missing")
+        elif _kind(obj[k]) not in kinds:
+            errors.append(
+                f"{where}.{k} must be {' or '.join(kinds)}, got {_kind(obj[k])} ({obj[k]!r:.60})"
+            )
+
+
+def validate_metric(name: str, m: Any) -> list[str]:
+    errors: list[str] = []
+    where = f"metrics[{name!r}]"
+    if not isinstance(name, str) or not name or any(c in name for c in ",: \t\n"):
+        errors.append(f"{where}: a metric name must be non-empty, without ',', ':' or spaces")
+    _need(
+        errors,
+        m,
+        where,
+        {
+            "value": ("number", "null"),
+            "stderr": ("number", "null"),
+            "n": ("number",),
+            "higher_is_better": ("boolean", "null"),
+        },
+    )
+    if not isinstance(m, dict):
+        return errors
+    n = m.get("n")
+    if _is_num(n) and (n < 0 or int(n) != n):
+        errors.append(f"{where}.n must be a non-negative integer, got {n!r}")
+    se = m.get("stderr")
+    if _is_num(se) and se < 0:
+        errors.append(f"{where}.stderr must be >= 0, got {se!r}")
+    ci = m.get("ci")
+    if ci is not None and not (
+        isinstance(ci, list) and len(ci) == 2 and all(v is None or _is_num(v) for v in ci)
+    ):
+        errors.append(f"{where}.ci must be null or [low, high], got {ci!r:.60}")
+    if m.get("value") is None and not (isinstance(m.get("reason"), str) and m["reason"]):
+        errors.append(f"{where}: value is null but no reason says why")
+    for k in ("reason", "note", "test", "family", "prompt_set", "unit", "description"):
+        if k in m and not isinstance(m[k], str):
+            errors.append(f"{where}.{k} must be a string, got {_kind(m[k])}")
+    return errors
+
+
+def validate(doc: Any) -> list[str]:
+    """All schema problems of a (current-version) results document, as messages; [] if valid."""
+    errors: list[str] = []
+    if not isinstance(doc, dict):
+        return [f"the top level must be an object, got {_kind(doc)}"]
+    if _depth(doc) > 32:
+        return ["nesting deeper than 32 levels"]
+    missing = [k for k in REQUIRED_TOP if k not in doc]
+    if missing:
+        errors.append(f"missing top-level keys: {', '.join(missing)}")
+    if doc.get("schema") != SCHEMA:
+        errors.append(f"schema must be {SCHEMA!r}, got {doc.get('schema')!r}")
+    if doc.get("schema_version") not in SUPPORTED_VERSIONS:
+        errors.append(
+            f"schema_version {doc.get('schema_version')!r} is not one of {list(SUPPORTED_VERSIONS)}"
+        )
+    if "run" in doc:
+        _need(
+            errors,
+            doc["run"],
+            "run",
+            {
+                "id": ("string",),
+                "started": ("string",),
+                "finished": ("string",),
+                "status": ("string",),
+            },
+        )
+    if "model" in doc:
+        _need(
+            errors,
+            doc["model"],
+            "model",
+            {
+                "spec": ("string",),
+                "name": ("string",),
+                "fingerprint": ("string",),
+                "card": ("object",),
+                "scheduler_config": ("object",),
+                "revision": ("string", "null"),
+            },
+        )
+    if "sampling" in doc:
+        _need(
+            errors,
+            doc["sampling"],
+            "sampling",
+            {
+                "scheduler": ("string",),
+                "steps": ("number",),
+                "guidance": ("number",),
+                "seeds": ("array",),
+            },
+        )
+        s = doc["sampling"]
+        if isinstance(s, dict) and isinstance(s.get("seeds"), list):
+            bad = [x for x in s["seeds"] if not (_is_num(x) and int(x) == x and x >= 0)]
+            if bad or not s["seeds"]:
+                errors.append("sampling.seeds must be a non-empty list of non-negative integers")
+    if "mitigation" in doc:
+        _need(
+            errors,
+            doc["mitigation"],
+            "mitigation",
+            {"spec": ("string",), "name": ("string",), "fingerprint": ("string",)},
+        )
+    if "prompt_sets" in doc:
+        ps = doc["prompt_sets"]
+        if not isinstance(ps, dict) or not ps:
+            errors.append("prompt_sets must be a non-empty object")
+        else:
+            for side, d in ps.items():
+                _need(
+                    errors,
+                    d,
+                    f"prompt_sets.{side}",
+                    {"name": ("string",), "content_hash": ("string",), "n": ("number",)},
+                )
+    if "sscd" in doc:
+        _need(
+            errors,
+            doc["sscd"],
+            "sscd",
+            {"recipe": ("string",), "model_sha256": ("string",), "model": ("string",)},
+        )
+    if "environment" in doc and not isinstance(doc["environment"], dict):
+        errors.append(f"environment must be an object, got {_kind(doc['environment'])}")
+    if "clip" in doc and doc["clip"] is not None and not isinstance(doc["clip"], dict):
+        errors.append(f"clip must be an object or null, got {_kind(doc['clip'])}")
+    metrics = doc.get("metrics")
+    if "metrics" in doc:
+        if not isinstance(metrics, dict):
+            errors.append(f"metrics must be an object, got {_kind(metrics)}")
+        else:
+            for name, m in metrics.items():
+                errors.extend(validate_metric(name, m))
+    series = doc.get("series", {})
+    if not isinstance(series, dict):
+        errors.append(f"series must be an object, got {_kind(series)}")
+    else:
+        for name, s in series.items():
+            if not isinstance(s, dict):
+                errors.append(f"series[{name!r}] must be an object, got {_kind(s)}")
+    pp = doc.get("per_prompt")
+    if pp is not None:
+        _need(
+            errors,
+            pp,
+            "per_prompt",
+            {"path": ("string",), "sha256": ("string",), "rows": ("number",)},
+        )
+        if isinstance(pp, dict) and isinstance(pp.get("path"), str) and not _plain_name(pp["path"]):
+            errors.append(
+                f"per_prompt.path must be a plain file name beside the JSON, got {pp['path']!r}"
+            )
+    return errors
+
+
+def validate_file(path: str | Path, *, check_per_prompt: bool = True) -> tuple[list[str], Any]:
+    """Validate a results file: ``(errors, doc)``.  Never executes anything in the file.
+
+    Reads with NaN rejection and a size limit, checks the schema tag and version (an older
+    version is upgraded when a migration exists, else refused naming the version), then the
+    schema; with ``check_per_prompt`` also the per-prompt JSONL beside it (sha256, row count,
+    each line an object), when that file is present.
+    """
+    try:
+        doc = upgrade(read_json_file(path), str(path))
+    except ResultsError as e:
+        return [str(e)], None
+    errors = validate(doc)
+    if check_per_prompt and not errors:
+        errors.extend(_check_per_prompt(Path(path), doc))
+    return errors, doc
+
+
+def _check_per_prompt(path: Path, doc: dict[str, Any]) -> list[str]:
+    pp = doc.get("per_prompt")
+    if not isinstance(pp, dict):
+        return []
+    jl = path.with_name(pp["path"])
+    if not jl.is_file():
+        return []  # the run record alone is still a valid submission
+    data = jl.read_bytes()
+    errors = []
+    if hashlib.sha256(data).hexdigest() != pp["sha256"]:
+        errors.append(f"{jl.name}: sha256 does not match per_prompt.sha256 (file was changed)")
+    rows = 0
+    for i, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        rows += 1
+        try:
+            row = json.loads(line, parse_constant=_reject_constant)
+        except ValueError as e:
+            errors.append(f"{jl.name}:{i}: not valid JSON ({e})")
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("prompt_id"), str):
+            errors.append(f"{jl.name}:{i}: each line must be an object with a prompt_id")
+    if rows != pp["rows"]:
+        errors.append(f"{jl.name}: {rows} rows, but per_prompt.rows says {pp['rows']}")
+    return errors
+
+
+def metric_entry(
+    value: Any,
+    *,
+    higher_is_better: bool | None,
+    stderr: Any = None,
+    n: int = 0,
+    ci: tuple[Any, Any] | None = None,
+    reason: str = "",
+    note: str = "",
+    **extra: str,
+) -> dict[str, Any]:
+    """One ``metrics`` entry in schema form (NaN -> null with a reason)."""
+    v = clean_number(value)
+    if v is None and not reason:
+        reason = "undefined (NaN)"
+    c = None
+    if ci is not None:
+        lo, hi = clean_number(ci[0]), clean_number(ci[1])
+        c = None if lo is None and hi is None else [lo, hi]
+    return {
+        "value": v,
+        "stderr": clean_number(stderr),
+        "n": int(n),
+        "higher_is_better": higher_is_better,
+        "ci": c,
+        "reason": reason if v is None else "",
+        "note": note,
+        **{k: str(x) for k, x in extra.items()},
+    }
