@@ -1,0 +1,95 @@
+"""The leaderboard builder: tables, figures, invalid submissions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_results_schema import make_doc
+
+from memberbench import leaderboard as L
+from memberbench.results import metric_entry, write_results
+
+
+def _run(mitigation: str, sscd: float, clip: float, model: str = "bundled") -> dict:
+    doc = make_doc(
+        sscd_mean=metric_entry(sscd, higher_is_better=False, stderr=0.02, n=15, test="t::a"),
+        **{
+            "clip_score.nonmem": metric_entry(clip, higher_is_better=True, stderr=0.3, n=100),
+            "detect_auc.wen.k1": metric_entry(
+                0.93, higher_is_better=True, stderr=0.03, n=115, ci=(0.88, 0.97)
+            ),
+            "mem_rate_0.5.dup=64": metric_entry(0.8, higher_is_better=False, stderr=0.1, n=3),
+            "d1": metric_entry(None, higher_is_better=False, reason="no traces"),
+        },
+    )
+    doc["model"]["name"] = model
+    doc["mitigation"] = {"spec": mitigation, "name": mitigation.split(":")[0], "fingerprint": "x"}
+    steps = list(range(1, 6))
+    doc["series"] = {
+        "decomposition.memorized": {
+            "steps": steps,
+            "W0": [0.1, 0.3, 0.6, 0.8, 1.0],
+            "WT": [0.9, 0.6, 0.3, 0.1, 0.0],
+            "ref0_sqrt_abar": [0.1, 0.2, 0.4, 0.7, 1.0],
+            "refT_sqrt_abar": [0.99, 0.9, 0.8, 0.6, 0.1],
+            "n_prompts": 15,
+        },
+        "decomposition.nonmemorized": {
+            "steps": steps,
+            "W0": [0.05, 0.1, 0.3, 0.6, 0.9],
+            "WT": [0.95, 0.9, 0.8, 0.5, 0.1],
+            "n_prompts": 100,
+        },
+        "roc.wen.k1": {"fpr": [0, 0.1, 1], "tpr": [0, 0.9, 1], "auc": 0.93},
+    }
+    return doc
+
+
+def test_build_tables_and_figures(tmp_path):
+    root = tmp_path / "leaderboard"
+    write_results(root / "results" / "bundled" / "none.json", _run("none", 0.61, 28.0))
+    write_results(
+        root / "results" / "bundled" / "guidance-scale-scale=3.json",
+        _run("guidance-scale:scale=3", 0.35, 27.1),
+    )
+    (root / "results" / "bundled" / "broken.json").write_text(json.dumps({"schema": "nope"}))
+    readme, errors, entries = L.build(root)
+    assert [e.mitigation for e in entries] == ["none", "guidance-scale-scale=3"]
+    assert len(errors) == 1 and "broken.json" in errors[0] and "not a memberbench" in errors[0]
+    text = readme.read_text()
+    assert "| model   | mitigation" in text  # github table
+    assert "SSCD ↓" in text and "CLIP non-mem ↑" in text
+    assert "0.61 ± 0.02 (15)" in text and "28 ± 0.3 (100)" in text
+    assert "n/a" in text  # null D1 with a reason
+    assert "mem_rate_0.5.dup=64" in text
+    assert "[0.88, 0.97]" in text  # CI in the per-run details
+    assert "## How to submit" in text and "memberbench validate" in text
+    assert "## Files that failed validation" in text
+    for fig in ("decomposition_bundled.png", "roc_bundled.png", "sscd_vs_clip.png"):
+        p = root / "figures" / fig
+        assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{fig}" in text
+
+
+def test_empty_leaderboard(tmp_path):
+    (tmp_path / "results").mkdir()
+    readme, errors, entries = L.build(tmp_path, figures=False)
+    assert entries == [] and errors == []
+    assert "_No results submitted yet._" in readme.read_text()
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("none", "none"),
+        (
+            "guidance-schedule:transition_t=800,before=-2",
+            "guidance-schedule-transition_t=800-before=-2",
+        ),
+        ("bundled:path=/tmp/x", "bundled-path=-tmp-x"),
+        ("../../etc", "etc"),
+    ],
+)
+def test_slug(spec, expected):
+    assert L.slug(spec) == expected
