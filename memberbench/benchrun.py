@@ -176,7 +176,7 @@ class BenchConfig:
     sweep_limit: int = 20  # non-memorized prompts in the sweep (0 = all)
     profile: str = "quick"
     batch_size: int = 16
-    cache_dir: str | None = None  # None: no generation cache
+    cache_dir: str | None = None  # None: the default cache; "none": no cache
     latents: str = "auto"
     sscd_model: str | None = None
     clip: str = "auto"
@@ -343,11 +343,24 @@ class BenchRun:
         return self._sscd
 
     @property
+    def cache_dir(self) -> Path | None:
+        """The generation cache folder: --cache-dir, else memberbench's default cache
+        (``$MEMBERBENCH_CACHE/generations``); None with ``--cache-dir none``."""
+        d = self.config.cache_dir
+        if d is not None and d.strip().lower() in ("none", "off", ""):
+            return None
+        if d is None:
+            from memberbench.cache import default_cache_dir
+
+            return default_cache_dir()
+        return Path(d).expanduser()
+
+    @property
     def cache(self) -> Any:
-        if self._cache is None and self.config.cache_dir:
+        if self._cache is None and self.cache_dir is not None:
             from memberbench.cache import GenerationCache
 
-            self._cache = GenerationCache(self.config.cache_dir)
+            self._cache = GenerationCache(self.cache_dir)
         return self._cache
 
     @property
@@ -471,6 +484,10 @@ class BenchRun:
             total = c * h * w * 4 * (self.config.steps + 1) * n_requests
             if total > LATENTS_AUTO_BYTES:
                 return None
+        if self.cache_dir is not None:  # beside the cache, so cached entries keep their latents
+            d = self.cache_dir / "latents"
+            d.mkdir(parents=True, exist_ok=True)
+            return d
         if self._tmp is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="memberbench-latents-"))
         return self._tmp

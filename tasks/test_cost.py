@@ -1,0 +1,86 @@
+"""Cost of sampling with the mitigation: UNet evaluations and wall time per image.
+
+A fresh generation (never from the cache) of up to 8 memorized-prompt requests, with the run's
+sampler settings and mitigation, batched as in the rest of the run.  Per image: UNet evaluations
+(the sampler's two per step plus whatever the mitigation spends) and wall time (seconds on this
+machine: compare wall times only between runs on the same hardware; ``environment`` in the
+results says which).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from memberbench.metrics.stats import mean_stat
+from memberbench.types import GenerationRequest
+
+pytestmark = pytest.mark.memberbench
+N_IMAGES = 8
+
+
+def test_cost_per_image(mb, record_metric):
+    from memberbench.runner import run_generation
+
+    ps = mb.prompt_set("memorized")
+    refs = mb.references("memorized")
+    reqs, ref_list = [], []
+    for rec in ps:
+        for seed in mb.config.seeds:
+            if len(reqs) == N_IMAGES:
+                break
+            reqs.append(
+                GenerationRequest(
+                    prompt=rec.caption,
+                    seed=seed,
+                    steps=mb.config.steps,
+                    guidance=mb.config.guidance,
+                    scheduler=mb.config.scheduler,
+                    prompt_id=rec.prompt_id,
+                )
+            )
+            ref_list.append(refs.get(rec.prompt_id))
+    if not reqs:
+        pytest.skip("no prompts")
+    t0 = time.perf_counter()
+    samples = run_generation(
+        mb.adapter,
+        reqs,
+        references=ref_list,
+        mitigation=mb.mitigation,
+        cache=None,
+        batch_size=mb.config.batch_size,
+        progress=False,
+    )
+    total = time.perf_counter() - t0
+    ok = [s for s in samples if s.ok]
+    if not ok:
+        pytest.skip("every sample of the cost batch failed")
+    record_metric(
+        "unet_evals_per_image",
+        mean_stat([s.unet_evals for s in ok], "unet_evals"),
+        higher_is_better=False,
+        unit="evaluations",
+        description="UNet forward evaluations per image (2 per step for plain CFG)",
+    )
+    record_metric(
+        "wall_s_per_image",
+        total / len(reqs),
+        higher_is_better=False,
+        n=len(reqs),
+        unit="s",
+        note=f"{len(reqs)} images in {total:.2f} s, batch size {mb.config.batch_size}; one "
+        "timed batch, so no standard error",
+        description="wall time per image (generation only, this machine)",
+    )
+    record_metric(
+        "images_per_s",
+        len(reqs) / total if total > 0 else float("nan"),
+        higher_is_better=True,
+        n=len(reqs),
+        unit="images/s",
+        description="throughput of the cost batch",
+    )
+    assert np.all([s.unet_evals > 0 for s in ok]), "samples report no UNet evaluations"

@@ -1,0 +1,88 @@
+"""Detection of memorized prompts (SPEC M4 and "Detection statistics").
+
+Scores per prompt (averaged over seeds), memorized set = positives, non-memorized = negatives;
+AUC (Hanley-McNeil stderr, stratified bootstrap CI) and TPR at 1% FPR (interpolated on the ROC)
+over the first k sampling steps, k in {1, 5, 50} (clipped to --steps):
+
+* ``wen``    Wen et al.'s text-conditional noise magnitude ||eps_c - eps_u||, mean over the
+             first k steps (needs no training image);
+* ``nsupp``  an overestimation score that needs no training image either: how far the initial
+             noise's share of the latent (projection on x_T) falls below the schedule's
+             sqrt(1 - abar), summed over the first k states (an image-free D2);
+* ``d1``     D1 over the first k states, against each prompt's training image (an oracle score:
+             it needs the training image, here the nearest one for non-memorized prompts).
+
+Also the mean of Wen's magnitude per set (``wen.k1``, ``wen.k1.nonmem``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memberbench.benchrun import DETECTION_WINDOWS, SIDES, SUFFIX
+from memberbench.metrics.stats import mean_stat, roc_auc, roc_points, tpr_at_fpr
+
+pytestmark = pytest.mark.memberbench
+SCORES = ("wen", "nsupp", "d1")
+
+
+def _windows(steps: int) -> list[int]:
+    return sorted({min(k, steps) for k in DETECTION_WINDOWS})
+
+
+def _scores(mb, score: str, side: str, k: int) -> dict[str, float]:
+    if score == "wen":
+        return mb.wen(side, k)
+    if score == "nsupp":
+        return mb.noise_suppression(side, k)
+    mb.require_images(side)
+    return {p: v["D1"] for p, v in mb.deviation(side, window=k).items()}
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_detection(mb, record_metric, record_series, score):
+    for k in _windows(mb.config.steps):
+        pos = _scores(mb, score, "memorized", k)
+        neg = _scores(mb, score, "nonmemorized", k)
+        if not pos or not neg:
+            pytest.skip(
+                f"{score}: no scores on one side (memorized {len(pos)}, non-memorized {len(neg)})"
+            )
+        s = np.array(list(pos.values()) + list(neg.values()), dtype=np.float64)
+        y = np.array([1] * len(pos) + [0] * len(neg))
+        nb = mb.config.n_boot
+        auc = roc_auc(s, y, n_boot=nb, seed=0)
+        record_metric(
+            f"detect_auc.{score}.k{k}",
+            auc,
+            higher_is_better=True,
+            prompt_set="both",
+            description=f"ROC AUC of {score} over the first {k} steps, memorized vs not",
+        )
+        record_metric(
+            f"detect_tpr1.{score}.k{k}",
+            tpr_at_fpr(s, y, 0.01, n_boot=nb, seed=0),
+            higher_is_better=True,
+            prompt_set="both",
+            description=f"TPR at 1% FPR (interpolated) of {score} over the first {k} steps",
+        )
+        finite = np.isfinite(s)
+        if auc.ok and finite.all():
+            fpr, tpr, _ = roc_points(s, y)
+            record_series(f"roc.{score}.k{k}", {"fpr": fpr, "tpr": tpr, "auc": auc.value})
+
+
+def test_noise_magnitude_m4(mb, record_metric):
+    for side in SIDES:
+        vals = mb.wen(side, 1)
+        if not vals:
+            pytest.skip(f"no {side} traces with eps_diff_norm")
+        record_metric(
+            f"wen.k1{SUFFIX[side]}",
+            mean_stat(list(vals.values()), "wen"),
+            higher_is_better=False,
+            per_prompt=vals,
+            prompt_set=side,
+            description="M4: Wen's ||eps_c - eps_u|| at the first step, mean over seeds",
+        )

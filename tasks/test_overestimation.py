@@ -1,0 +1,176 @@
+"""Overestimation (SPEC M2, M3), the schedule decomposition and its deviation scores (M6), and
+their correlation with memorization severity (M7).
+
+* M2: at the training pair, forward-noised to the first (highest-noise) timesteps of the
+  sampling grid: the overestimation coefficient k_b = <x0_hat_b, x> / ||x||^2 per branch and
+  the guided / conditional training-loss ratio.  A property of the model: measured without the
+  mitigation.
+* M3: k_i(g) along the sampled trajectories, mean over the first 10 steps.
+* M6: D1 (training-image share above the schedule) and D2 (initial noise suppressed below it),
+  against sqrt(abar) (bare names) and the DDIM-ideal schedule (``.ddim_ideal``), over all
+  states and the first 10 (``.early``); the mean W0 / WT curves go to the results' series for
+  the leaderboard's decomposition figure.
+* M7: Pearson and Spearman correlation over prompts (both sets pooled) of D1, D2 and Wen's
+  magnitude with per-prompt SSCD, with bootstrap confidence intervals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memberbench.benchrun import SIDES, SUFFIX
+from memberbench.metrics.decomposition import schedule_reference
+from memberbench.metrics.overestimation import trajectory_k
+from memberbench.metrics.stats import correlation, mean_stat
+
+pytestmark = pytest.mark.memberbench
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_training_pair_m2(mb, record_metric, record_series, side):
+    mb.require_images(side)
+    res = mb.training_pair(side)
+    if not res:
+        pytest.skip(f"no {side} prompt with a training image for M2")
+    sfx = SUFFIX[side]
+    for b, hib in (("g", False), ("c", None), ("u", None)):
+        vals = {p: float(r.k[b].mean()) for p, r in res.items()}
+        record_metric(
+            f"k_pair_{b}{sfx}",
+            mean_stat(list(vals.values()), f"k_pair_{b}"),
+            higher_is_better=hib,
+            per_prompt=vals,
+            prompt_set=side,
+            description=f"M2: k_{b} = <x0_hat_{b}, x>/||x||^2 at the training pair, first "
+            f"{len(next(iter(res.values())).timesteps)} timesteps, mean over noises",
+        )
+    ratio = {p: float(r.loss["g"][0].mean() / r.loss["c"][0].mean()) for p, r in res.items()}
+    record_metric(
+        f"m2_loss_ratio_gc{sfx}",
+        mean_stat(list(ratio.values()), "m2_loss_ratio_gc"),
+        higher_is_better=False,
+        per_prompt=ratio,
+        prompt_set=side,
+        description="M2: guided / conditional training loss at the first sampling timestep",
+    )
+    first = next(iter(res.values()))
+    record_series(
+        f"m2.{side}",
+        {
+            "timesteps": first.timesteps,
+            **{f"k_{b}": np.mean([r.mean("k", b) for r in res.values()], 0) for b in "ucg"},
+            **{f"loss_{b}": np.mean([r.mean("loss", b) for r in res.values()], 0) for b in "ucg"},
+            "n_prompts": len(res),
+        },
+    )
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_trajectory_k_m3(mb, record_metric, record_series, side):
+    mb.require_images(side)
+    vals = mb.k_trajectory(side)
+    if not vals:
+        pytest.skip(f"no {side} trajectory was traced against a training latent")
+    record_metric(
+        f"k_traj_g{SUFFIX[side]}",
+        mean_stat(list(vals.values()), "k_traj_g"),
+        higher_is_better=False,
+        per_prompt=vals,
+        prompt_set=side,
+        description="M3: k_i(g) along the trajectory, mean over the first 10 steps and seeds",
+    )
+    curves = [
+        np.mean([trajectory_k(g.trace, "g") for g in gens], 0)
+        for pid, gens in mb.ok_gens(side).items()
+        if pid in vals
+    ]
+    record_series(
+        f"k_traj.{side}",
+        {"k_g": np.mean(curves, 0), "n_prompts": len(curves)},
+    )
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_deviation_d1_d2(mb, record_metric, record_series, side):
+    mb.require_images(side)
+    dev = mb.deviation(side)
+    if not dev:
+        pytest.skip(f"no {side} trajectory has the decomposition fields")
+    sfx = SUFFIX[side]
+    for schedule, sq in (("sqrt_abar", ""), ("ddim_ideal", ".ddim_ideal")):
+        for window, wq in (("all", ""), ("early", ".early")):
+            d = (
+                dev
+                if (schedule, window) == ("sqrt_abar", "all")
+                else mb.deviation(side, schedule=schedule, window=window)
+            )
+            for key, name in (("D1", "d1"), ("D2", "d2")):
+                vals = {p: v[key] for p, v in d.items()}
+                record_metric(
+                    f"{name}{sq}{wq}{sfx}",
+                    mean_stat(list(vals.values()), name),
+                    higher_is_better=False,
+                    per_prompt=vals if (sq, wq) == ("", "") else None,
+                    prompt_set=side,
+                    description=f"M6: {key} against {schedule}, {window} states",
+                )
+    # mean decomposition curves for the leaderboard figure
+    some_trace = next(iter(mb.ok_gens(side).values()))[0].trace
+    abar_next = np.asarray(some_trace.series["abar_next"], dtype=np.float64)
+    abar_t1 = float(some_trace.series["abar_t"][0])
+    W0 = np.array([v["W0"] for v in dev.values()])
+    WT = np.array([v["WT"] for v in dev.values()])
+    r0, rT = schedule_reference(abar_next, abar_t1, "sqrt_abar")
+    i0, iT = schedule_reference(abar_next, abar_t1, "ddim_ideal")
+    record_series(
+        f"decomposition.{side}",
+        {
+            "steps": list(range(1, len(abar_next) + 1)),
+            "W0": W0.mean(0),
+            "WT": WT.mean(0),
+            "W0_se": W0.std(0, ddof=1) / np.sqrt(len(W0)) if len(W0) > 1 else None,
+            "WT_se": WT.std(0, ddof=1) / np.sqrt(len(WT)) if len(WT) > 1 else None,
+            "ref0_sqrt_abar": r0,
+            "refT_sqrt_abar": rT,
+            "ref0_ddim_ideal": i0,
+            "refT_ddim_ideal": iT,
+            "n_prompts": len(W0),
+        },
+    )
+
+
+def _pooled(mb, per_side: dict[str, dict[str, float]], sscd_side: dict[str, dict[str, float]]):
+    xs, ys = [], []
+    for side in SIDES:
+        a, b = per_side.get(side, {}), sscd_side.get(side, {})
+        for pid in a:
+            if pid in b:
+                xs.append(a[pid])
+                ys.append(b[pid])
+    return np.array(xs), np.array(ys)
+
+
+def test_correlation_with_sscd_m7(mb, record_metric):
+    sscd = {}
+    for side in SIDES:
+        if mb.prompt_set(side).n_with_image:
+            sscd[side] = mb.sscd(side).prompt_means()
+    if not sscd:
+        pytest.skip("no prompt set has training images: SSCD (and so M7) is undefined")
+    scores = {
+        "d1": {s: {p: v["D1"] for p, v in mb.deviation(s).items()} for s in sscd},
+        "d2": {s: {p: v["D2"] for p, v in mb.deviation(s).items()} for s in sscd},
+        "wen": {s: mb.wen(s, 1) for s in sscd},
+    }
+    for score, per_side in scores.items():
+        x, y = _pooled(mb, per_side, sscd)
+        for method in ("pearson", "spearman"):
+            record_metric(
+                f"corr_{method}.{score}_sscd",
+                correlation(x, y, method, n_boot=mb.config.n_boot, seed=0),
+                higher_is_better=None,
+                prompt_set="both",
+                description=f"M7: {method} correlation over prompts (both sets pooled) of "
+                f"{score} with per-prompt mean SSCD; CI: bootstrap over prompts",
+            )
