@@ -155,6 +155,7 @@ def cmd_train_bundled(ns: argparse.Namespace) -> int:
         seed=ns.seed,
         vae_steps=ns.vae_steps,
         unet_steps=ns.unet_steps,
+        refine_steps=ns.refine_steps,
         clip_steps=ns.clip_steps,
         batch=ns.batch,
     )
@@ -202,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--vae-steps", type=int, default=600)
     t.add_argument("--unet-steps", type=int, default=3500)
-    t.add_argument("--clip-steps", type=int, default=1500)
+    t.add_argument("--refine-steps", type=int, default=2000, help="EMA refine pass (0: none)")
+    t.add_argument("--clip-steps", type=int, default=600)
     t.add_argument("--batch", type=int, default=48)
     return p
 

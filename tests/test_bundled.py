@@ -152,9 +152,20 @@ def test_shortened_recipe_reproduces_a_loadable_model(tmp_path):
 
     out = tmp_path / "weights"
     recipe = train_bundled(
-        out, seed=1, vae_steps=2, unet_steps=3, clip_steps=2, batch=8, progress=False
+        out,
+        seed=1,
+        vae_steps=2,
+        unet_steps=3,
+        refine_steps=2,
+        clip_steps=2,
+        batch=8,
+        progress=False,
     )
-    assert recipe["unet_steps"] == 3 and set(recipe["timings"]) >= {"vae_s", "unet_s", "clip_s"}
+    assert (
+        recipe["unet_steps"] == 3
+        and recipe["refine_steps"] == 2
+        and set(recipe["timings"]) >= {"vae_s", "unet_s", "clip_s"}
+    )
     verify_manifest(out)
     pipe = StableDiffusionPipeline.from_pretrained(out / "model")
     assert pipe.vae.config.scaling_factor > 0

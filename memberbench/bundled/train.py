@@ -362,6 +362,7 @@ def train_bundled(
 
     save_pipeline(tmp / "model", vae, unet, text_encoder, tokenizer, tok_src)
     shutil.rmtree(tok_src)
+    (tmp / "_checkpoints").mkdir(exist_ok=True)
     torch.save(vae.state_dict(), tmp / "_checkpoints" / "vae.pt")
 
     from memberbench.bundled.clip_scorer import train_clip
