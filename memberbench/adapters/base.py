@@ -110,7 +110,7 @@ class Adapter(ABC):
         resized straight to the model resolution, pixels in [-1, 1], VAE posterior mode times the
         scaling factor, fp32."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, deliberately a no-op
         """Release memory (optional)."""
 
 
