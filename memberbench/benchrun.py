@@ -92,17 +92,20 @@ def parse_seeds(text: str) -> list[int]:
     """``"0-9"`` (inclusive range), ``"0,3,7"``, a mix (``"0-3,10"``) or a count prefixed by
     ``n=`` / ``x`` (``"n=4"`` / ``"x4"`` = seeds 0..3)."""
     t = str(text).strip()
-    bad = MemberbenchError(
-        f"--seeds {text!r} not understood: use a range '0-9', a list '0,3,7', a mix '0-3,10' "
-        "or a count 'n=10' (seeds 0..9)"
-    )
+
+    def bad() -> ValueError:
+        return MemberbenchError(
+            f"--seeds {text!r} not understood: use a range '0-9', a list '0,3,7', a mix "
+            "'0-3,10' or a count 'n=10' (seeds 0..9)"
+        )
+
     if not t:
-        raise bad
+        raise bad()
     m = re.fullmatch(r"(?:n=|x)(\d+)", t)
     if m:
         n = int(m.group(1))
         if n < 1:
-            raise bad
+            raise bad()
         return list(range(n))
     out: list[int] = []
     for part in t.split(","):
@@ -111,12 +114,12 @@ def parse_seeds(text: str) -> list[int]:
         if r:
             a, b = int(r.group(1)), int(r.group(2))
             if b < a:
-                raise bad
+                raise bad()
             out.extend(range(a, b + 1))
         elif re.fullmatch(r"\d+", part):
             out.append(int(part))
         else:
-            raise bad
+            raise bad()
     if len(set(out)) != len(out):
         raise MemberbenchError(f"--seeds {text!r} lists a seed twice")
     if any(s > 2**63 - 1 for s in out):
