@@ -317,3 +317,13 @@ def test_options_exist_and_are_documented(pytester):
             "*--mb-compare-fail=MB_COMPARE_FAIL*",
         ]
     )
+
+
+def test_task_without_training_images_skips_with_reason(bench, pytester):
+    """The real memorization task on a prompt set without images: skipped, with the reason."""
+    txt = pytester.path / "memorized.txt"
+    txt.write_text("a prompt without a training image\n")
+    tasks = REPO / "tasks" / "test_memorization.py"
+    r = bench(str(tasks), f"--prompts-memorized={txt}", "-k", "test_sscd_memorized", "-rs")
+    r.assert_outcomes(skipped=1, deselected=3)
+    r.stdout.fnmatch_lines(["*SKIPPED*has no training images*image_available is false*"])

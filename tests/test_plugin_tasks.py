@@ -1,0 +1,123 @@
+"""The real task suite (tasks/) end to end on a tiny random pipeline, through the plugin.
+
+Two prompts per set with 32x32 PNG training images, 2 seeds, 4 steps: every task runs, the
+results file validates and holds each family's metrics; a regression check against that run
+fails exactly the task test whose metric misses its tolerance.  (A prompt set without
+training images making the tasks skip with the reason: tests/test_plugin.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_plugin import _this_checkout, write_prompt_files  # noqa: F401 (autouse fixture)
+
+from memberbench.results import validate_file
+
+pytest_plugins = ["pytester"]
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
+STEPS = 4
+
+
+@pytest.mark.slow
+def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
+    mem, non = write_prompt_files(pytester.path, n=2)
+    common = [
+        "-p",
+        "no:cacheprovider",
+        f"--model=bundled:path={tiny_pipeline_dir}",
+        f"--prompts-memorized={mem}",
+        f"--prompts-nonmemorized={non}",
+        "--seeds=0-1",
+        f"--steps={STEPS}",
+        "--sweep=1",
+        "--n-boot=10",
+        "--m2-limit=1",
+        "--m2-noises=1",
+        f"--cache-dir={pytester.path / 'cache'}",
+    ]
+    out = pytester.path / "res" / "run.json"
+    r = pytester.runpytest_subprocess(str(TASKS), *common, f"--results={out}", "-rs")
+    outcomes = r.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, r.stdout.str()
+    assert outcomes["passed"] >= 20
+    errors, doc = validate_file(out)
+    assert errors == []
+    m = doc["metrics"]
+    for name in (
+        "sscd_mean",
+        "sscd_max",
+        "mem_rate_0.75",
+        "mem_rate_0.5",
+        "sscd_mean.nonmem",
+        "sscd_mean.dup=1",
+        "mem_rate_0.5.dup=4",
+        "sscd_ceiling",
+        "k_pair_g",
+        "m2_loss_ratio_gc.nonmem",
+        "k_traj_g",
+        "d1",
+        "d2",
+        "d1.ddim_ideal",
+        "d2.early",
+        "d1.nonmem",
+        "corr_pearson.d1_sscd",
+        "corr_spearman.wen_sscd",
+        "sscd_mean.g=1",
+        "d1.g=1.nonmem",
+        "detect_auc.wen.k1",
+        f"detect_tpr1.nsupp.k{STEPS}",
+        "detect_auc.d1.k1",
+        "wen.k1",
+        "seed_sscd",
+        "latent_l2.nonmem",
+        "collapse_early",
+        "unet_evals_per_image",
+        "wall_s_per_image",
+    ):
+        assert name in m, f"{name} missing; have {sorted(m)}"
+        assert m[name]["test"].startswith("test_") or "tasks/" in m[name]["test"]
+    assert m["unet_evals_per_image"]["value"] == 2 * STEPS  # plain CFG: 2 per step
+    assert m["sscd_mean"]["n"] == 2 and m["sscd_mean"]["stderr"] is not None
+    assert m["detect_auc.wen.k1"]["n"] == 4 and m["detect_auc.wen.k1"]["ci"] is not None
+    assert m["d1"]["test"].endswith("test_deviation_d1_d2[memorized]")
+    assert len(doc["series"]["decomposition.memorized"]["W0"]) == STEPS
+    assert doc["series"]["roc.wen.k1"]["fpr"][0] == 0.0
+    assert doc["sampling"]["seeds"] == [0, 1] and doc["sampling"]["steps"] == STEPS
+    assert doc["run"]["status"] == "complete" and doc["run"]["images_generated"] >= 16
+    rows = [json.loads(x) for x in out.with_name("run.prompts.jsonl").read_text().splitlines()]
+    assert {(r["set"], r["prompt_id"]) for r in rows} == {
+        ("memorized", "mem0"),
+        ("memorized", "mem1"),
+        ("nonmemorized", "non0"),
+        ("nonmemorized", "non1"),
+    }
+    row = next(r for r in rows if r["prompt_id"] == "mem0")
+    assert row["seeds"] == [0, 1] and len(row["metrics"]["sscd_per_seed"]) == 2
+    assert row["metrics"]["d1"] == pytest.approx(m["d1"]["value"] * 2 - _other(rows, "d1"))
+
+    # Regression check against that run (same cache, so the same numbers): a required
+    # improvement of SSCD on the memorized set cannot hold -> exactly that test fails.
+    r = pytester.runpytest_subprocess(
+        str(TASKS / "test_memorization.py"),
+        *common,
+        f"--results={pytester.path / 'res2.json'}",
+        f"--mb-compare={out}",
+        "--mb-compare-fail=sscd_mean:-50%,sscd_mean.nonmem:1%,sscd_ceiling:2se",
+    )
+    r.assert_outcomes(passed=3, failed=1)
+    r.stdout.fnmatch_lines(
+        [
+            "*sscd_mean did not improve enough*",
+            "*comparison with*run.json*",
+            "*sscd_mean ↓*-50%*FAIL*",
+            "*sscd_mean.nonmem ↓*1%*ok*",
+            "*FAILED*test_memorization.py::test_sscd_memorized*",
+        ]
+    )
+
+
+def _other(rows: list[dict], key: str) -> float:
+    return next(r for r in rows if r["prompt_id"] == "mem1")["metrics"][key]
