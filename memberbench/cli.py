@@ -66,7 +66,10 @@ def cmd_run(argv: Sequence[str]) -> int:
     target = find_tasks_dir(tasks)
     # -p memberbench.pytest_plugin makes the plugin available even without installed metadata
     plugin_args = [] if _plugin_installed() else ["-p", "memberbench.pytest_plugin"]
-    return int(pytest.main([str(target), *plugin_args, *args]))
+    # memberbench is already imported here, so pytest cannot assertion-rewrite the plugin
+    # module; that is expected, not worth a warning
+    quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    return int(pytest.main([str(target), *quiet, *plugin_args, *args]))
 
 
 def _plugin_installed() -> bool:
