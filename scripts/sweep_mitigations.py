@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Hyperparameter sweeps of every mitigation, written as leaderboard rows.
+
+Each setting is one benchmark run (``pytest tasks/... --mitigation SPEC``) that writes a full
+results file through the results API of the pytest plugin (``memberbench.results``) to
+``<out>/<model>/<slug(spec)>.json`` (plus its ``.prompts.jsonl``), which ``memberbench
+leaderboard`` turns into the tables and the SSCD-vs-CLIP trade-off figure.  Every run uses the
+same model, prompt sets, seeds, steps and guidance, so the rows are paired: the same (prompt,
+seed) requests under every method, and the ``none`` row is their common baseline.  Generations
+go through the shared cache, so rerunning a sweep only computes what is new.
+
+Usage::
+
+    python scripts/sweep_mitigations.py --list                       # the settings
+    python scripts/sweep_mitigations.py --dry-run                    # the commands
+    python scripts/sweep_mitigations.py                              # everything, bundled model
+    python scripts/sweep_mitigations.py --methods none,guidance-schedule --seeds 0-3 --steps 50
+    python scripts/sweep_mitigations.py --model sd-1.4 --profile paper --out leaderboard/results
+    python scripts/sweep_mitigations.py --skip-existing -- --limit 8   # args after -- go to pytest
+
+Then ``memberbench leaderboard`` rebuilds ``leaderboard/README.md`` and the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# At least three settings per method, spanning weak to strong.  Values are chosen for the
+# bundled model (32x32 images, 4x16x16 latents); targets in eps_diff_norm units scale with the
+# latent size (SD 1.x latents are 16x larger, so norms about 4x larger).
+SWEEPS: dict[str, list[str]] = {
+    "none": ["none"],
+    "guidance-scale": [f"guidance-scale:scale={g}" for g in (1.0, 2.0, 3.5, 5.0)],
+    "guidance-schedule": [
+        *(f"guidance-schedule:transition_t={t},before=0" for t in (900, 800, 600)),
+        *(f"guidance-schedule:transition_t={t},before=-2" for t in (900, 800)),
+        "guidance-schedule:mode=dynamic,before=1,latest_t=600",
+        "guidance-schedule:mode=dynamic,before=-2,latest_t=600",
+    ],
+    "caption-randomization": [
+        *(f"caption-randomization:mode=token,count={k}" for k in (1, 4, 8)),
+        *(f"caption-randomization:mode=number,count={k}" for k in (1, 4, 8)),
+    ],
+    "prompt-embedding": [
+        f"prompt-embedding:target={tgt},max_iters=10,lr=0.05" for tgt in (2.5, 2.0, 1.5)
+    ],
+    "attention-reweight": [
+        *(f"attention-reweight:c1={c}" for c in (1.1, 1.25, 1.5)),
+        "attention-reweight:c1=1.25,trigger_top_k=2,trigger_scale=0.3",
+    ],
+    "initial-noise": [
+        *(f"initial-noise:target={tgt},max_iters=50,lr=0.02" for tgt in (2.5, 2.0, 1.5)),
+        *(f"initial-noise:mode=batch,rho={r}" for r in (0.2, 0.39, 0.8)),
+    ],
+    "overestimation-guard": [
+        *(f"overestimation-guard:threshold={thr}" for thr in (1.5, 2.0, 3.0)),
+        "overestimation-guard:threshold=2,window=0.5",
+    ],
+}
+
+# The task files that score a mitigation: memorization (SSCD, rates), overestimation (D1/D2, k),
+# utility (CLIP score on both sets) and cost (UNet evaluations, wall time per image).
+DEFAULT_TASKS = (
+    "tasks/test_memorization.py",
+    "tasks/test_overestimation.py",
+    "tasks/test_utility.py",
+    "tasks/test_cost.py",
+)
+
+
+def settings(methods: list[str] | None) -> list[str]:
+    from memberbench.mitigations import build_mitigation
+
+    names = methods or list(SWEEPS)
+    unknown = [m for m in names if m not in SWEEPS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; swept: {', '.join(SWEEPS)}")
+    specs = ["none"] + [s for m in names for s in SWEEPS[m] if s != "none"]
+    for s in specs:  # refuse a bad setting before running anything
+        build_mitigation(s)
+    return specs
+
+
+def command(spec: str, args: argparse.Namespace, out: Path, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "pytest", *args.tasks, "-q", "-p", "no:cacheprovider"]
+    cmd += ["--model", args.model, "--mitigation", spec, "--results", str(out)]
+    cmd += ["--seeds", args.seeds, "--steps", str(args.steps), "--guidance", str(args.guidance)]
+    cmd += ["--sweep", "none"]
+    if args.profile:
+        cmd += ["--profile", args.profile]
+    if args.cache_dir:
+        cmd += ["--cache-dir", args.cache_dir]
+    return cmd + extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        k = argv.index("--")
+        argv, extra = argv[:k], argv[k + 1 :]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="bundled", help="model spec (default: bundled)")
+    ap.add_argument("--methods", default="", help="comma-separated methods (default: all)")
+    ap.add_argument("--seeds", default="0-3", help="seeds, the same for every run (default 0-3)")
+    ap.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    ap.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5)")
+    ap.add_argument("--profile", default="", help="pytest plugin profile (quick / paper)")
+    ap.add_argument("--cache-dir", default="", help="generation cache folder (plugin default)")
+    ap.add_argument("--out", default=str(ROOT / "leaderboard" / "results"), help="results root")
+    ap.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="task files to run")
+    ap.add_argument("--skip-existing", action="store_true", help="keep rows already written")
+    ap.add_argument("--list", action="store_true", help="print the settings and exit")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    args = ap.parse_args(argv)
+
+    from memberbench.leaderboard import slug
+    from memberbench.registry import parse_spec
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
+    specs = settings(methods)
+    if args.list:
+        for s in specs:
+            print(s)
+        return 0
+    model_dir = Path(args.out) / slug(parse_spec(args.model)[0])
+    failures = []
+    for n, spec in enumerate(specs, 1):
+        out = model_dir / f"{slug(spec)}.json"
+        cmd = command(spec, args, out, extra)
+        if args.dry_run:
+            print(shlex.join(cmd))
+            continue
+        if args.skip_existing and out.is_file():
+            print(f"[{n}/{len(specs)}] {spec}: exists, skipped ({out})")
+            continue
+        print(f"[{n}/{len(specs)}] {spec} -> {out}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd, cwd=ROOT)
+        print(f"    exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+        if rc != 0 or not out.is_file():
+            failures.append(spec)
+    if failures:
+        print("runs without a results file or with failing tasks:", *failures, sep="\n  ")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
