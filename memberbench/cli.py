@@ -5,7 +5,7 @@ Subcommands (each imports what it needs only when run)::
     memberbench run [PYTEST/PLUGIN OPTIONS...]   the benchmark: `pytest tasks/` with the options
     memberbench generate ...                     images + traces for prompts (memberbench.generate)
     memberbench validate FILE [FILE...]          check results files against the schema
-    memberbench leaderboard [--root DIR]         rebuild leaderboard/README.md and figures
+    memberbench leaderboard [--root DIR] [--add FILE]  add a run; rebuild README.md and figures
     memberbench compare BASELINE CURRENT [--fail SPEC] [--force]
                                                  compare two results files (regression check)
     memberbench train-bundled --out DIR ...      retrain the bundled model
@@ -111,8 +111,10 @@ def cmd_validate(ns: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(ns: argparse.Namespace) -> int:
-    from memberbench.leaderboard import build
+    from memberbench.leaderboard import add_run, build
 
+    for f in ns.add or ():
+        print(f"added {f} as {add_run(f, ns.root)}")
     readme, errors, entries = build(ns.root, figures=not ns.no_figures)
     print(f"wrote {readme} ({len(entries)} runs)")
     for e in errors:
@@ -188,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--root", default="leaderboard", help="leaderboard folder (default %(default)s)"
     )
     lb.add_argument("--no-figures", action="store_true", help="tables only")
+    lb.add_argument(
+        "--add",
+        action="append",
+        metavar="FILE",
+        help="first copy this results file (validated, with its per-prompt JSONL) to "
+        "results/<model>/<mitigation>.json; repeatable",
+    )
 
     c = sub.add_parser("compare", help="compare a results file against a baseline results file")
     c.add_argument("baseline")

@@ -85,6 +85,25 @@ def slug(text: str) -> str:
     return s or "unnamed"
 
 
+def add_run(src: str | Path, root: str | Path = "leaderboard") -> Path:
+    """Validate a results file and copy it, with its per-prompt JSONL, to
+    ``root/results/<model>/<mitigation>.json`` (the per-prompt link is rewritten)."""
+    from memberbench.results import load_per_prompt, validate_file, write_results
+
+    errors, doc = validate_file(src)
+    if errors:
+        raise ResultsError(f"{src}: not added, it does not validate: " + "; ".join(errors[:5]))
+    rows = load_per_prompt(src, doc)
+    dst = (
+        Path(root)
+        / "results"
+        / slug(doc["model"]["name"])
+        / f"{slug(doc['mitigation']['spec'])}.json"
+    )
+    doc = {k: v for k, v in doc.items() if k != "per_prompt"}
+    return write_results(dst, doc, rows)
+
+
 def collect(results_dir: str | Path) -> tuple[list[Entry], list[str]]:
     """All ``<model>/<mitigation>.json`` under ``results_dir``: (valid entries, error messages)."""
     root = Path(results_dir)
@@ -271,18 +290,18 @@ SUBMIT = """\
 
 ### A results file for an existing model
 
-1. Run the benchmark with the paper profile (or say which settings you used):
+1. Run the benchmark (the paper profile for a real model; say so if you used other settings):
 
-       pytest tasks/ --model sd-1.4 --mitigation none --profile paper \\
-           --results leaderboard/results/sd-1.4/none.json
+       pytest tasks/ --model sd-1.4 --mitigation none --profile paper --results run.json
 
-   The run writes `none.json` and `none.prompts.jsonl` side by side. Keep both.
-2. Check it: `memberbench validate leaderboard/results/sd-1.4/none.json` (pure JSON checks; it
-   never runs anything from the file).
-3. Rebuild the tables: `memberbench leaderboard`, and open a pull request with the two results
-   files, this README and `leaderboard/figures/`. The folder name is the model name
-   (`model.name` in the file) and the file name the mitigation spec, made file-name safe
-   (`delayed_cfg:start=10` -> `delayed_cfg-start=10.json`).
+   The run writes `run.json` and `run.prompts.jsonl` side by side. Keep both.
+2. Check it: `memberbench validate run.json` (pure JSON checks; it never runs anything from
+   the file).
+3. Add it and rebuild the tables: `memberbench leaderboard --add run.json` copies both files to
+   `leaderboard/results/<model>/<mitigation>.json` (the folder is `model.name`, the file name
+   the canonical mitigation spec made file-name safe, e.g.
+   `guidance-schedule-...-transition_t=800.json`) and rewrites this README and
+   `leaderboard/figures/`. Open a pull request with those files.
 
 ### A new model (adapter)
 

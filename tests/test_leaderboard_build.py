@@ -93,3 +93,21 @@ def test_empty_leaderboard(tmp_path):
 )
 def test_slug(spec, expected):
     assert L.slug(spec) == expected
+
+
+def test_add_run_copies_and_relinks_per_prompt(tmp_path):
+    from memberbench.results import load_per_prompt, validate_file
+
+    rows = [{"set": "memorized", "prompt_id": "p1", "metrics": {"sscd_mean": 0.7}}]
+    src = write_results(
+        tmp_path / "anywhere" / "my-run.json", _run("guidance-scale:scale=3", 0.3, 27), rows
+    )
+    dst = L.add_run(src, tmp_path / "lb")
+    assert dst == tmp_path / "lb" / "results" / "bundled" / "guidance-scale-scale=3.json"
+    errors, doc = validate_file(dst)
+    assert errors == [] and doc["per_prompt"]["path"] == "guidance-scale-scale=3.prompts.jsonl"
+    assert load_per_prompt(dst, doc) == rows
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(L.ResultsError, match="not added"):
+        L.add_run(bad, tmp_path / "lb")
