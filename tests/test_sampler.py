@@ -301,3 +301,26 @@ def test_batch_plan_groups_compatible_requests():
 def test_reference_shape_is_checked(tiny_adapter):
     with pytest.raises(MemberbenchError, match="reference latent"):
         TracedSampler(tiny_adapter).sample(_reqs(steps=2)[:1], [torch.zeros(3, 8, 8)])
+
+
+def _bundled_installed() -> bool:
+    from memberbench.bundled import WEIGHTS_DIR
+
+    return (WEIGHTS_DIR / "model" / "model_index.json").is_file()
+
+
+@pytest.mark.skipif(not _bundled_installed(), reason="bundled weights not installed")
+def test_matches_pipeline_on_bundled_model():
+    """The same equivalence on the trained bundled model (manifest-verified load): fp32 CPU,
+    same batch -> bit-identical latents and images (asserted <= 1e-6 / exact)."""
+    from memberbench.adapters import load_adapter
+
+    ad = load_adapter("bundled", device="cpu")
+    assert ad.card.revision.startswith("manifest-sha256:")
+    reqs = _reqs(steps=5)
+    samples = TracedSampler(ad).sample(reqs)
+    pipe = ad.pipe
+    pipe.scheduler = ad.make_scheduler("ddim")
+    z = torch.stack([initial_noise(r.seed, ad.latent_shape)[0] for r in reqs])
+    out = pipe(PROMPTS, num_inference_steps=5, guidance_scale=7.5, latents=z, output_type="np")
+    assert np.array_equal(np.stack([s.image for s in samples]), _pipe_images(pipe, out))

@@ -390,13 +390,45 @@ def load_pipeline(
     except Exception as first:  # noqa: BLE001
         if offline:
             raise _missing_weights(src, revision, model_name, first, offline=True) from None
-    # not cached: try to download (fails fast when the network is off)
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    # not cached: download, unless the Hub is unreachable (fail in seconds, not after retries)
+    why = _hub_unreachable()
+    if why:
+        raise _missing_weights(src, revision, model_name, OSError(why), offline=False) from None
     try:
         return _load(False)
     except Exception as e:  # noqa: BLE001
         raise _missing_weights(src, revision, model_name, e, offline=False) from None
+
+
+def _hub_unreachable(timeout: float = 5.0) -> str:
+    """'' if a TCP connection to the Hub endpoint opens within ``timeout`` s, else the reason.
+
+    Skipped (returns '') when a proxy is configured: then only the download itself can tell.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = (
+        url.hostname or "huggingface.co",
+        url.port or (443 if url.scheme == "https" else 80),
+    )
+    result: list[str] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append("")
+        except OSError as e:
+            result.append(f"cannot reach {host}:{port} ({e})")
+
+    th = threading.Thread(target=probe, daemon=True)
+    th.start()
+    th.join(timeout + 1.0)  # name resolution has no timeout of its own
+    return result[0] if result else f"cannot reach {host}:{port} (timed out after {timeout:g} s)"
 
 
 def _dtype_kwarg() -> str:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memberbench.metrics.decomposition import decompose_batch
 from memberbench.sampling import schedulers as _sched
 from memberbench.sampling.hooks import SamplerState, StepHook
 from memberbench.types import BRANCHES, GenerationRequest, MemberbenchError, Sample, Trace
@@ -68,6 +69,24 @@ REF_SERIES = (
     "w0",
     "wT",
     "resid_rms",
+)
+# the order in which the loop computes them: per prediction, per state; [without x, with x]
+_PRED = (
+    "guidance",
+    *(f"eps_{b}_norm" for b in BRANCHES),
+    "eps_diff_norm",
+    *(f"eps_{b}_dot_xT" for b in BRANCHES),
+    *(f"x0_{b}_norm" for b in BRANCHES),
+)
+_PRED_X = (
+    *(f"eps_{b}_dot_x" for b in BRANCHES),
+    *(f"x0_{b}_dot_x" for b in BRANCHES),
+    *(f"x0_{b}_err" for b in BRANCHES),
+)
+PRED_SERIES = (_PRED, _PRED + _PRED_X)
+STATE_SERIES = (
+    ("latent_norm", "latent_dot_xT"),
+    ("latent_norm", "latent_dot_xT", "latent_dot_x", "w0", "wT", "resid_rms"),
 )
 _STATE_SERIES = frozenset(("latent_norm", "latent_dot_xT", "latent_dot_x", "w0", "wT", "resid_rms"))
 _SCHEDULE_SERIES = frozenset(("timestep", "abar_t", "abar_next"))
@@ -281,6 +300,8 @@ class TracedSampler:
         rec[col["abar_next"]] = abar_next.to(dev)[:, None]
 
         xT = (latents.to(torch.float64) * vp0).reshape(B, d)
+        pred_idx = torch.tensor([col[k] for k in PRED_SERIES[X is not None]], device=dev)
+        state_idx = torch.tensor([col[k] for k in STATE_SERIES[X is not None]], device=dev)
         full = None
         if self.record_latents_dir is not None:
             full = np.full((B, T + 1, *shape), np.nan, dtype=np.float32)
@@ -292,6 +313,8 @@ class TracedSampler:
             latents = torch.where(alive.view(-1, 1, 1, 1), latents, torch.zeros_like(latents))
             xT = torch.where(alive.view(-1, 1), xT, torch.zeros_like(xT))
 
+        basis = torch.stack([xT] if X is None else [xT, X], 2)  # (B, d, 1|2): columns x_T (, x)
+        x_norm2 = (X * X).sum(1) if X is not None else None
         unet_dtype = getattr(getattr(adapter, "unet", None), "dtype", dt)
         for i, t in enumerate(timesteps):
             state.step = i
@@ -317,28 +340,24 @@ class TracedSampler:
                 gv = g.to(eps.dtype).view(-1, *([1] * (eps.ndim - 1)))
                 eps_g = eps_u + gv * (eps_c - eps_u)
 
-            # per-step scalars of the predictions (fp64)
+            # per-step scalars of the predictions (fp64), one batched product for all dots
             a = float(abar_t[i])
             E = torch.stack([eps_u, eps_c, eps_g], 1).to(torch.float64).reshape(B, 3, d)
             xin = inp[:B].to(torch.float64).reshape(B, 1, d)
-            X0 = (xin - (1.0 - a) ** 0.5 * E) / a**0.5
-            rec[col["guidance"], i] = g.to(torch.float64)
-            en = E.norm(dim=2)
-            xn = X0.norm(dim=2)
-            exT = torch.einsum("bkd,bd->bk", E, xT)
-            for k, b in enumerate(BRANCHES):
-                rec[col[f"eps_{b}_norm"], i] = en[:, k]
-                rec[col[f"x0_{b}_norm"], i] = xn[:, k]
-                rec[col[f"eps_{b}_dot_xT"], i] = exT[:, k]
-            rec[col["eps_diff_norm"], i] = (E[:, 1] - E[:, 0]).norm(dim=1)
-            if X is not None:
-                ex = torch.einsum("bkd,bd->bk", E, X)
-                x0x = torch.einsum("bkd,bd->bk", X0, X)
-                err = (X0 - X[:, None]).pow(2).sum(2)
-                for k, b in enumerate(BRANCHES):
-                    rec[col[f"eps_{b}_dot_x"], i] = ex[:, k]
-                    rec[col[f"x0_{b}_dot_x"], i] = x0x[:, k]
-                    rec[col[f"x0_{b}_err"], i] = err[:, k]
+            V = torch.cat([E, (xin - (1.0 - a) ** 0.5 * E) / a**0.5], 1)  # eps_b, x0_hat_b
+            dots = torch.bmm(V, basis)  # (B, 6, 1 or 2): <., x_T> (and <., x>)
+            sq = V.pow(2).sum(2)  # (B, 6)
+            parts = [
+                g.to(torch.float64)[:, None],
+                sq[:, :3].sqrt(),
+                (E[:, 1] - E[:, 0]).norm(dim=1, keepdim=True),
+                dots[:, :3, 0],
+                sq[:, 3:].sqrt(),
+            ]
+            if X is not None:  # ||x - x0_hat||^2 = ||x0_hat||^2 - 2 <x0_hat, x> + ||x||^2
+                err = (sq[:, 3:] - 2.0 * dots[:, 3:, 1] + x_norm2[:, None]).clamp_min(0.0)
+                parts += [dots[:, :3, 1], dots[:, 3:, 1], err]
+            rec[pred_idx, i] = torch.cat(parts, 1).T
 
             latents = sched.step(eps_g.to(latents.dtype), t, latents, **kw, return_dict=False)[0]
             state.latents = latents
@@ -358,16 +377,12 @@ class TracedSampler:
                 latents = torch.where(keep, latents, torch.zeros_like(latents))
                 state.latents = latents
                 L = torch.where(alive.view(-1, 1), L, torch.zeros_like(L))
-            rec[col["latent_norm"], i] = L.norm(dim=1)
-            rec[col["latent_dot_xT"], i] = (L * xT).sum(1)
+            ldots = torch.bmm(L[:, None, :], basis)[:, 0]  # (B, 1 or 2)
+            parts = [L.pow(2).sum(1, keepdim=True).sqrt(), ldots[:, :1]]
             if X is not None:
-                from memberbench.metrics.decomposition import decompose_batch
-
-                rec[col["latent_dot_x"], i] = (L * X).sum(1)
                 w0, wT, rr = decompose_batch(L, X, xT)
-                rec[col["w0"], i] = w0.to(dev)
-                rec[col["wT"], i] = wT.to(dev)
-                rec[col["resid_rms"], i] = rr.to(dev)
+                parts += [ldots[:, 1:], torch.stack([w0, wT, rr], 1).to(dev)]
+            rec[state_idx, i] = torch.cat(parts, 1).T
             if full is not None:
                 full[:, i + 1] = L.reshape(B, *shape).float().cpu().numpy()
 
