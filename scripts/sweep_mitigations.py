@@ -39,9 +39,10 @@ SWEEPS: dict[str, list[str]] = {
     "none": ["none"],
     "guidance-scale": [f"guidance-scale:scale={g}" for g in (1.0, 2.0, 3.5, 5.0)],
     "guidance-schedule": [
-        *(f"guidance-schedule:transition_t={t},before=0" for t in (900, 800, 600)),
-        *(f"guidance-schedule:transition_t={t},before=-2" for t in (900, 800)),
+        *(f"guidance-schedule:transition_t={t},before=0" for t in (800, 600, 500)),
+        *(f"guidance-schedule:transition_t={t},before=-2" for t in (800, 600)),
         "guidance-schedule:mode=dynamic,before=1,latest_t=600",
+        "guidance-schedule:mode=dynamic,before=0",
         "guidance-schedule:mode=dynamic,before=-2,latest_t=600",
     ],
     "caption-randomization": [
@@ -49,19 +50,19 @@ SWEEPS: dict[str, list[str]] = {
         *(f"caption-randomization:mode=number,count={k}" for k in (1, 4, 8)),
     ],
     "prompt-embedding": [
-        f"prompt-embedding:target={tgt},max_iters=10,lr=0.05" for tgt in (2.5, 2.0, 1.5)
+        f"prompt-embedding:target={tgt},max_iters=10,lr=0.05" for tgt in (2.0, 1.5, 1.0)
     ],
     "attention-reweight": [
         *(f"attention-reweight:c1={c}" for c in (1.1, 1.25, 1.5)),
         "attention-reweight:c1=1.25,trigger_top_k=2,trigger_scale=0.3",
     ],
     "initial-noise": [
-        *(f"initial-noise:target={tgt},max_iters=50,lr=0.02" for tgt in (2.5, 2.0, 1.5)),
+        *(f"initial-noise:target={tgt},max_iters=30,lr=0.02" for tgt in (2.0, 1.5, 1.2)),
         *(f"initial-noise:mode=batch,rho={r}" for r in (0.2, 0.39, 0.8)),
     ],
     "overestimation-guard": [
         *(f"overestimation-guard:threshold={thr}" for thr in (1.5, 2.0, 3.0)),
-        "overestimation-guard:threshold=2,window=0.5",
+        "overestimation-guard:threshold=1.5,window=1",
     ],
 }
 
