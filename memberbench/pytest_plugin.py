@@ -49,7 +49,9 @@ Fixtures: ``mb`` (session; the :class:`memberbench.benchrun.BenchRun`: adapter, 
 memoized generations and per-prompt quantities), ``mb_config``, ``mb_adapter``, ``mb_sscd``,
 ``mb_cache``, ``mb_guidance`` (parametrized over ``--sweep``), and the function-scoped recorders
 ``record_metric(name, value_or_Stat, *, higher_is_better, stderr=, n=, ci=, per_prompt=,
-prompt_set=, ...)`` and ``record_series(name, data)``.
+prompt_set=, ...)``, ``record_per_prompt(name, {prompt_id: value}, prompt_set=)`` and
+``record_series(name, data)``.  Each metric is recorded by exactly one test: the one that fails
+when ``--mb-compare-fail`` finds it outside its tolerance.
 
 A task that lacks what it needs raises ``memberbench.benchrun.Skip(reason)`` (or calls
 ``pytest.skip``): it is reported as skipped with the reason.
@@ -293,6 +295,19 @@ def _check_run(config: pytest.Config, run: Any) -> None:
         check_scheduler_name(cfg.scheduler)
         for side in ("memorized", "nonmemorized"):
             run.prompt_set(side)
+        if cfg.clip not in ("auto", "bundled", "none"):
+            import difflib
+
+            import open_clip
+
+            known = open_clip.list_models()
+            if cfg.clip not in known and not cfg.clip.startswith(("hf-hub:", "local-dir:")):
+                close = difflib.get_close_matches(cfg.clip, known, n=3, cutoff=0.5)
+                raise MemberbenchError(
+                    f"unknown --clip {cfg.clip!r}: use auto, bundled, none or an open_clip "
+                    f"model name{' (did you mean ' + ', '.join(close) + '?)' if close else ''}, "
+                    "e.g. ViT-L-14, ViT-B-32 (see open_clip.list_models())"
+                )
         if not config.option.collectonly:
             # load the model now: a missing or broken model is one clear error, not one per task
             run.mitigation.check_compatible(run.adapter)

@@ -84,6 +84,7 @@ HEAVY = (
     "pyarrow",
     "scipy.stats",
     "sklearn.metrics",
+    "open_clip",
     "tqdm",
     "memberbench.adapters.cards",
     "memberbench.adapters.stable_diffusion",
@@ -251,6 +252,7 @@ def test_bad_compare_options(bench, pytester):
         ("--model=sd-14", "*unknown model 'sd-14'.*Did you mean*Known models:*bundled*"),
         ("--mitigation=nope", "*unknown mitigation 'nope'*Known mitigations:*none*"),
         ("--scheduler=ddmi", "*unknown scheduler 'ddmi'; allowed: ddim*"),
+        ("--clip=ViT-L-41", "*unknown --clip 'ViT-L-41': use auto, bundled, none*did you mean*"),
         ("--prompts-memorized=no-such-set", "*unknown prompt set 'no-such-set'*bundled-memorized*"),
     ],
 )
