@@ -9,16 +9,21 @@ shared 2-core machine two intra-op threads fighting the training job were 2-4x s
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 
 def pytest_configure(config):
     threads = os.environ.get("MEMBERBENCH_TEST_THREADS", "1")
-    if threads and threads != "0":
-        import torch
-
-        torch.set_num_threads(int(threads))
+    if not threads or threads == "0":
+        return
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+    elif "MEMBERBENCH_TEST_THREADS" in os.environ:
+        os.environ["OMP_NUM_THREADS"] = threads
+    else:  # read by torch at import (and inherited by subprocesses); no torch import here
+        os.environ.setdefault("OMP_NUM_THREADS", threads)
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,9 @@ BUNDLED = ModelCard(
     prediction_type="epsilon",
     training_data=(
         "memberbench's synthetic world (memberbench/bundled/world.py): coloured shapes on "
-        "backgrounds plus 12 canaries with unique invented-word captions, each duplicated 100x "
-        "(deliberately memorized); 10% caption dropout; SD 1.x training schedule"
+        "backgrounds plus canary images with unique invented-word captions, duplicated at graded "
+        "rates (world.DUPLICATION_LEVELS, 3 canaries per level) so memorization severity spans a "
+        "range; 10% caption dropout; SD 1.x training schedule (recipe.json has the details)"
     ),
     notes=(
         "Trained on CPU by `memberbench train-bundled`; 32x32 RGB, 4x16x16 latents; verified "

@@ -17,6 +17,9 @@ Conventions
   and DPM++; divided by ``sqrt(1 + sigma^2)`` for the Euler/Heun/LMS family.  ``x_T`` is state 0
   after the hooks' ``on_start``.
 * The Tweedie estimate uses the scaled model input (the VP ``x_t``) and ``abar_t``.
+* Noise levels are exact for DDIM / DDPM / DPM++ and the sigma schedulers; for multi-stage
+  schedulers (PNDM's repeated first timestep, Heun's two evaluations per step) each loop
+  iteration is one "step" of the trace and ``abar_next`` is that of the next grid entry.
 * A sample whose latent becomes NaN/inf gets ``status="failed"`` and ``failed_step`` = the index of
   the update that produced it (-1: the initial latent); the rest of the batch continues.
 * Full latents (states 0..T, float32, VP form) go to ``record_latents_dir/<name>.npz`` (array
