@@ -16,6 +16,7 @@ Usage::
     python scripts/sweep_mitigations.py                              # everything, bundled model
     python scripts/sweep_mitigations.py --methods none,guidance-schedule --seeds 0-3 --steps 50
     python scripts/sweep_mitigations.py --model sd-1.4 --profile paper --out leaderboard/results
+    python scripts/sweep_mitigations.py --only overestimation-guard:threshold=2.5 --seeds 0-1
     python scripts/sweep_mitigations.py --skip-existing -- --limit 8   # args after -- go to pytest
 
 Then ``memberbench leaderboard`` rebuilds ``leaderboard/README.md`` and the figures.
@@ -77,16 +78,20 @@ DEFAULT_TASKS = (
 
 
 def settings(methods: list[str] | None) -> list[str]:
-    from memberbench.mitigations import build_mitigation
-
     names = methods or list(SWEEPS)
     unknown = [m for m in names if m not in SWEEPS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; swept: {', '.join(SWEEPS)}")
     specs = ["none"] + [s for m in names for s in SWEEPS[m] if s != "none"]
-    for s in specs:  # refuse a bad setting before running anything
-        build_mitigation(s)
+    settings_check(specs)  # refuse a bad setting before running anything
     return specs
+
+
+def settings_check(specs: list[str]) -> None:
+    from memberbench.mitigations import build_mitigation
+
+    for s in specs:
+        build_mitigation(s)
 
 
 def command(spec: str, args: argparse.Namespace, out: Path, extra: list[str]) -> list[str]:
@@ -110,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="bundled", help="model spec (default: bundled)")
     ap.add_argument("--methods", default="", help="comma-separated methods (default: all)")
+    ap.add_argument(
+        "--only", action="append", default=[], help="run just this spec (repeatable; + none)"
+    )
     ap.add_argument("--seeds", default="0-3", help="seeds, the same for every run (default 0-3)")
     ap.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     ap.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5)")
@@ -127,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
     specs = settings(methods)
+    if args.only:
+        specs = ["none"] + [s for s in args.only if s != "none"]
+        settings_check(specs)
     if args.list:
         for s in specs:
             print(s)
