@@ -150,6 +150,22 @@ def test_out_of_range_is_refused_before_any_generation():
         run_generation(NoAdapter(), requests(), mitigation="overestimation-guard:window=2")
 
 
+def test_out_of_tree_methods_register_and_build_by_spec(monkeypatch):
+    class Halve(Mitigation):
+        """Half the guidance (a stand-in for an out-of-tree method)."""
+
+        name = "test-halve"
+        citation = "nobody"
+        params = {"factor": Param(float, 0.5, "multiplier", 0.0, 1.0)}
+
+    monkeypatch.setitem(MITIGATIONS._entries, "test-halve", Halve)
+    m = build_mitigation("test-halve:factor=0.25")
+    assert isinstance(m, Halve) and m.config == {"factor": 0.25}
+    assert "test-halve" in str(MITIGATIONS.unknown("test-halv"))
+    with pytest.raises(MemberbenchError, match=r"factor \(a number in \[0, 1\], default 0.5"):
+        build_mitigation("test-halve:facter=1")
+
+
 def test_param_conversion():
     p = Param(int, 3, low=0, high=10)
     assert p.convert("m", "k", "7") == 7 and p.convert("m", "k", 7.0) == 7

@@ -75,7 +75,9 @@ class _DynamicSchedule(StepHook):
         self, state: SamplerState, i: int, t: torch.Tensor, g: torch.Tensor
     ) -> torch.Tensor:
         # a fresh tensor that combine may overwrite with the scale it actually used
-        return g.detach().clone()
+        fresh = g.detach().clone()
+        per_batch(state, self)["g"] = fresh
+        return fresh
 
     def combine(self, state, i, t, eps_u, eps_c, g):
         s = per_batch(state, self)
@@ -90,7 +92,8 @@ class _DynamicSchedule(StepHook):
         s["prev2"], s["prev"] = s["prev"], d
         record_meta(state, "transition_step", s["step"])
         g_used = torch.where(on.to(g.device), g, torch.full_like(g, self.before))
-        g.copy_(g_used)  # report the scale used (g is the fresh tensor from guidance())
+        if g is s.get("g"):  # report the scale used in the tensor the trace records
+            g.copy_(g_used)
         return eps_u + _bshape(g_used, eps_u) * (eps_c - eps_u)
 
 

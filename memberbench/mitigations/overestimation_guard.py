@@ -78,7 +78,9 @@ class _Guard(StepHook):
         self, state: SamplerState, i: int, t: torch.Tensor, g: torch.Tensor
     ) -> torch.Tensor:
         # a fresh tensor that combine may overwrite with the scale it actually used
-        return g.detach().clone()
+        fresh = g.detach().clone()
+        per_batch(state, self)["g"] = fresh
+        return fresh
 
     def combine(self, state, i, t, eps_u, eps_c, g):
         s = per_batch(state, self)
@@ -96,7 +98,8 @@ class _Guard(StepHook):
         record_meta(state, "guard_ratio", s["ratio"])
         record_meta(state, "guard_steps", s["limited"])
         g_used = g_used.to(g.dtype)
-        g.copy_(g_used)  # report the scale used (g is the fresh tensor from guidance())
+        if g is s.get("g"):  # report the scale used in the tensor the trace records
+            g.copy_(g_used)
         gv = g_used.to(eps_u.dtype).view(-1, *([1] * (eps_u.ndim - 1)))
         return eps_u + gv * (eps_c - eps_u)
 
