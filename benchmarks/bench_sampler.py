@@ -95,6 +95,47 @@ def run_mode(mode: str, ad, reqs, z, refs, pipe, tmp: Path):
 MODES = ("pipeline", "traced", "traced+ref", "traced+ref+latents")
 
 
+def loop_overhead(ad, reqs, refs, repeats: int = 3) -> dict[str, float]:
+    """Per-step cost of the traced loop beyond a bare pipeline-style CFG loop, both with a stub
+    in place of the UNet and the VAE: a noise-robust measure of what tracing adds."""
+    import numpy as np
+    import torch
+
+    from memberbench.sampling.sampler import TracedSampler
+
+    steps, B = reqs[0].steps, len(reqs)
+    saved = ad.predict_noise, ad.decode
+    ad.predict_noise = lambda x, t, e: x * 0.1
+    ad.decode = lambda z: np.zeros((len(z), 8, 8, 3), np.uint8)
+    try:
+
+        def bare() -> None:
+            sch = ad.make_scheduler("ddim")
+            sch.set_timesteps(steps)
+            x = torch.randn(B, *ad.latent_shape)
+            for t in sch.timesteps:
+                e = ad.predict_noise(sch.scale_model_input(torch.cat([x] * 2), t), t, None)
+                eu, ec = e.chunk(2)
+                x = sch.step(eu + 7.5 * (ec - eu), t, x, return_dict=False)[0]
+
+        def best(fn) -> float:
+            out = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+            return min(out)
+
+        s = TracedSampler(ad, batch_size=B)
+        b0 = best(bare)
+        return {
+            "traced": (best(lambda: s.sample(reqs)) - b0) / steps * 1e3,
+            "traced+ref": (best(lambda: s.sample(reqs, refs)) - b0) / steps * 1e3,
+        }
+    finally:
+        ad.predict_noise, ad.decode = saved
+
+
 def memory_child(args) -> None:
     """Subprocess: load, then run one mode and print the peak RSS growth (MiB)."""
     import torch
@@ -147,13 +188,17 @@ def main() -> None:
     for mode in MODES:
         run_mode(mode, ad, reqs[:2], z[:2], refs[:2], pipe, tmp)
     times: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in MODES}
     for _ in range(args.repeats):
         for mode in MODES:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run_mode(mode, ad, reqs, z, refs, pipe, tmp)
             times[mode].append(time.perf_counter() - t0)
+            cpu[mode].append(time.process_time() - c0)
     med = {m: statistics.median(v) for m, v in times.items()}
     best = {m: min(v) for m, v in times.items()}
+    cpu_med = {m: statistics.median(v) for m, v in cpu.items()}
+    loop_ms = loop_overhead(ad, reqs, refs)
 
     mem: dict[str, float] = {}
     if not args.skip_memory:
@@ -178,14 +223,26 @@ def main() -> None:
     run_generation(ad, reqs, references=refs, cache=cache, batch_size=args.batch, progress=False)
     warm = time.perf_counter() - t0
 
-    base, base_best = med["pipeline"], best["pipeline"]
+    base, base_best, cbase = med["pipeline"], best["pipeline"], cpu_med["pipeline"]
     print()
-    print(f"{'mode':<22}{'median s':>10}{'ratio':>8}{'min s':>10}{'ratio':>8}{'peak RSS +MiB':>15}")
+    print(
+        f"{'mode':<20}{'median s':>9}{'ratio':>7}{'min s':>9}{'ratio':>7}"
+        f"{'CPU s':>9}{'ratio':>7}{'peak RSS +MiB':>15}"
+    )
     for mode in MODES:
         m = f"{mem[mode]:.1f}" if mode in mem else "-"
         print(
-            f"{mode:<22}{med[mode]:>10.3f}{med[mode] / base:>8.3f}"
-            f"{best[mode]:>10.3f}{best[mode] / base_best:>8.3f}{m:>15}"
+            f"{mode:<20}{med[mode]:>9.3f}{med[mode] / base:>7.3f}"
+            f"{best[mode]:>9.3f}{best[mode] / base_best:>7.3f}"
+            f"{cpu_med[mode]:>9.3f}{cpu_med[mode] / cbase:>7.3f}{m:>15}"
+        )
+    print("(wall: median and min of the repeats; CPU: median process CPU time)")
+    step_ms = base_best / args.steps * 1e3
+    print()
+    print(f"loop overhead with the UNet stubbed out (ms per step, batch {args.batch}):")
+    for k, v in loop_ms.items():
+        print(
+            f"  {k:<18}{v:>8.2f} ms  = {v / step_ms * 100:5.2f}% of a real step ({step_ms:.0f} ms)"
         )
     print()
     print(f"{'cache':<22}{'wall s':>16}{'per image ms':>14}")
