@@ -173,7 +173,7 @@ class BenchConfig:
     dtype: str | None = None
     prompts_memorized: str = "bundled-memorized"
     prompts_nonmemorized: str = "bundled-nonmemorized"
-    limit: int | None = None
+    limit: int | dict[str, int] | None = None  # both sets, or {"memorized": N, "nonmemorized": M}
     sweep: list[float] = field(default_factory=lambda: [1.0, 3.0, 7.5])
     sweep_seeds: int = 2  # first k seeds (0 = all)
     sweep_limit: int = 20  # non-memorized prompts in the sweep (0 = all)
@@ -188,6 +188,11 @@ class BenchConfig:
     m2_noises: int = 2
     m2_limit: int = 30  # prompts per set for M2 (0 = all)
     progress: bool = False
+
+    def limit_for(self, side: str) -> int | None:
+        if isinstance(self.limit, dict):
+            return self.limit.get(side)
+        return self.limit
 
     @property
     def sweep_seed_list(self) -> list[int]:
@@ -206,6 +211,27 @@ class BenchConfig:
             "batch_size": self.batch_size,
             "limit": self.limit,
         }
+
+
+def parse_limit(value: Any) -> int | dict[str, int] | None:
+    """``--limit``: ``N`` (first N prompts of each set) or ``memorized=N,nonmemorized=M`` (either
+    side alone is fine; the other keeps all its prompts)."""
+    if value is None or isinstance(value, int | dict):
+        return value
+    text = str(value).strip()
+    if "=" not in text:
+        return positive_int(text, "--limit")
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        side, _, n = part.partition("=")
+        side = side.strip()
+        if side not in SIDES:
+            raise MemberbenchError(
+                f"--limit {value!r}: unknown set {side!r}; allowed: N, or "
+                "memorized=N,nonmemorized=M"
+            )
+        out[side] = positive_int(n.strip(), f"--limit {side}")
+    return out
 
 
 def resolve_profile(profile: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +276,7 @@ def make_config(opts: dict[str, Any]) -> BenchConfig:
         dtype=dtype,
         prompts_memorized=o.get("prompts_memorized") or "bundled-memorized",
         prompts_nonmemorized=o.get("prompts_nonmemorized") or "bundled-nonmemorized",
-        limit=None if limit is None else positive_int(limit, "--limit"),
+        limit=parse_limit(limit),
         sweep=parse_floats(o["sweep"], "--sweep"),
         sweep_seeds=positive_int(o["sweep_seeds"], "--sweep-seeds", allow_zero=True),
         sweep_limit=positive_int(o["sweep_limit"], "--sweep-limit", allow_zero=True),
@@ -431,7 +457,7 @@ class BenchRun:
                 if side == "memorized"
                 else self.config.prompts_nonmemorized
             )
-            self._memo[key] = load_prompt_set(spec, limit=self.config.limit)
+            self._memo[key] = load_prompt_set(spec, limit=self.config.limit_for(side))
             if len(self._memo[key]) == 0:
                 raise MemberbenchError(f"prompt set {spec!r} ({side}) has no prompts")
         return self._memo[key]
@@ -839,7 +865,7 @@ class BenchRun:
         out = {}
         for side in SIDES:
             d = dict(self.prompt_set(side).describe())
-            d["limit"] = self.config.limit
+            d["limit"] = self.config.limit_for(side)
             d["spec"] = (
                 self.config.prompts_memorized
                 if side == "memorized"

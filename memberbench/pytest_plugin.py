@@ -19,7 +19,8 @@ Options (group "memberbench"; each also has an ``--mb-`` prefixed alias, e.g. ``
 ``--device DEV`` / ``--dtype``  where / in what precision the model runs (fp32, fp16, bf16)
 ``--prompts-memorized SET``     a registered prompt set or a file (``bundled-memorized``)
 ``--prompts-nonmemorized SET``  likewise (``bundled-nonmemorized``)
-``--limit N``                   first N prompts of each set (quick runs)
+``--limit N``                   first N prompts of each set (quick runs); ``nonmemorized=M``
+                                (or ``memorized=N,nonmemorized=M``) limits one set only
 ``--sweep G,G,...``             guidance values of the sweep task (quick: 1,3,7.5; paper:
                                 1,2,3,5,7.5,10; ``none`` skips it)
 ``--sweep-seeds K``             first K seeds in the sweep (quick: 2; 0 = all)
@@ -84,7 +85,12 @@ _OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("dtype", "mb_dtype", "dtype of the model: fp32, fp16, bf16", {}),
     ("prompts-memorized", "mb_prompts_memorized", "memorized prompt set or file", {}),
     ("prompts-nonmemorized", "mb_prompts_nonmemorized", "non-memorized set or file", {}),
-    ("limit", "mb_limit", "use the first N prompts of each set", {}),
+    (
+        "limit",
+        "mb_limit",
+        "first N prompts of each set, or memorized=N,nonmemorized=M (one side alone is fine)",
+        {},
+    ),
     ("sweep", "mb_sweep", "guidance sweep values, e.g. 1,2,3,5,7.5,10 ('none' to skip)", {}),
     ("sweep-seeds", "mb_sweep_seeds", "first K seeds in the sweep (0 = all)", {}),
     ("sweep-limit", "mb_sweep_limit", "non-memorized prompts in the sweep (0 = all)", {}),

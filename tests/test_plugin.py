@@ -254,6 +254,8 @@ def test_bad_compare_options(bench, pytester):
         ("--scheduler=ddmi", "*unknown scheduler 'ddmi'; allowed: ddim*"),
         ("--clip=ViT-L-41", "*unknown --clip 'ViT-L-41': use auto, bundled, none*did you mean*"),
         ("--prompts-memorized=no-such-set", "*unknown prompt set 'no-such-set'*bundled-memorized*"),
+        ("--limit=heldout=3", "*--limit 'heldout=3': unknown set 'heldout'; allowed: N, or*"),
+        ("--limit=nonmemorized=0", "*--limit nonmemorized must be >= 1, got 0*"),
     ],
 )
 def test_unknown_option_values_list_the_allowed_ones(bench, option, message):
@@ -329,3 +331,15 @@ def test_task_without_training_images_skips_with_reason(bench, pytester):
     r = bench(str(tasks), f"--prompts-memorized={txt}", "-k", "test_sscd_memorized", "-rs")
     r.assert_outcomes(skipped=1, deselected=3)
     r.stdout.fnmatch_lines(["*SKIPPED*has no training images*image_available is false*"])
+
+
+def test_limit_per_side():
+    from memberbench.benchrun import BenchConfig, parse_limit
+
+    assert parse_limit(None) is None and parse_limit("7") == 7
+    assert parse_limit("nonmemorized=20") == {"nonmemorized": 20}
+    both = parse_limit(" memorized=3, nonmemorized=5 ")
+    assert both == {"memorized": 3, "nonmemorized": 5}
+    cfg = BenchConfig(limit={"nonmemorized": 20})
+    assert cfg.limit_for("nonmemorized") == 20 and cfg.limit_for("memorized") is None
+    assert BenchConfig(limit=4).limit_for("memorized") == 4
