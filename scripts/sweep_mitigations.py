@@ -3,7 +3,7 @@
 
 Each setting is one benchmark run (``pytest tasks/... --mitigation SPEC``) that writes a full
 results file through the results API of the pytest plugin (``memberbench.results``) to
-``<out>/<model>/<slug(spec)>.json`` (plus its ``.prompts.jsonl``), which ``memberbench
+``<out>/<model>/sweep--<slug(spec)>.json`` (plus its ``.prompts.jsonl``), which ``memberbench
 leaderboard`` turns into the tables and the SSCD-vs-CLIP trade-off figure.  Every run uses the
 same model, prompt sets, seeds, steps and guidance, so the rows are paired: the same (prompt,
 seed) requests under every method, and the ``none`` row is their common baseline.  Generations
@@ -125,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default="", help="generation cache folder (plugin default)")
     ap.add_argument("--out", default=str(ROOT / "leaderboard" / "results"), help="results root")
     ap.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="task files to run")
+    ap.add_argument(
+        "--prefix",
+        default="sweep--",
+        help="file-name prefix of the rows (default 'sweep--'): a sweep never overwrites the "
+        "model's main rows (e.g. <model>/none.json from a full `memberbench run`), and its own "
+        "'none' row is the paired baseline of its settings",
+    )
     ap.add_argument("--skip-existing", action="store_true", help="keep rows already written")
     ap.add_argument("--list", action="store_true", help="print the settings and exit")
     ap.add_argument("--dry-run", action="store_true", help="print the commands and exit")
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(args.out) / slug(parse_spec(args.model)[0])
     failures = []
     for n, spec in enumerate(specs, 1):
-        out = model_dir / f"{slug(spec)}.json"
+        out = model_dir / f"{args.prefix}{slug(spec)}.json"
         cmd = command(spec, args, out, extra)
         if args.dry_run:
             print(shlex.join(cmd))
