@@ -238,7 +238,8 @@ def plot_roc(entry: Entry, out: Path) -> Path | None:
 
 
 def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
-    """SSCD (memorized set) against CLIP score, one point per run, per model."""
+    """SSCD (memorized set) against CLIP score: one point per run, the settings of one method
+    (a sweep) joined into a trade-off curve, per model."""
     pts = []
     for e in entries:
         s = e.metrics.get("sscd_mean") or {}
@@ -266,6 +267,14 @@ def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
             capsize=2,
         )
         ax.annotate(e.mitigation, (c["value"], s["value"]), fontsize=6, alpha=0.8)
+    # one curve per (model, method): its sweep's settings joined in order of CLIP score
+    curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for e, c, s in pts:
+        curves.setdefault((e.model, e.mitigation_name), []).append((c["value"], s["value"]))
+    for (_model, m), xy in curves.items():
+        if len(xy) > 1:
+            xs, ys = zip(*sorted(xy))
+            ax.plot(xs, ys, "-", color=cmap(methods.index(m) % 10), alpha=0.6, lw=1)
     for m in methods:  # one legend entry per method
         ax.plot([], [], "o", color=cmap(methods.index(m) % 10), label=m)
     for mo in models:
