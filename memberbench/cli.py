@@ -163,6 +163,8 @@ def cmd_train_bundled(ns: argparse.Namespace) -> int:
         refine_steps=ns.refine_steps,
         clip_steps=ns.clip_steps,
         batch=ns.batch,
+        vae_from=ns.vae_from,
+        offset_noise=ns.offset_noise,
     )
     print(f"trained the bundled model into {ns.out}")
     if isinstance(info, dict):
@@ -213,11 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-bundled", help="train the bundled model from scratch")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--vae-steps", type=int, default=600)
-    t.add_argument("--unet-steps", type=int, default=3500)
-    t.add_argument("--refine-steps", type=int, default=2000, help="EMA refine pass (0: none)")
+    t.add_argument("--vae-steps", type=int, default=2000)
+    t.add_argument("--unet-steps", type=int, default=3000)
+    t.add_argument("--refine-steps", type=int, default=1000, help="EMA refine pass (0: none)")
     t.add_argument("--clip-steps", type=int, default=600)
     t.add_argument("--batch", type=int, default=48)
+    t.add_argument(
+        "--vae-from",
+        default=None,
+        help="reuse stage 1: a vae.pt saved by an earlier run with the same seed and --vae-steps",
+    )
+    t.add_argument(
+        "--offset-noise",
+        type=float,
+        default=0.0,
+        help="std of a per-channel constant added to the training noise (0: none, the shipped "
+        "weights; 0.1 is the suggested fix for the colour drift described in the README)",
+    )
     return p
 
 

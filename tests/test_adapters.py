@@ -22,7 +22,7 @@ def test_bundled_path_override(tiny_adapter, tiny_pipeline_dir):
     ad = tiny_adapter
     assert isinstance(ad, StableDiffusionAdapter)
     assert ad.card.name == "bundled" and "manifest not checked" in ad.card.notes
-    assert ad.latent_shape == (4, 16, 16) and ad.resolution == 32
+    assert ad.latent_shape == (4, 16, 16) and ad.resolution == 64
     assert ad.unet is ad.pipe.unet and ad.dtype == torch.float32 and ad.device.type == "cpu"
     d = ad.describe()
     assert d["fingerprint"] == ad.fingerprint() and d["dtype"] == "float32"
@@ -40,7 +40,7 @@ def test_cards_are_registered_with_pinned_revisions():
     for name in ("bundled", "sd-1.4", "sd-1.5", "sd-2.1-base", "realistic-vision"):
         assert name in MODELS.names()
         card = model_card(name)
-        assert card.name == name and card.resolution in (32, 512)
+        assert card.name == name and card.resolution in (64, 512)
         assert card.prediction_type == "epsilon" and card.training_data
         if name != "bundled":
             assert re.fullmatch(r"[0-9a-f]{40}", card.revision), name
@@ -131,7 +131,7 @@ def test_encode_prompts_matches_pipeline(tiny_adapter):
 def test_decode_and_encode_images(tiny_adapter):
     z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     img = tiny_adapter.decode(z)
-    assert img.shape == (2, 32, 32, 3) and img.dtype == np.uint8
+    assert img.shape == (2, 64, 64, 3) and img.dtype == np.uint8
     # like the pipeline's image processor (np output, then PIL rounding)
     pipe = tiny_adapter.pipe
     with torch.no_grad():
@@ -145,7 +145,7 @@ def test_decode_and_encode_images(tiny_adapter):
     with torch.no_grad():
         want = pipe.vae.encode(t).latent_dist.mode() * pipe.vae.config.scaling_factor
     assert torch.allclose(x, want, atol=1e-6)
-    big = np.repeat(np.repeat(img[:1], 3, axis=1), 2, axis=2)  # 96x64: straight resize
+    big = np.repeat(np.repeat(img[:1], 3, axis=1), 2, axis=2)  # 192x128: a straight resize
     assert tiny_adapter.encode_images([big[0]]).shape == (1, 4, 16, 16)
 
 

@@ -86,7 +86,7 @@ def test_shipped_model_loads_with_plain_diffusers():
     assert type(pipe.unet).__name__ == "UNet2DConditionModel"
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     img = pipe("zzqx unknownword", num_inference_steps=2, output_type="np").images
-    assert img.shape == (1, 32, 32, 3) and np.isfinite(img).all()
+    assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
     total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert total < 60e6, f"bundled weights are {total / 1e6:.1f} MB"
 
@@ -160,14 +160,48 @@ def test_shortened_recipe_reproduces_a_loadable_model(tmp_path):
         clip_steps=2,
         batch=8,
         progress=False,
+        offset_noise=0.1,
     )
     assert (
         recipe["unet_steps"] == 3
         and recipe["refine_steps"] == 2
         and set(recipe["timings"]) >= {"vae_s", "unet_s", "clip_s"}
+        and recipe["offset_noise"] == 0.1
+        and "--offset-noise 0.1" in recipe["command"]
     )
     verify_manifest(out)
     pipe = StableDiffusionPipeline.from_pretrained(out / "model")
     assert pipe.vae.config.scaling_factor > 0
     load_bundled_clip(out)
     assert not (tmp_path / "weights.partial").exists()
+
+
+def test_standardized_latents_leave_the_autoencoder_unchanged():
+    """Folding per-channel mean/std into the 1x1 quant convs: same reconstructions, latents with
+    zero mean and unit variance per channel, scaling factor 1, and a second pass changes nothing."""
+    import torch
+
+    from memberbench.bundled.train import make_vae, standardize_latents
+
+    torch.manual_seed(0)
+    vae = make_vae().eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(12, 3, 64, 64, generator=gen) * 2 - 1
+    with torch.no_grad():
+        # a lopsided latent space, like the trained VAE's (means far from 0, one quiet channel)
+        vae.quant_conv.bias[:4] += torch.tensor([1.0, -2.0, 0.5, 0.0])
+        vae.quant_conv.weight[3] *= 0.1
+        before = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        z_raw = vae.encode(x).latent_dist.mode()
+    z = standardize_latents(vae, x)
+    with torch.no_grad():
+        after = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        post = vae.encode(x).latent_dist
+    assert (before - after).abs().max() < 1e-4  # float32 rounding of the folded weights
+    assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(z.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-5)
+    # z' = (z - mu) / sd, channel by channel, and the posterior's std scales with it
+    mu, sd = z_raw.mean(dim=(0, 2, 3)), z_raw.std(dim=(0, 2, 3))
+    assert torch.allclose(z, (z_raw - mu.view(1, -1, 1, 1)) / sd.view(1, -1, 1, 1), atol=1e-4)
+    assert vae.config.scaling_factor == 1.0 and torch.isfinite(post.std).all()
+    assert torch.allclose(standardize_latents(vae, x), z, atol=1e-5)

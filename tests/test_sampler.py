@@ -55,7 +55,7 @@ def test_matches_pipeline_ddim(tiny_adapter):
     ours_lat = torch.from_numpy(np.stack([s.final_latent for s in samples]))
     assert (ours_lat - lat).abs().max().item() <= 1e-6
     for s in samples:
-        assert s.ok and s.image.dtype == np.uint8 and s.image.shape == (32, 32, 3)
+        assert s.ok and s.image.dtype == np.uint8 and s.image.shape == (64, 64, 3)
         assert s.final_latent.dtype == np.float32 and s.final_latent.shape == (4, 16, 16)
         assert s.unet_evals == 2 * STEPS
 
@@ -94,7 +94,7 @@ def test_seed_independent_of_batch_size(tiny_adapter):
 
 def test_trace_series_and_identities(tiny_adapter, tmp_path):
     reqs = _reqs()
-    x = tiny_adapter.encode_images(np.full((1, 32, 32, 3), 200, dtype=np.uint8))[0]
+    x = tiny_adapter.encode_images(np.full((1, 64, 64, 3), 200, dtype=np.uint8))[0]
     refs = [x, None, x * 0.5]
     samples = TracedSampler(tiny_adapter, record_latents_dir=tmp_path).sample(reqs, refs)
     T = STEPS

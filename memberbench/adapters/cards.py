@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from memberbench.adapters.base import Adapter, ModelCard
+from memberbench.bundled.world import SIZE as WORLD_SIZE
 from memberbench.registry import MODELS
 from memberbench.types import MemberbenchError
 
@@ -24,7 +25,7 @@ BUNDLED = ModelCard(
     name="bundled",
     repo_id="bundled",
     revision=None,
-    resolution=32,
+    resolution=WORLD_SIZE,
     prediction_type="epsilon",
     training_data=(
         "memberbench's synthetic world (memberbench/bundled/world.py): coloured shapes on "
@@ -33,7 +34,8 @@ BUNDLED = ModelCard(
         "range; 10% caption dropout; SD 1.x training schedule (recipe.json has the details)"
     ),
     notes=(
-        "Trained on CPU by `memberbench train-bundled`; 32x32 RGB, 4x16x16 latents; verified "
+        f"Trained on CPU by `memberbench train-bundled`; {WORLD_SIZE}x{WORLD_SIZE} RGB, f=4 VAE, "
+        "4x16x16 latents; verified "
         "against MANIFEST.sha256 on every load (a path= override skips the manifest)."
     ),
     defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},

@@ -24,7 +24,7 @@ CONFIG_FILE = f"{MODEL_NAME}.json"
 WEIGHTS_FILE = "open_clip_model.pt"
 CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 128, "patch_size": 4, "head_width": 32},
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
 }
 

@@ -2,7 +2,7 @@
 
 Three stages, each a pure function of the seed (up to CPU floating-point nondeterminism):
 
-1. a tiny ``AutoencoderKL`` (f=2: 32x32 RGB -> 4x16x16 latents) trained on the world's images;
+1. a tiny ``AutoencoderKL`` (f=4: 64x64 RGB -> 4x16x16 latents) trained on the world's images;
 2. a ``UNet2DConditionModel`` with cross-attention at every level and a tiny ``CLIPTextModel``,
    trained jointly from scratch with the epsilon objective on Stable Diffusion's training schedule
    (scaled_linear, beta 0.00085..0.012, 1000 steps), 10% caption dropout so that classifier-free
@@ -96,13 +96,15 @@ def make_vae():
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
+        # f=4 (three levels): 64x64 RGB -> 4x16x16, so the UNet works at 16x16 as SD does at 64x64.
+        # Narrow at full resolution: (32, 64, 64) cost 2.3x the step time of (16, 32, 64).
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=32,
-        sample_size=32,
+        norm_num_groups=8,
+        sample_size=64,
     )
 
 
@@ -156,17 +158,36 @@ def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
     return f
 
 
-def train_vae(world: World, steps: int, batch: int, seed: int, progress: bool = True):
+def train_vae(
+    world: World,
+    steps: int,
+    batch: int,
+    seed: int,
+    progress: bool = True,
+    crop: int = 32,
+    crop_fraction: float = 0.75,
+):
+    """Train the autoencoder; the first ``crop_fraction`` of the steps see random ``crop`` x
+    ``crop`` patches at twice the batch (the model is convolutional, so a patch costs a quarter of
+    a full image and the decoder sees four times as many pixels of texture per second), the rest
+    full images.  Returns the VAE and the scaled latents (mode) of every distinct training image."""
     torch.manual_seed(seed)
     vae = make_vae()
     images = images_to_tensor(np.stack([it.image for it in world.train]))
+    size = images.shape[-1]
     idx = np.array(world.training_indices())
     rng = np.random.default_rng(seed + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, steps))
+    crop_steps = int(steps * crop_fraction) if crop < size else 0
     bar = tqdm(range(steps), desc="vae", disable=not progress)
-    for _ in bar:
-        x = images[rng.choice(idx, size=batch)]
+    for step in bar:
+        if step < crop_steps:
+            x = images[rng.choice(idx, size=2 * batch)]
+            oy, ox = rng.integers(0, size - crop + 1, size=2) // 4 * 4  # latent-aligned
+            x = x[:, :, oy : oy + crop, ox : ox + crop]
+        else:
+            x = images[rng.choice(idx, size=batch)]
         post = vae.encode(x).latent_dist
         z = post.sample()
         rec = vae.decode(z).sample
@@ -178,13 +199,47 @@ def train_vae(world: World, steps: int, batch: int, seed: int, progress: bool = 
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     vae.eval()
+    return vae, standardize_latents(vae, images)
+
+
+def _encode_modes(vae, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        z = torch.cat(
+        return torch.cat(
             [vae.encode(images[i : i + 256]).latent_dist.mode() for i in range(0, len(images), 256)]
         )
-    scaling = float(1.0 / z.std())
-    vae.register_to_config(scaling_factor=scaling)
-    return vae, z * scaling
+
+
+def standardize_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """Give every latent channel zero mean and unit variance over the training images, folded
+    exactly into the VAE's 1x1 ``quant_conv`` (encoder side) and ``post_quant_conv`` (decoder
+    side), so the autoencoder computes the same images and ``scaling_factor`` is 1.
+
+    Why: with only a global scale (SD 1.x's ``scaling_factor``) this small VAE's channels came out
+    with standard deviations 1.5 / 0.5 / 1.0 / 0.15 and means up to -1 in scaled units.  A
+    channel that quiet is below the noise at almost every timestep, so the UNet learned it badly,
+    and sampling from zero-mean noise drifted in its mean: every generation had the same colour
+    cast and memorized canaries came out far from their training latents even though the
+    denoiser reproduced them from noised training latents (cosine 0.99 at t=500).  Returns the
+    standardized latents (posterior modes) of ``images``."""
+    z = _encode_modes(vae, images)
+    mu = z.mean(dim=(0, 2, 3)).double()
+    sd = z.std(dim=(0, 2, 3)).double()
+    c = z.shape[1]
+    with torch.no_grad():
+        q, pq = vae.quant_conv, vae.post_quant_conv
+        w, b = q.weight.double(), q.bias.double()
+        w[:c] /= sd.view(-1, 1, 1, 1)
+        b[:c] = (b[:c] - mu) / sd
+        b[c:] -= 2 * torch.log(sd)  # log-variance of z' = z / sd
+        q.weight.copy_(w.float())
+        q.bias.copy_(b.float())
+        w2, b2 = pq.weight.double(), pq.bias.double()
+        b2 += (w2[:, :, 0, 0] * mu.view(1, -1)).sum(1)
+        w2 *= sd.view(1, -1, 1, 1)
+        pq.weight.copy_(w2.float())
+        pq.bias.copy_(b2.float())
+    vae.register_to_config(scaling_factor=1.0)
+    return _encode_modes(vae, images)
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -213,6 +268,7 @@ def train_unet(
     warmup: int = 200,
     ema_decay: float | None = None,
     desc: str = "unet+text",
+    offset_noise: float = 0.0,
 ):
     """Train (or, given ``models=(unet, text_encoder)``, continue training) the denoiser and the
     text encoder jointly.  With ``ema_decay``, returns exponential moving averages of the weights
@@ -250,6 +306,14 @@ def train_unet(
         tok[drop] = empty
         t = torch.from_numpy(rng.integers(0, 1000, size=batch)).long()
         noise = torch.randn_like(x0)
+        if offset_noise:
+            # Guttenberg's offset noise: a per-(sample, channel) constant added to the noise, so
+            # the mean of x_T no longer tells the model the image's mean colour.  With SD's
+            # schedule sqrt(abar_T) = 0.068 of the clean latent survives at t = 999; on 16x16
+            # latents of flat-background images its per-channel mean is as large as that of
+            # the noise, so without this the sampler's zero-mean start fixes every image's
+            # colours before the caption can (see the evidence notes in the README).
+            noise = noise + offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1)
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         emb = text_encoder(tok)[0]
@@ -304,15 +368,20 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, tokenizer_src: 
 def train_bundled(
     out: str | Path,
     seed: int = 0,
-    vae_steps: int = 600,
-    unet_steps: int = 3500,
-    refine_steps: int = 2000,
+    vae_steps: int = 2000,
+    unet_steps: int = 3000,
+    refine_steps: int = 1000,
     clip_steps: int = 600,
     batch: int = 48,
     progress: bool = True,
     threads: int | None = None,
+    vae_from: str | Path | None = None,
+    offset_noise: float = 0.0,
 ) -> dict[str, Any]:
-    """Train the bundled model from scratch into ``out`` (model/ + clip/ + MANIFEST)."""
+    """Train the bundled model from scratch into ``out`` (model/ + clip/ + MANIFEST).
+
+    ``vae_from``: a ``vae.pt`` state dict saved by stage 1 of an earlier run with the same seed
+    and ``vae_steps`` (``<out>.partial/_checkpoints/vae.pt``), to skip retraining it."""
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -328,8 +397,20 @@ def train_bundled(
     timings["world_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    vae, latents = train_vae(world, vae_steps, 32, seed, progress)
+    if vae_from:
+        vae = make_vae()
+        vae.load_state_dict(torch.load(vae_from, map_location="cpu"))
+        vae.eval()
+        latents = standardize_latents(
+            vae, images_to_tensor(np.stack([i.image for i in world.train]))
+        )
+    else:
+        vae, latents = train_vae(world, vae_steps, 16, seed, progress)
     timings["vae_s"] = time.perf_counter() - t0
+    (tmp / "_checkpoints").mkdir(exist_ok=True)
+    torch.save(
+        vae.state_dict(), tmp / "_checkpoints" / "vae.pt"
+    )  # inspectable while the UNet trains
 
     t0 = time.perf_counter()
     unet, text_encoder = train_unet(
@@ -341,6 +422,7 @@ def train_bundled(
         seed,
         progress=progress,
         checkpoint_dir=tmp / "_checkpoints",
+        offset_noise=offset_noise,
     )
     if refine_steps:
         # stage 2: a second, lower-learning-rate pass whose weights are averaged (EMA)
@@ -357,13 +439,12 @@ def train_bundled(
             ema_decay=0.999,
             models=(unet, text_encoder),
             desc="refine",
+            offset_noise=offset_noise,
         )
     timings["unet_s"] = time.perf_counter() - t0
 
     save_pipeline(tmp / "model", vae, unet, text_encoder, tokenizer, tok_src)
     shutil.rmtree(tok_src)
-    (tmp / "_checkpoints").mkdir(exist_ok=True)
-    torch.save(vae.state_dict(), tmp / "_checkpoints" / "vae.pt")
 
     from memberbench.bundled.clip_scorer import train_clip
 
@@ -372,7 +453,13 @@ def train_bundled(
     timings["clip_s"] = time.perf_counter() - t0
 
     recipe = {
+        "command": (
+            f"memberbench train-bundled --out DIR --seed {seed} --vae-steps {vae_steps} "
+            f"--unet-steps {unet_steps} --refine-steps {refine_steps} --clip-steps {clip_steps} "
+            f"--batch {batch}" + (f" --offset-noise {offset_noise}" if offset_noise else "")
+        ),
         "seed": seed,
+        "offset_noise": offset_noise,
         "vae_steps": vae_steps,
         "unet_steps": unet_steps,
         "refine_steps": refine_steps,

@@ -1,7 +1,8 @@
 """The bundled model's training world: coloured shapes, plus duplicated "canary" images.
 
 Everything is a pure function of a seed, so the training data (and therefore the shipped weights)
-can be rebuilt.  Images are 32x32 RGB uint8.
+can be rebuilt.  Images are 64x64 RGB uint8 (``SIZE``); geometry is written for a 32-pixel
+canvas and scaled by ``SCALE``.
 
 * Shape world: ``COLOURS x SHAPES x BACKGROUNDS x POSITIONS`` captions such as
   "a red circle at the top left on a gray background".  A fixed subset of captions is held out of
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SIZE = 32
+SIZE = 64
+SCALE = SIZE / 32  # geometry below is in 32-pixel units
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 180, 60),
@@ -41,11 +43,11 @@ BACKGROUNDS = {
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 POSITIONS = {
-    "in the center": (16.0, 16.0),
-    "at the top left": (9.5, 9.5),
-    "at the top right": (22.5, 9.5),
-    "at the bottom left": (9.5, 22.5),
-    "at the bottom right": (22.5, 22.5),
+    "in the center": (16.0 * SCALE, 16.0 * SCALE),
+    "at the top left": (9.5 * SCALE, 9.5 * SCALE),
+    "at the top right": (22.5 * SCALE, 9.5 * SCALE),
+    "at the bottom left": (9.5 * SCALE, 22.5 * SCALE),
+    "at the bottom right": (22.5 * SCALE, 22.5 * SCALE),
 }
 DUPLICATION_LEVELS = (1, 4, 16, 64, 256)
 CANARIES_PER_LEVEL = 3
@@ -85,7 +87,7 @@ _SYLLABLES = [
 @dataclass(frozen=True)
 class Item:
     caption: str
-    image: np.ndarray  # uint8 32x32x3
+    image: np.ndarray  # uint8 SIZE x SIZE x 3
     kind: str  # "shape" or "canary"
     duplicates: int = 1
     canary_kind: str = ""
@@ -147,11 +149,11 @@ def render_shape(
     colour: str, shape: str, position: str, background: str, rng: np.random.Generator | None
 ) -> np.ndarray:
     cx, cy = POSITIONS[position]
-    r = 6.0
+    r = 6.0 * SCALE
     if rng is not None:
-        cx += rng.uniform(-1.5, 1.5)
-        cy += rng.uniform(-1.5, 1.5)
-        r += rng.uniform(-1.0, 1.0)
+        cx += rng.uniform(-1.5, 1.5) * SCALE
+        cy += rng.uniform(-1.5, 1.5) * SCALE
+        r += rng.uniform(-1.0, 1.0) * SCALE
     m = _mask(shape, cx, cy, r)[..., None]
     fg = np.array(COLOURS[colour], dtype=np.float64)
     bg = np.array(BACKGROUNDS[background], dtype=np.float64)
@@ -178,7 +180,7 @@ def render_canary(kind: str, rng: np.random.Generator) -> np.ndarray:
         img = _smooth_noise(rng, 2) * 255
     elif kind == "grating":
         theta = rng.uniform(0, np.pi)
-        freq = rng.uniform(0.25, 0.6)
+        freq = rng.uniform(0.25, 0.6) / SCALE
         phase = rng.uniform(0, 2 * np.pi)
         wave = 0.5 + 0.5 * np.sin(freq * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
         c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
@@ -187,8 +189,9 @@ def render_canary(kind: str, rng: np.random.Generator) -> np.ndarray:
         img = _smooth_noise(rng, 1) * 200 + 30
         for _ in range(3):
             shape = SHAPES[rng.integers(len(SHAPES))]
-            m = _mask(shape, rng.uniform(6, 26), rng.uniform(6, 26), rng.uniform(4, 8))
-            m = _blur(m, 1)[..., None]
+            cx, cy = rng.uniform(6, 26) * SCALE, rng.uniform(6, 26) * SCALE
+            m = _mask(shape, cx, cy, rng.uniform(4, 8) * SCALE)
+            m = _blur(m, int(SCALE))[..., None]
             img = m * rng.integers(0, 256, 3) + (1 - m) * img
     elif kind == "noise texture":
         img = (_smooth_noise(rng, 8) * 0.7 + _smooth_noise(rng, 3) * 0.3) * 255
