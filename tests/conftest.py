@@ -28,7 +28,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
-    """Path of a StableDiffusionPipeline folder (32x32 images, 4x16x16 latents), seed 0."""
+    """Path of a StableDiffusionPipeline folder (64x64 images, 4x16x16 latents), seed 0."""
     from memberbench.testing import make_tiny_pipeline_dir
 
     return make_tiny_pipeline_dir(tmp_path_factory.mktemp("tiny-sd") / "pipe", seed=0)

@@ -31,7 +31,7 @@ def test_generate_writes_images_and_traces(tiny_pipeline_dir, tmp_path, capsys):
     stems = ["p0000-s0", "p0000-s1", "p0001-s0", "p0001-s1"]
     for stem in stems:
         img = np.asarray(Image.open(out / f"{stem}.png"))
-        assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+        assert img.shape == (64, 64, 3) and img.dtype == np.uint8
         rec = json.loads((out / f"{stem}.json").read_text())
         assert rec["status"] == "ok" and rec["unet_evals"] == 6 and rec["image"] == f"{stem}.png"
         assert rec["request"]["guidance"] == 5.0 and rec["request"]["steps"] == 3
