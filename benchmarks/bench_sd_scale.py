@@ -35,15 +35,10 @@ PROMPTS = [
 
 def build_random_sd(resolution: int):
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from memberbench.bundled.train import SD_DDIM_CONFIG
+    from memberbench.bundled.train import build_pipeline, build_tokenizer
     from memberbench.testing import _tokenizer_dir
 
     torch.manual_seed(0)
@@ -71,7 +66,7 @@ def build_random_sd(resolution: int):
             pad_token_id=49407,
         )
     )
-    tok = CLIPTokenizer.from_pretrained(_tokenizer_dir(None), model_max_length=77)
+    tok = CLIPTokenizer.from_pretrained(_tokenizer_dir(build_tokenizer), model_max_length=77)
     # random weights can overflow fp16 activations in the deep UNet; shrink them so the numbers
     # stay finite (the cost of each kernel does not depend on the values)
     with torch.no_grad():
@@ -79,16 +74,7 @@ def build_random_sd(resolution: int):
             for p in m.parameters():
                 if p.dim() > 1:
                     p.mul_(0.5)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=DDIMScheduler(**SD_DDIM_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = build_pipeline(vae, unet, text, tok)
     n = sum(p.numel() for p in unet.parameters())
     return pipe, n
 

@@ -345,10 +345,12 @@ def train_unet(
     return unet, text_encoder
 
 
-def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, tokenizer_src: Path) -> None:
+def build_pipeline(vae, unet, text_encoder, tokenizer):
+    """A ``StableDiffusionPipeline`` of these components with SD's DDIM scheduler and no safety
+    checker (the bundled model's layout; also used for random SD-size pipelines)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -358,6 +360,10 @@ def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, tokenizer_src: 
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, tokenizer_src: Path) -> None:
+    pipe = build_pipeline(vae, unet, text_encoder, tokenizer)
     pipe.save_pretrained(out, safe_serialization=True)
     # transformers 5 may write only tokenizer.json: keep vocab.json + merges.txt for every loader
     for name in ("vocab.json", "merges.txt"):
