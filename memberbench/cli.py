@@ -165,6 +165,8 @@ def cmd_train_bundled(ns: argparse.Namespace) -> int:
         batch=ns.batch,
         vae_from=ns.vae_from,
         offset_noise=ns.offset_noise,
+        prediction_type=ns.prediction_type,
+        clip_from=ns.clip_from,
     )
     print(f"trained the bundled model into {ns.out}")
     if isinstance(info, dict):
@@ -230,7 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="std of a per-channel constant added to the training noise (0: none, the shipped "
-        "weights; 0.1 is the suggested fix for the colour drift described in the README)",
+        "weights)",
+    )
+    t.add_argument(
+        "--prediction-type",
+        choices=("v_prediction", "epsilon"),
+        default="v_prediction",
+        help="UNet output (default %(default)s, the shipped weights; see train_bundled)",
+    )
+    t.add_argument(
+        "--clip-from",
+        default=None,
+        help="reuse the CLIP scorer: the clip/ folder of an earlier run with the same seed and "
+        "--clip-steps",
     )
     return p
 

@@ -41,7 +41,9 @@ def test_cards_are_registered_with_pinned_revisions():
         assert name in MODELS.names()
         card = model_card(name)
         assert card.name == name and card.resolution in (64, 512)
-        assert card.prediction_type == "epsilon" and card.training_data
+        # SD 1.x and 2.1-base predict epsilon; the bundled model predicts v (see train_bundled)
+        want = "v_prediction" if name == "bundled" else "epsilon"
+        assert card.prediction_type == want and card.training_data
         if name != "bundled":
             assert re.fullmatch(r"[0-9a-f]{40}", card.revision), name
     assert model_card("sd-1.4").repo_id == "CompVis/stable-diffusion-v1-4"

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from memberbench.bundled import WEIGHTS_DIR, verify_manifest, write_manifest
 from memberbench.bundled.world import (
@@ -168,12 +169,74 @@ def test_shortened_recipe_reproduces_a_loadable_model(tmp_path):
         and set(recipe["timings"]) >= {"vae_s", "unet_s", "clip_s"}
         and recipe["offset_noise"] == 0.1
         and "--offset-noise 0.1" in recipe["command"]
+        and recipe["prediction_type"] == "v_prediction"
     )
     verify_manifest(out)
     pipe = StableDiffusionPipeline.from_pretrained(out / "model")
     assert pipe.vae.config.scaling_factor > 0
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
     load_bundled_clip(out)
     assert not (tmp_path / "weights.partial").exists()
+
+    # stage reuse: the same recipe with --vae-from/--clip-from gives the same VAE and scorer
+    _save_stage1(out, tmp_path / "vae.pt")
+    again = train_bundled(
+        tmp_path / "again",
+        seed=1,
+        vae_steps=2,
+        unet_steps=1,
+        refine_steps=0,
+        clip_steps=2,
+        batch=8,
+        progress=False,
+        prediction_type="epsilon",
+        vae_from=tmp_path / "vae.pt",
+        clip_from=out / "clip",
+    )
+    assert again["vae_from"] and again["clip_from"]
+    pipe2 = StableDiffusionPipeline.from_pretrained(tmp_path / "again" / "model")
+    assert pipe2.scheduler.config.prediction_type == "epsilon"
+    for k, v in pipe.vae.state_dict().items():
+        assert torch.allclose(v, pipe2.vae.state_dict()[k], atol=1e-6), k
+    assert (out / "clip" / "open_clip_model.pt").read_bytes() == (
+        tmp_path / "again" / "clip" / "open_clip_model.pt"
+    ).read_bytes()
+
+
+def _save_stage1(out, path) -> None:
+    """The shipped VAE is stage 1 after standardization; standardizing it again is a no-op, so
+    it stands in for the stage-1 checkpoint that the finished run deleted."""
+    from diffusers import AutoencoderKL
+
+    torch.save(AutoencoderKL.from_pretrained(out / "model" / "vae").state_dict(), path)
+
+
+@shipped
+def test_shipped_model_takes_colour_from_the_caption_not_the_starting_noise():
+    """The fix for the colour drift of the first 64 px build (see train_bundled): at t = 999 the
+    x0 estimate's per-channel mean must not follow the mean of x_T.  For an epsilon model that
+    ignores its input's mean, x0 = (x_T - sqrt(1 - abar) eps) / sqrt(abar) moves by
+    sqrt(1 - abar) / sqrt(abar) = 14.6 per unit of x_T's mean (the shipped epsilon UNet measured
+    14.6); a model that predicts x0 from the caption moves by about sqrt(abar) = 0.07."""
+    from memberbench.adapters import load_adapter
+
+    ad = load_adapter("bundled")
+    world = build_world(0)
+    canary = max(world.canaries, key=lambda c: c.duplicates)
+    emb = ad.encode_prompts([canary.caption])
+    t = torch.tensor([999])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, *ad.latent_shape, generator=gen)
+    shift = torch.zeros(1, x.shape[1], 1, 1)
+    shift[0, 0] = 0.2  # move the mean of channel 0 only
+    abar = ad._abar_at(t, x)
+    with torch.no_grad():
+        x0 = [
+            (xt - (1 - abar).sqrt() * ad.predict_noise(xt, t, emb.expand(4, -1, -1))) / abar.sqrt()
+            for xt in (x, x + shift)
+        ]
+    slope = (x0[1] - x0[0])[:, 0].mean().item() / 0.2
+    assert abs(slope) < 1.0, slope
 
 
 def test_standardized_latents_leave_the_autoencoder_unchanged():

@@ -311,16 +311,29 @@ def _bundled_installed() -> bool:
 
 @pytest.mark.skipif(not _bundled_installed(), reason="bundled weights not installed")
 def test_matches_pipeline_on_bundled_model():
-    """The same equivalence on the trained bundled model (manifest-verified load): fp32 CPU,
-    same batch -> bit-identical latents and images (asserted <= 1e-6 / exact)."""
+    """The same equivalence on the trained bundled model (manifest-verified load, fp32 CPU),
+    against the pipeline with the model's own v-prediction DDIM scheduler: the adapter turns v
+    into epsilon, so the maths is the same in another floating-point order (latents within
+    1e-4, images within one uint8 level)."""
+    from diffusers import DDIMScheduler
+
     from memberbench.adapters import load_adapter
 
     ad = load_adapter("bundled", device="cpu")
     assert ad.card.revision.startswith("manifest-sha256:")
+    assert ad.prediction_type == "v_prediction"
     reqs = _reqs(steps=5)
     samples = TracedSampler(ad).sample(reqs)
     pipe = ad.pipe
-    pipe.scheduler = ad.make_scheduler("ddim")
+    pipe.scheduler = DDIMScheduler.from_config(ad.scheduler_config)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
     z = torch.stack([initial_noise(r.seed, ad.latent_shape)[0] for r in reqs])
+    lat = pipe(PROMPTS, num_inference_steps=5, guidance_scale=7.5, latents=z, output_type="latent")
+    np.testing.assert_allclose(
+        np.stack([s.final_latent for s in samples]), lat.images.numpy(), atol=1e-4
+    )
     out = pipe(PROMPTS, num_inference_steps=5, guidance_scale=7.5, latents=z, output_type="np")
-    assert np.array_equal(np.stack([s.image for s in samples]), _pipe_images(pipe, out))
+    diff = np.abs(
+        np.stack([s.image for s in samples]).astype(int) - _pipe_images(pipe, out).astype(int)
+    )
+    assert diff.max() <= 1

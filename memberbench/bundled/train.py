@@ -216,11 +216,9 @@ def standardize_latents(vae, images: torch.Tensor) -> torch.Tensor:
 
     Why: with only a global scale (SD 1.x's ``scaling_factor``) this small VAE's channels came out
     with standard deviations 1.5 / 0.5 / 1.0 / 0.15 and means up to -1 in scaled units.  A
-    channel that quiet is below the noise at almost every timestep, so the UNet learned it badly,
-    and sampling from zero-mean noise drifted in its mean: every generation had the same colour
-    cast and memorized canaries came out far from their training latents even though the
-    denoiser reproduced them from noised training latents (cosine 0.99 at t=500).  Returns the
-    standardized latents (posterior modes) of ``images``."""
+    channel that quiet is below the noise at almost every timestep, so the UNet learns it badly.
+    (Standardizing did not cure the colour drift of the first 64 px build; predicting v did,
+    see ``train_bundled``.)  Returns the standardized latents (posterior modes) of ``images``."""
     z = _encode_modes(vae, images)
     mu = z.mean(dim=(0, 2, 3)).double()
     sd = z.std(dim=(0, 2, 3)).double()
@@ -269,6 +267,7 @@ def train_unet(
     ema_decay: float | None = None,
     desc: str = "unet+text",
     offset_noise: float = 0.0,
+    prediction_type: str = "epsilon",
 ):
     """Train (or, given ``models=(unet, text_encoder)``, continue training) the denoiser and the
     text encoder jointly.  With ``ema_decay``, returns exponential moving averages of the weights
@@ -318,7 +317,11 @@ def train_unet(
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         emb = text_encoder(tok)[0]
         pred = unet(xt, t, encoder_hidden_states=emb).sample
-        loss = F.mse_loss(pred, noise)
+        if prediction_type == "v_prediction":
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        else:
+            target = noise
+        loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -345,7 +348,7 @@ def train_unet(
     return unet, text_encoder
 
 
-def build_pipeline(vae, unet, text_encoder, tokenizer):
+def build_pipeline(vae, unet, text_encoder, tokenizer, prediction_type: str = "epsilon"):
     """A ``StableDiffusionPipeline`` of these components with SD's DDIM scheduler and no safety
     checker (the bundled model's layout; also used for random SD-size pipelines)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -355,15 +358,23 @@ def build_pipeline(vae, unet, text_encoder, tokenizer):
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDIMScheduler(**SD_DDIM_CONFIG),
+        scheduler=DDIMScheduler(**{**SD_DDIM_CONFIG, "prediction_type": prediction_type}),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
 
 
-def save_pipeline(out: Path, vae, unet, text_encoder, tokenizer, tokenizer_src: Path) -> None:
-    pipe = build_pipeline(vae, unet, text_encoder, tokenizer)
+def save_pipeline(
+    out: Path,
+    vae,
+    unet,
+    text_encoder,
+    tokenizer,
+    tokenizer_src: Path,
+    prediction_type: str = "epsilon",
+) -> None:
+    pipe = build_pipeline(vae, unet, text_encoder, tokenizer, prediction_type)
     pipe.save_pretrained(out, safe_serialization=True)
     # transformers 5 may write only tokenizer.json: keep vocab.json + merges.txt for every loader
     for name in ("vocab.json", "merges.txt"):
@@ -383,11 +394,28 @@ def train_bundled(
     threads: int | None = None,
     vae_from: str | Path | None = None,
     offset_noise: float = 0.0,
+    prediction_type: str = "v_prediction",
+    clip_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train the bundled model from scratch into ``out`` (model/ + clip/ + MANIFEST).
 
     ``vae_from``: a ``vae.pt`` state dict saved by stage 1 of an earlier run with the same seed
-    and ``vae_steps`` (``<out>.partial/_checkpoints/vae.pt``), to skip retraining it."""
+    and ``vae_steps`` (``<out>.partial/_checkpoints/vae.pt``), to skip retraining it.
+    ``clip_from``: the ``clip/`` folder of an earlier run with the same seed and ``clip_steps``
+    (the scorer does not depend on the diffusion model), copied instead of retrained.
+
+    ``prediction_type``: what the UNet is trained to output, "v_prediction" (the shipped
+    weights, like SD 2.x) or "epsilon" (SD 1.x).  Why v: with SD's schedule only
+    sqrt(abar_999) = 0.068 of the clean latent survives at t = 999, so an epsilon model's x0
+    estimate there is (x_T - 0.998 eps)/0.068 and any error in its noise prediction is
+    multiplied by 15.  The epsilon UNet of the first 64 px build did not follow the mean of its
+    input at all: its x0 estimate's per-channel mean moved 14.6x with the noise's (exactly
+    0.998/0.068), so the zero-mean sampler start decided every image's colours before the
+    caption could.  A v model predicts x0 directly at high noise (v = -x0 + 0.068 eps there)."""
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(
+            f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}"
+        )
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -429,6 +457,7 @@ def train_bundled(
         progress=progress,
         checkpoint_dir=tmp / "_checkpoints",
         offset_noise=offset_noise,
+        prediction_type=prediction_type,
     )
     if refine_steps:
         # stage 2: a second, lower-learning-rate pass whose weights are averaged (EMA)
@@ -446,26 +475,34 @@ def train_bundled(
             models=(unet, text_encoder),
             desc="refine",
             offset_noise=offset_noise,
+            prediction_type=prediction_type,
         )
     timings["unet_s"] = time.perf_counter() - t0
 
-    save_pipeline(tmp / "model", vae, unet, text_encoder, tokenizer, tok_src)
+    save_pipeline(tmp / "model", vae, unet, text_encoder, tokenizer, tok_src, prediction_type)
     shutil.rmtree(tok_src)
 
     from memberbench.bundled.clip_scorer import train_clip
 
     t0 = time.perf_counter()
-    train_clip(world, tmp / "clip", steps=clip_steps, seed=seed, progress=progress)
+    if clip_from:
+        shutil.copytree(clip_from, tmp / "clip")
+    else:
+        train_clip(world, tmp / "clip", steps=clip_steps, seed=seed, progress=progress)
     timings["clip_s"] = time.perf_counter() - t0
 
     recipe = {
         "command": (
             f"memberbench train-bundled --out DIR --seed {seed} --vae-steps {vae_steps} "
             f"--unet-steps {unet_steps} --refine-steps {refine_steps} --clip-steps {clip_steps} "
-            f"--batch {batch}" + (f" --offset-noise {offset_noise}" if offset_noise else "")
+            f"--batch {batch} --prediction-type {prediction_type}"
+            + (f" --offset-noise {offset_noise}" if offset_noise else "")
         ),
         "seed": seed,
         "offset_noise": offset_noise,
+        "prediction_type": prediction_type,
+        "vae_from": str(vae_from) if vae_from else None,
+        "clip_from": str(clip_from) if clip_from else None,
         "vae_steps": vae_steps,
         "unet_steps": unet_steps,
         "refine_steps": refine_steps,
