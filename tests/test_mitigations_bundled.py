@@ -101,7 +101,34 @@ def baseline(bundled):
     return latent_cosine(samples, bundled[2]), d1(samples), early_k(samples)
 
 
-@pytest.mark.parametrize("label", list(SETTINGS))
+# Methods whose only lever is less (or later) guidance cannot lower the latent cosine of canaries
+# that this model reproduces without any guidance: the v-prediction bundled model's conditional
+# prediction alone gives latent cosine 0.99 on its 256-copy canaries (docs/evidence.md, g = 1.0),
+# against 0.98 at g = 7.5, where the overshoot makes every image a little worse.  Strict: if a
+# retrained bundled model makes these methods work, the test fails and this list must shrink.
+NEEDS_GUIDANCE_DRIVEN_MEMORIZATION = {
+    "guidance-scale",
+    "guidance-schedule (static)",
+    "initial-noise (per sample)",
+    "initial-noise (batch)",
+}
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        pytest.param(
+            label,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the bundled model memorizes its 256-copy canaries without guidance",
+            ),
+        )
+        if label in NEEDS_GUIDANCE_DRIVEN_MEMORIZATION
+        else label
+        for label in SETTINGS
+    ],
+)
 def test_mitigation_lowers_memorization_of_the_most_duplicated_canaries(bundled, baseline, label):
     spec = SETTINGS[label]
     samples = generate(bundled, spec)
@@ -115,3 +142,15 @@ def test_mitigation_lowers_memorization_of_the_most_duplicated_canaries(bundled,
     assert cos.mean() < cos0.mean(), (spec, cos, cos0)
     if label == "overestimation-guard":  # what it acts on: the early overestimation itself
         assert k.mean() < 0.6 * k0.mean(), (k, k0)
+
+
+@pytest.mark.parametrize("label", sorted(NEEDS_GUIDANCE_DRIVEN_MEMORIZATION))
+def test_guidance_methods_still_cut_the_early_overestimation(bundled, baseline, label):
+    """What the guidance-based methods do act on, on this model too: the overestimation of the
+    training latent at the first step (k_g, SPEC.md M3) and the trajectory's share above the
+    schedule (D1, M6), both lower than ``none``'s on the same (prompt, seed) pairs."""
+    samples = generate(bundled, SETTINGS[label])
+    _, d0, k0 = baseline
+    d, k = d1(samples), early_k(samples)
+    assert k.mean() < k0.mean(), (k, k0)
+    assert d.mean() < d0.mean(), (d, d0)
