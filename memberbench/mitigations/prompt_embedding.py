@@ -19,9 +19,11 @@ Theory link (Kim, Kim & Lee, arXiv 2509.25705, M4): ``eps_c - eps_u = -(sqrt(aba
 (x0_hat_c - x0_hat_u)``, so the magnitude is the image component CFG multiplies by g; shrinking it
 shrinks the early overestimation.
 
-Default target: 1.5, set for the bundled model (the package's default model), whose
-non-memorized prompts have a step-1 magnitude of about 0.8-1.8 and its most duplicated canaries
-about 1.8-2.6 (20 DDIM steps, guidance 7.5); the magnitude grows with the latent size (about 4x on
+Default target: 1.5, set for the first (epsilon) bundled model, whose non-memorized prompts had
+a step-1 magnitude of about 0.8-1.8.  The shipped v-prediction bundled model sits higher: mean
+2.29 for held-out prompts and 1.05 / 1.63 / 2.28 / 2.68 / 2.74 for canaries with 1 / 4 / 16 / 64 /
+256 copies (docs/evidence.md, 50 DDIM steps), so on it 1.5 optimises every prompt for the whole
+budget; the sweep uses 2.5 / 2.2 / 1.8.  The magnitude grows with the latent size (about 4x on
 SD 1.x's 4x64x64 latents), so pass a target for other models (sweep it).
 
 Cost: one unconditional evaluation, then per iteration one conditional forward pass and (while
