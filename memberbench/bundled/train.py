@@ -4,7 +4,8 @@ Three stages, each a pure function of the seed (up to CPU floating-point nondete
 
 1. a tiny ``AutoencoderKL`` (f=4: 64x64 RGB -> 4x16x16 latents) trained on the world's images;
 2. a ``UNet2DConditionModel`` with cross-attention at every level and a tiny ``CLIPTextModel``,
-   trained jointly from scratch with the epsilon objective on Stable Diffusion's training schedule
+   trained jointly from scratch on the v objective (``--prediction-type epsilon``: SD 1.x's) with
+   Stable Diffusion's training schedule
    (scaled_linear, beta 0.00085..0.012, 1000 steps), 10% caption dropout so that classifier-free
    guidance works;
 3. a tiny open_clip model trained contrastively on the same image-caption pairs, the utility
@@ -307,11 +308,9 @@ def train_unet(
         noise = torch.randn_like(x0)
         if offset_noise:
             # Guttenberg's offset noise: a per-(sample, channel) constant added to the noise, so
-            # the mean of x_T no longer tells the model the image's mean colour.  With SD's
-            # schedule sqrt(abar_T) = 0.068 of the clean latent survives at t = 999; on 16x16
-            # latents of flat-background images its per-channel mean is as large as that of
-            # the noise, so without this the sampler's zero-mean start fixes every image's
-            # colours before the caption can (see the evidence notes in the README).
+            # the mean of x_T tells the model less about the image's mean colour.  Tried against
+            # the colour drift of the first 64 px epsilon build: a 300-step fine-tune at 0.2
+            # barely helped (canary mean-colour error 0.199 -> 0.190); the v target cured it.
             noise = noise + offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1)
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
