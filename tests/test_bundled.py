@@ -152,17 +152,8 @@ def test_shortened_recipe_reproduces_a_loadable_model(tmp_path):
     from memberbench.bundled.train import train_bundled
 
     out = tmp_path / "weights"
-    recipe = train_bundled(
-        out,
-        seed=1,
-        vae_steps=2,
-        unet_steps=3,
-        refine_steps=2,
-        clip_steps=2,
-        batch=8,
-        progress=False,
-        offset_noise=0.1,
-    )
+    tiny = dict(seed=1, vae_steps=2, clip_steps=2, batch=8, progress=False)
+    recipe = train_bundled(out, unet_steps=3, refine_steps=2, offset_noise=0.1, **tiny)
     assert (
         recipe["unet_steps"] == 3
         and recipe["refine_steps"] == 2
@@ -182,16 +173,12 @@ def test_shortened_recipe_reproduces_a_loadable_model(tmp_path):
     _save_stage1(out, tmp_path / "vae.pt")
     again = train_bundled(
         tmp_path / "again",
-        seed=1,
-        vae_steps=2,
         unet_steps=1,
         refine_steps=0,
-        clip_steps=2,
-        batch=8,
-        progress=False,
         prediction_type="epsilon",
         vae_from=tmp_path / "vae.pt",
         clip_from=out / "clip",
+        **tiny,
     )
     assert again["vae_from"] and again["clip_from"]
     pipe2 = StableDiffusionPipeline.from_pretrained(tmp_path / "again" / "model")
@@ -219,6 +206,7 @@ def test_shipped_model_takes_colour_from_the_caption_not_the_starting_noise():
     sqrt(1 - abar) / sqrt(abar) = 14.6 per unit of x_T's mean (the shipped epsilon UNet measured
     14.6); a model that predicts x0 from the caption moves by about sqrt(abar) = 0.07."""
     from memberbench.adapters import load_adapter
+    from memberbench.metrics.overestimation import x0_from_eps
 
     ad = load_adapter("bundled")
     world = build_world(0)
@@ -232,7 +220,7 @@ def test_shipped_model_takes_colour_from_the_caption_not_the_starting_noise():
     abar = ad._abar_at(t, x)
     with torch.no_grad():
         x0 = [
-            (xt - (1 - abar).sqrt() * ad.predict_noise(xt, t, emb.expand(4, -1, -1))) / abar.sqrt()
+            x0_from_eps(xt, ad.predict_noise(xt, t, emb.expand(4, -1, -1)), abar)
             for xt in (x, x + shift)
         ]
     slope = (x0[1] - x0[0])[:, 0].mean().item() / 0.2

@@ -328,11 +328,23 @@ def test_matches_pipeline_on_bundled_model():
     pipe.scheduler = DDIMScheduler.from_config(ad.scheduler_config)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     z = torch.stack([initial_noise(r.seed, ad.latent_shape)[0] for r in reqs])
-    lat = pipe(PROMPTS, num_inference_steps=5, guidance_scale=7.5, latents=z, output_type="latent")
-    np.testing.assert_allclose(
-        np.stack([s.final_latent for s in samples]), lat.images.numpy(), atol=1e-4
+    last = {}
+
+    def keep_latents(_pipe, _i, _t, kw):
+        last["latents"] = kw["latents"]
+        return kw
+
+    out = pipe(
+        PROMPTS,
+        num_inference_steps=5,
+        guidance_scale=7.5,
+        latents=z,
+        output_type="np",
+        callback_on_step_end=keep_latents,
     )
-    out = pipe(PROMPTS, num_inference_steps=5, guidance_scale=7.5, latents=z, output_type="np")
+    np.testing.assert_allclose(
+        np.stack([s.final_latent for s in samples]), last["latents"].numpy(), atol=1e-4
+    )
     diff = np.abs(
         np.stack([s.image for s in samples]).astype(int) - _pipe_images(pipe, out).astype(int)
     )
