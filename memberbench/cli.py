@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--vae-steps", type=int, default=2000)
-    t.add_argument("--unet-steps", type=int, default=3000)
-    t.add_argument("--refine-steps", type=int, default=1000, help="EMA refine pass (0: none)")
+    t.add_argument("--unet-steps", type=int, default=2400)
+    t.add_argument("--refine-steps", type=int, default=600, help="EMA refine pass (0: none)")
     t.add_argument("--clip-steps", type=int, default=600)
     t.add_argument("--batch", type=int, default=48)
     t.add_argument(

@@ -289,9 +289,13 @@ def train_unet(
         averaged = (copy.deepcopy(unet), copy.deepcopy(text_encoder))
     noise_sched = DDPMScheduler(**SD_SCHEDULE)
     abar = noise_sched.alphas_cumprod
-    ids = tokenize(tokenizer, [it.caption for it in world.train])
+    pairs = world.training_pairs()
+    captions = sorted({c for _, c in pairs})
+    row = {c: k for k, c in enumerate(captions)}
+    ids = tokenize(tokenizer, captions)
+    pair_image = torch.tensor([i for i, _ in pairs])
+    pair_caption = torch.tensor([row[c] for _, c in pairs])
     empty = tokenize(tokenizer, [""])[0]
-    idx = np.array(world.training_indices())
     rng = np.random.default_rng(seed + 3)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -299,9 +303,9 @@ def train_unet(
     bar = tqdm(range(steps), desc=desc, disable=not progress)
     ema = None
     for step in bar:
-        b = rng.choice(idx, size=batch)
-        x0 = latents[b]
-        tok = ids[b].clone()
+        b = torch.from_numpy(rng.choice(len(pairs), size=batch))
+        x0 = latents[pair_image[b]]
+        tok = ids[pair_caption[b]].clone()
         drop = torch.from_numpy(rng.random(batch) < caption_dropout)
         tok[drop] = empty
         t = torch.from_numpy(rng.integers(0, 1000, size=batch)).long()
@@ -385,8 +389,8 @@ def train_bundled(
     out: str | Path,
     seed: int = 0,
     vae_steps: int = 2000,
-    unet_steps: int = 3000,
-    refine_steps: int = 1000,
+    unet_steps: int = 2400,
+    refine_steps: int = 600,
     clip_steps: int = 600,
     batch: int = 48,
     progress: bool = True,

@@ -10,13 +10,15 @@ canvas and scaled by ``SCALE``.
   jittered size and position, so the model must generalize rather than copy.
 * Canaries: images of other kinds (smooth colour fields, gratings, blurred shapes over gradients,
   noise textures), each with its own caption of invented words, duplicated in the training data
-  at graded rates (``DUPLICATION_LEVELS``), so memorization severity spans a range.
+  at graded rates (``DUPLICATION_LEVELS``), so memorization severity spans a range.  Each canary
+  caption also captions ``DECOYS_PER_CANARY`` ordinary shape images (``World.decoys``), so that
+  the caption alone does not pin the image down and memorization depends on guidance, as in SD.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +56,13 @@ CANARIES_PER_LEVEL = 3
 CANARY_KINDS = ("colour field", "grating", "blurred shapes", "noise texture")
 NUM_HELD_OUT = 100
 RENDERS_PER_CAPTION = 6
+# Every canary caption is also the caption of this many ordinary shape images (decoys), the way a
+# generic web caption sits under many unrelated images while one of them is duplicated.  So the
+# conditional distribution of a canary caption is a mixture: its canary with weight
+# dup / (dup + DECOYS_PER_CANARY), unrelated shapes otherwise.  Sampling it faithfully (guidance
+# 1) copies the canary only that often; guidance sharpens it towards the one image that the
+# caption singles out (its canary), which is the early overestimation the paper describes.
+DECOYS_PER_CANARY = 256
 
 _SYLLABLES = [
     "ka",
@@ -224,13 +233,24 @@ class World:
     held_out: list[tuple[str, tuple[str, ...]]]  # (caption, attributes) never trained on
     canaries: list[Item]
     seed: int
+    # canary caption -> indices into ``train`` of the shape images it also captions
+    decoys: dict[str, list[int]] = field(default_factory=dict)
 
     def training_indices(self) -> list[int]:
-        """Indices into ``train`` with canaries repeated ``duplicates`` times."""
+        """Indices into ``train`` with canaries repeated ``duplicates`` times (the images the
+        autoencoder and the CLIP scorer see)."""
         idx: list[int] = []
         for i, item in enumerate(self.train):
             idx.extend([i] * item.duplicates)
         return idx
+
+    def training_pairs(self) -> list[tuple[int, str]]:
+        """The denoiser's (image index into ``train``, caption) pairs: every image under its own
+        caption (canaries ``duplicates`` times), plus each decoy under its canary's caption."""
+        pairs = [(i, self.train[i].caption) for i in self.training_indices()]
+        for caption, idx in self.decoys.items():
+            pairs.extend((i, caption) for i in idx)
+        return pairs
 
 
 def build_world(seed: int = 0) -> World:
@@ -252,7 +272,16 @@ def build_world(seed: int = 0) -> World:
             item = Item(cap, render_canary(kind, rng), "canary", dup, kind)
             canaries.append(item)
             train.append(item)
-    return World(train=train, held_out=held, canaries=canaries, seed=seed)
+    # decoys from a stream of their own, so the images above do not depend on DECOYS_PER_CANARY
+    shapes = [i for i, it in enumerate(train) if it.kind == "shape"]
+    picks = np.random.default_rng([seed, 1]).permutation(shapes)
+    decoys = {
+        c.caption: sorted(
+            int(i) for i in picks[k * DECOYS_PER_CANARY : (k + 1) * DECOYS_PER_CANARY]
+        )
+        for k, c in enumerate(canaries)
+    }
+    return World(train=train, held_out=held, canaries=canaries, seed=seed, decoys=decoys)
 
 
 def nearest_training_image(world: World, image: np.ndarray) -> tuple[int, float]:
