@@ -52,6 +52,35 @@ def test_world_is_deterministic_and_graded(world):
     assert not any(set(c.split()) & vocab for c in caps)
 
 
+def test_canary_captions_also_caption_decoy_shapes(world, monkeypatch):
+    from collections import Counter
+
+    from memberbench.bundled import world as world_mod
+
+    n = world_mod.DECOYS_PER_CANARY
+    assert set(world.decoys) == {c.caption for c in world.canaries}
+    taken = [i for idx in world.decoys.values() for i in idx]
+    assert len(taken) == len(set(taken)) == n * len(world.canaries)  # no image decoys twice
+    assert all(world.train[i].kind == "shape" for i in taken)
+    pairs = world.training_pairs()
+    assert len(pairs) == len(world.training_indices()) + n * len(world.canaries)
+    per_caption = Counter(c for _, c in pairs)
+    for c in world.canaries:
+        # the caption's conditional distribution: its canary `duplicates` times, n decoys
+        assert per_caption[c.caption] == c.duplicates + n
+        mine = [i for i, cap in pairs if cap == c.caption]
+        assert Counter(mine)[world.train.index(c)] == c.duplicates
+    # a decoy keeps its own caption too
+    i = taken[0]
+    assert per_caption[world.train[i].caption] >= 1 and (i, world.train[i].caption) in pairs
+    # decoys come from a stream of their own: the images do not depend on how many there are
+    monkeypatch.setattr(world_mod, "DECOYS_PER_CANARY", 3)
+    small = world_mod.build_world(0)
+    assert all(len(v) == 3 for v in small.decoys.values())
+    assert [it.caption for it in small.train] == [it.caption for it in world.train]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(small.train, world.train))
+
+
 def test_distinct_renders(world):
     imgs = {it.image.tobytes() for it in world.train if it.kind == "shape"}
     assert len(imgs) == sum(it.kind == "shape" for it in world.train)
@@ -210,8 +239,9 @@ def test_shipped_model_takes_colour_from_the_caption_not_the_starting_noise():
 
     ad = load_adapter("bundled")
     world = build_world(0)
-    canary = max(world.canaries, key=lambda c: c.duplicates)
-    emb = ad.encode_prompts([canary.caption])
+    # a caption that pins its image down: a held-out shape caption (a canary caption also
+    # captions 256 decoys, and for such an open caption the best estimate does lean on x_T)
+    emb = ad.encode_prompts([world.held_out[0][0]])
     t = torch.tensor([999])
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4, *ad.latent_shape, generator=gen)
@@ -225,6 +255,35 @@ def test_shipped_model_takes_colour_from_the_caption_not_the_starting_noise():
         ]
     slope = (x0[1] - x0[0])[:, 0].mean().item() / 0.2
     assert abs(slope) < 1.0, slope
+
+
+@shipped
+@pytest.mark.slow
+def test_shipped_model_memorizes_through_guidance():
+    """The paper's phenomenon in the shipped model: its 256-copy canaries come out as copies of
+    their training latent far more often at guidance 7.5 than at 1.0 (the decoys make a canary
+    caption's conditional distribution a mixture that only guidance collapses onto the canary).
+    Same prompts and seeds at both scales; 25 DDIM steps."""
+    from memberbench.adapters import load_adapter
+    from memberbench.runner import run_generation
+    from memberbench.types import GenerationRequest
+
+    ad = load_adapter("bundled", device="cpu", dtype="fp32")
+    canaries = [c for c in build_world(0).canaries if c.duplicates == max(DUPLICATION_LEVELS)]
+    refs = ad.encode_images([c.image for c in canaries])
+    cos = {}
+    for g in (1.0, 7.5):
+        reqs = [
+            GenerationRequest(c.caption, seed=s, steps=25, guidance=g)
+            for c in canaries
+            for s in range(4)
+        ]
+        out = run_generation(ad, reqs, progress=False)
+        ref = refs.repeat_interleave(4, 0).flatten(1).double().numpy()
+        fin = np.stack([np.asarray(o.final_latent, dtype=np.float64).ravel() for o in out])
+        cos[g] = (fin * ref).sum(1) / (np.linalg.norm(fin, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos[7.5].mean() > cos[1.0].mean() + 0.2, cos
+    assert (cos[7.5] > 0.8).mean() > (cos[1.0] > 0.8).mean(), cos
 
 
 def test_standardized_latents_leave_the_autoencoder_unchanged():
