@@ -52,14 +52,14 @@ SWEEPS: dict[str, list[str]] = {
         *(f"caption-randomization:mode=number,count={k}" for k in (1, 4, 8)),
     ],
     "prompt-embedding": [
-        f"prompt-embedding:target={tgt},max_iters=10,lr=0.05" for tgt in (2.0, 1.5, 1.0)
+        f"prompt-embedding:target={tgt},max_iters=10,lr=0.05" for tgt in (0.6, 0.3, 0.15)
     ],
     "attention-reweight": [
         *(f"attention-reweight:c1={c}" for c in (1.1, 1.25, 1.5)),
         "attention-reweight:c1=1.25,trigger_top_k=2,trigger_scale=0.3",
     ],
     "initial-noise": [
-        *(f"initial-noise:target={tgt},max_iters=30,lr=0.02" for tgt in (2.0, 1.5, 1.2)),
+        *(f"initial-noise:target={tgt},max_iters=30,lr=0.02" for tgt in (0.6, 0.3, 0.15)),
         *(f"initial-noise:mode=batch,rho={r}" for r in (0.2, 0.39, 0.8)),
     ],
     "overestimation-guard": [

@@ -21,7 +21,11 @@ STEPS = 20
 SEEDS = (0, 1, 2)
 N_PROMPTS = 2
 
-# one setting per method that the sweep shows to be effective on the bundled model
+# one setting per method that the sweep shows to be effective on the bundled model.  The targets
+# of prompt-embedding and initial-noise sit below the 256-copy canaries' text-conditional noise
+# magnitude at step 1 (0.64; held-out prompts 1.96, docs/evidence.md): on this model a canary
+# caption's conditional prediction starts close to the unconditional one (its decoys), so the
+# memorized prompts have the *smaller* magnitude, the reverse of Wen et al.'s finding on SD.
 SETTINGS = {
     "guidance-scale": "guidance-scale:scale=2",
     "guidance-schedule (static)": "guidance-schedule:transition_t=500,before=0",
@@ -29,9 +33,9 @@ SETTINGS = {
     "guidance-schedule (dynamic)": "guidance-schedule:mode=dynamic,before=0",
     "caption-randomization (token)": "caption-randomization:mode=token,count=4",
     "caption-randomization (number)": "caption-randomization:mode=number,count=4",
-    "prompt-embedding": "prompt-embedding:target=1.5,max_iters=10",
+    "prompt-embedding": "prompt-embedding:target=0.3,max_iters=10",
     "attention-reweight": "attention-reweight:c1=1.25",
-    "initial-noise (per sample)": "initial-noise:target=1.5,max_iters=30,lr=0.02",
+    "initial-noise (per sample)": "initial-noise:target=0.3,max_iters=30,lr=0.02",
     "initial-noise (batch)": "initial-noise:mode=batch",
     "overestimation-guard": "overestimation-guard:threshold=1.5",
 }
@@ -101,34 +105,17 @@ def baseline(bundled):
     return latent_cosine(samples, bundled[2]), d1(samples), early_k(samples)
 
 
-# Methods whose only lever is less (or later) guidance cannot lower the latent cosine of canaries
-# that this model reproduces without any guidance: the v-prediction bundled model's conditional
-# prediction alone gives latent cosine 0.99 on its 256-copy canaries (docs/evidence.md, g = 1.0),
-# against 0.98 at g = 7.5, where the overshoot makes every image a little worse.  Strict: if a
-# retrained bundled model makes these methods work, the test fails and this list must shrink.
-NEEDS_GUIDANCE_DRIVEN_MEMORIZATION = {
+# The methods whose lever is guidance itself; the shipped model's canaries need guidance to be
+# copied (docs/evidence.md: SSCD 0.28 at g = 7.5 against 0.12 at g = 1.0 for 256 copies).
+GUIDANCE_METHODS = (
     "guidance-scale",
     "guidance-schedule (static)",
-    "initial-noise (per sample)",
-    "initial-noise (batch)",
-}
-
-
-@pytest.mark.parametrize(
-    "label",
-    [
-        pytest.param(
-            label,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the bundled model memorizes its 256-copy canaries without guidance",
-            ),
-        )
-        if label in NEEDS_GUIDANCE_DRIVEN_MEMORIZATION
-        else label
-        for label in SETTINGS
-    ],
+    "guidance-schedule (opposite)",
+    "guidance-schedule (dynamic)",
 )
+
+
+@pytest.mark.parametrize("label", list(SETTINGS))
 def test_mitigation_lowers_memorization_of_the_most_duplicated_canaries(bundled, baseline, label):
     spec = SETTINGS[label]
     samples = generate(bundled, spec)
@@ -144,11 +131,11 @@ def test_mitigation_lowers_memorization_of_the_most_duplicated_canaries(bundled,
         assert k.mean() < 0.6 * k0.mean(), (k, k0)
 
 
-@pytest.mark.parametrize("label", sorted(NEEDS_GUIDANCE_DRIVEN_MEMORIZATION))
-def test_guidance_methods_still_cut_the_early_overestimation(bundled, baseline, label):
-    """What the guidance-based methods do act on, on this model too: the overestimation of the
-    training latent at the first step (k_g, SPEC.md M3) and the trajectory's share above the
-    schedule (D1, M6), both lower than ``none``'s on the same (prompt, seed) pairs."""
+@pytest.mark.parametrize("label", GUIDANCE_METHODS)
+def test_guidance_methods_cut_the_early_overestimation(bundled, baseline, label):
+    """How the guidance-based methods work, in the paper's terms: they lower the overestimation
+    of the training latent at the first step (k_g, SPEC.md M3) and the trajectory's share above
+    the schedule (D1, M6) below ``none``'s on the same (prompt, seed) pairs."""
     samples = generate(bundled, SETTINGS[label])
     _, d0, k0 = baseline
     d, k = d1(samples), early_k(samples)
