@@ -121,3 +121,18 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
 
 def _other(rows: list[dict], key: str) -> float:
     return next(r for r in rows if r["prompt_id"] == "mem1")["metrics"][key]
+
+
+def test_cost_batch_spreads_over_the_prompt_set():
+    """The cost task times prompts spread over each set, not the first few (on the bundled
+    model those are all 1-copy canaries, which a prompt-dependent mitigation barely works on)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cost_task", TASKS / "test_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    levels = [d for d in (1, 4, 16, 64, 256) for _ in range(3)]  # the bundled memorized set
+    assert mod.spread(levels, 4) == [1, 4, 64, 256]
+    assert mod.spread(list(range(10)), 4) == [0, 3, 6, 9]
+    assert mod.spread([7, 8], 4) == [7, 8]
+    assert mod.spread([7, 8, 9], 1) == [7] and mod.spread([7], 0) == []
