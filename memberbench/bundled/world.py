@@ -61,7 +61,9 @@ RENDERS_PER_CAPTION = 6
 # conditional distribution of a canary caption is a mixture: its canary with weight
 # dup / (dup + DECOYS_PER_CANARY), unrelated shapes otherwise.  Sampling it faithfully (guidance
 # 1) copies the canary only that often; guidance sharpens it towards the one image that the
-# caption singles out (its canary), which is the early overestimation the paper describes.
+# caption singles out (its canary).  It does so during the trajectory rather than by a large pull
+# at the first step: the canaries' step-1 text-conditional magnitude is smaller than held-out
+# prompts' (docs/evidence.md), unlike memorized prompts on SD.
 DECOYS_PER_CANARY = 256
 
 _SYLLABLES = [
