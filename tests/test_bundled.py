@@ -264,6 +264,8 @@ def test_shipped_model_memorizes_through_guidance():
     their training latent far more often at guidance 7.5 than at 1.0 (the decoys make a canary
     caption's conditional distribution a mixture that only guidance collapses onto the canary).
     Same prompts and seeds at both scales; 25 DDIM steps."""
+    from test_mitigations_bundled import latent_cosine
+
     from memberbench.adapters import load_adapter
     from memberbench.runner import run_generation
     from memberbench.types import GenerationRequest
@@ -271,17 +273,16 @@ def test_shipped_model_memorizes_through_guidance():
     ad = load_adapter("bundled", device="cpu", dtype="fp32")
     canaries = [c for c in build_world(0).canaries if c.duplicates == max(DUPLICATION_LEVELS)]
     refs = ad.encode_images([c.image for c in canaries])
+    seeds = range(4)
     cos = {}
     for g in (1.0, 7.5):
         reqs = [
             GenerationRequest(c.caption, seed=s, steps=25, guidance=g)
             for c in canaries
-            for s in range(4)
+            for s in seeds
         ]
-        out = run_generation(ad, reqs, progress=False)
-        ref = refs.repeat_interleave(4, 0).flatten(1).double().numpy()
-        fin = np.stack([np.asarray(o.final_latent, dtype=np.float64).ravel() for o in out])
-        cos[g] = (fin * ref).sum(1) / (np.linalg.norm(fin, axis=1) * np.linalg.norm(ref, axis=1))
+        samples = run_generation(ad, reqs, progress=False)
+        cos[g] = latent_cosine(samples, [r for r in refs for _ in seeds])
     assert cos[7.5].mean() > cos[1.0].mean() + 0.2, cos
     assert (cos[7.5] > 0.8).mean() > (cos[1.0] > 0.8).mean(), cos
 
