@@ -100,6 +100,20 @@ def d1(samples) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
+def generated(bundled):
+    """``generated(label)``: the samples of ``SETTINGS[label]``, generated once per module (the
+    guidance methods are scored by two tests)."""
+    memo: dict[str, list] = {}
+
+    def get(label: str) -> list:
+        if label not in memo:
+            memo[label] = generate(bundled, SETTINGS[label])
+        return memo[label]
+
+    return get
+
+
+@pytest.fixture(scope="module")
 def baseline(bundled):
     samples = generate(bundled, None)
     return latent_cosine(samples, bundled[2]), d1(samples), early_k(samples)
@@ -116,9 +130,11 @@ GUIDANCE_METHODS = (
 
 
 @pytest.mark.parametrize("label", list(SETTINGS))
-def test_mitigation_lowers_memorization_of_the_most_duplicated_canaries(bundled, baseline, label):
+def test_mitigation_lowers_memorization_of_the_most_duplicated_canaries(
+    bundled, baseline, generated, label
+):
     spec = SETTINGS[label]
-    samples = generate(bundled, spec)
+    samples = generated(label)
     cos, d, k = latent_cosine(samples, bundled[2]), d1(samples), early_k(samples)
     cos0, d0, k0 = baseline
     print(
@@ -132,11 +148,11 @@ def test_mitigation_lowers_memorization_of_the_most_duplicated_canaries(bundled,
 
 
 @pytest.mark.parametrize("label", GUIDANCE_METHODS)
-def test_guidance_methods_cut_the_early_overestimation(bundled, baseline, label):
+def test_guidance_methods_cut_the_early_overestimation(baseline, generated, label):
     """How the guidance-based methods work, in the paper's terms: they lower the overestimation
     of the training latent at the first step (k_g, SPEC.md M3) and the trajectory's share above
     the schedule (D1, M6) below ``none``'s on the same (prompt, seed) pairs."""
-    samples = generate(bundled, SETTINGS[label])
+    samples = generated(label)
     _, d0, k0 = baseline
     d, k = d1(samples), early_k(samples)
     assert k.mean() < k0.mean(), (k, k0)
