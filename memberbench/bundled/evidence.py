@@ -144,8 +144,8 @@ def summarise(data: dict[str, Any]) -> str:
             f"**guidance {g}** ({block['wall_s']:.0f} s wall, {block['n_failed']} failed samples)",
             "",
             "| prompts | n | SSCD to training image | SSCD >= 0.5 | VAE ceiling | SSCD / ceiling "
-            "| latent cos | D1 | Wen step 1 |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| best of seeds | best / ceiling | latent cos | D1 | Wen step 1 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name in sorted(groups, key=order):
             ps = groups[name]
@@ -157,7 +157,8 @@ def summarise(data: dict[str, Any]) -> str:
             )
             lines.append(
                 f"| {label} | {len(ps)} | {m['sscd_mean']:.3f} | {m['rate_0.5']:.2f} | "
-                f"{m['ceiling']:.3f} | {m['sscd_mean'] / m['ceiling']:.2f} | {m['latent_cos']:.3f} | "
+                f"{m['ceiling']:.3f} | {m['sscd_mean'] / m['ceiling']:.2f} | {m['sscd_max']:.3f} | "
+                f"{m['sscd_max'] / m['ceiling']:.2f} | {m['latent_cos']:.3f} | "
                 f"{m['d1']:.2f} | {m['wen_1']:.3f} |"
             )
         pos = [
@@ -171,6 +172,7 @@ def summarise(data: dict[str, Any]) -> str:
             aucs = []
             for key, name in (
                 ("sscd_mean", "SSCD"),
+                ("sscd_max", "SSCD best of seeds"),
                 ("d1", "D1"),
                 ("wen_1", "Wen step 1"),
                 ("wen_5", "Wen steps 1-5"),
@@ -180,6 +182,26 @@ def summarise(data: dict[str, Any]) -> str:
             lines += ["", f"AUC, canaries dup >= 64 vs held-out: {', '.join(aucs)}"]
         lines.append("")
     return "\n".join(lines)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    from memberbench.types import MemberbenchError
+
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise MemberbenchError(f"cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise MemberbenchError(
+            f"{path} is not JSON ({e.msg}, line {e.lineno}): pass the .json that "
+            "`memberbench evidence --out` wrote"
+        ) from None
+    if not isinstance(data, dict) or not {"guidance", "settings"} <= set(data):
+        raise MemberbenchError(
+            f"{path} is not an evidence file (no 'guidance'/'settings'): pass the .json that "
+            "`memberbench evidence --out` wrote"
+        )
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,11 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=None, help="write <out>.md and <out>.json")
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="summarise the <out>.json of an earlier run instead of generating",
+    )
     args = ap.parse_args(argv)
     from memberbench.types import MemberbenchError
 
     try:
-        data = collect(args)
+        data = _load(args.from_json) if args.from_json else collect(args)
     except MemberbenchError as e:
         print(f"memberbench evidence: error: {e}", file=sys.stderr)
         return 2
