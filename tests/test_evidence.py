@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from memberbench.bundled import evidence
 
 
@@ -73,4 +75,19 @@ def test_from_json_summarises_a_saved_run_and_refuses_other_files(tmp_path, caps
     assert evidence.main(["--from-json", str(broken)]) == 2
     assert "is not JSON" in capsys.readouterr().err
     assert evidence.main(["--from-json", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_step1_oracle_command_refuses_bad_arguments_before_loading_anything(tmp_path, capsys):
+    from memberbench.bundled import oracle
+
+    for argv, msg in (
+        (["--decoys", "300"], "--decoys must lie in 0..256"),
+        (["--held-out", "0"], "--held-out must lie in 1..100"),
+        (["--steps", "0"], "--steps must be at least 1"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            oracle.main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    assert oracle.main(["--evidence", str(tmp_path / "none.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
