@@ -153,14 +153,13 @@ def test_manifest_detects_missing_and_extra_files(tmp_path):
 
 
 @shipped
-def test_bundled_clip_scorer_prefers_matching_captions():
+def test_bundled_clip_scorer_prefers_matching_captions(world):
     """The shipped utility scorer ranks a canary's own caption first among all canary captions."""
     import torch
     from PIL import Image
 
     from memberbench.bundled.clip_scorer import load_bundled_clip
 
-    world = build_world(0)
     model, preprocess, tokenizer, describe = load_bundled_clip()
     assert describe["weights_sha256"]
     caps = [c.caption for c in world.canaries]
@@ -228,7 +227,7 @@ def _save_stage1(out, path) -> None:
 
 
 @shipped
-def test_shipped_model_takes_colour_from_the_caption_not_the_starting_noise():
+def test_shipped_model_takes_colour_from_the_caption_not_the_starting_noise(world):
     """The fix for the colour drift of the first 64 px build (see train_bundled): at t = 999 the
     x0 estimate's per-channel mean must not follow the mean of x_T.  For an epsilon model that
     ignores its input's mean, x0 = (x_T - sqrt(1 - abar) eps) / sqrt(abar) moves by
@@ -238,7 +237,6 @@ def test_shipped_model_takes_colour_from_the_caption_not_the_starting_noise():
     from memberbench.metrics.overestimation import x0_from_eps
 
     ad = load_adapter("bundled")
-    world = build_world(0)
     # a caption that pins its image down: a held-out shape caption (a canary caption also
     # captions 256 decoys, and for such an open caption the best estimate does lean on x_T)
     emb = ad.encode_prompts([world.held_out[0][0]])
@@ -259,7 +257,7 @@ def test_shipped_model_takes_colour_from_the_caption_not_the_starting_noise():
 
 @shipped
 @pytest.mark.slow
-def test_shipped_model_memorizes_through_guidance():
+def test_shipped_model_memorizes_through_guidance(world):
     """The paper's phenomenon in the shipped model: its 256-copy canaries come out as copies of
     their training latent far more often at guidance 7.5 than at 1.0 (the decoys make a canary
     caption's conditional distribution a mixture that only guidance collapses onto the canary).
@@ -271,7 +269,7 @@ def test_shipped_model_memorizes_through_guidance():
     from memberbench.types import GenerationRequest
 
     ad = load_adapter("bundled", device="cpu", dtype="fp32")
-    canaries = [c for c in build_world(0).canaries if c.duplicates == max(DUPLICATION_LEVELS)]
+    canaries = [c for c in world.canaries if c.duplicates == max(DUPLICATION_LEVELS)]
     refs = ad.encode_images([c.image for c in canaries])
     seeds = range(4)
     cos = {}
@@ -320,7 +318,7 @@ def test_standardized_latents_leave_the_autoencoder_unchanged():
 
 @shipped
 @pytest.mark.slow
-def test_shipped_unet_step1_magnitude_follows_the_data_optimal_one():
+def test_shipped_unet_step1_magnitude_follows_the_data_optimal_one(world):
     """Wen et al.'s step-1 magnitude ||eps_c - eps_u|| of the shipped UNet against the value a
     Bayes-optimal denoiser of the same training pairs would give (memberbench.bundled.oracle:
     sqrt(abar / (1 - abar)) ||E[z|c] - E[z]||, from the world and the VAE alone).  Held-out
@@ -333,7 +331,6 @@ def test_shipped_unet_step1_magnitude_follows_the_data_optimal_one():
     from memberbench.bundled.oracle import first_step_factor, step1_magnitudes
 
     ad = load_adapter("bundled", device="cpu", dtype="fp32")
-    world = build_world(0)
     n = 12
     res = step1_magnitudes(
         world,
