@@ -80,10 +80,11 @@ def test_from_json_summarises_a_saved_run_and_refuses_other_files(tmp_path, caps
 
 def test_step1_oracle_command_refuses_bad_arguments_before_loading_anything(tmp_path, capsys):
     from memberbench.bundled import oracle
+    from memberbench.bundled.world import DECOYS_PER_CANARY, NUM_HELD_OUT
 
     for argv, msg in (
-        (["--decoys", "300"], "--decoys must lie in 0..256"),
-        (["--held-out", "0"], "--held-out must lie in 1..100"),
+        (["--decoys", "300"], f"--decoys must lie in 0..{DECOYS_PER_CANARY}"),
+        (["--held-out", "0"], f"--held-out must lie in 1..{NUM_HELD_OUT}"),
         (["--steps", "0"], "--steps must be at least 1"),
     ):
         with pytest.raises(SystemExit) as e:

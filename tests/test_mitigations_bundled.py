@@ -23,9 +23,9 @@ N_PROMPTS = 2
 
 # one setting per method that the sweep shows to be effective on the bundled model.  The targets
 # of prompt-embedding and initial-noise sit below the 256-copy canaries' text-conditional noise
-# magnitude at step 1 (0.64; held-out prompts 1.96, docs/evidence.md): on this model a canary
-# caption's conditional prediction starts close to the unconditional one (its decoys), so the
-# memorized prompts have the *smaller* magnitude, the reverse of Wen et al.'s finding on SD.
+# magnitude at step 1 (1.20; held-out prompts 1.06, 64-copy canaries 0.65, docs/evidence.md): a
+# canary caption's conditional prediction starts close to the unconditional one (its decoys pull
+# it there), so the step-1 magnitude separates memorized prompts far less than on SD.
 SETTINGS = {
     "guidance-scale": "guidance-scale:scale=2",
     "guidance-schedule (static)": "guidance-schedule:transition_t=500,before=0",

@@ -44,6 +44,9 @@ def _normalise(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
+CANARY_VIEWS = 16
+
+
 def train_clip(
     world: World,
     out: Path,
@@ -65,13 +68,20 @@ def train_clip(
     images = _normalise(np.stack([it.image for it in world.train]))
     captions = [it.caption for it in world.train]
     tokens = tokenizer(captions)
+    # each canary is one image under its own caption among ~5,000 shape images: drawn
+    # ``CANARY_VIEWS`` times as often, so that the scorer knows every canary caption (whatever its
+    # duplication count in the diffusion model's data) and CLIP score means the same on both sets
+    pool = np.array(
+        list(range(len(world.train)))
+        + [i for i, it in enumerate(world.train) if it.kind == "canary"] * (CANARY_VIEWS - 1)
+    )
     rng = np.random.default_rng(seed + 11)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)
     model.train()
     bar = tqdm(range(steps), desc="clip", disable=not progress)
     for _ in bar:
-        b = rng.choice(len(captions), size=batch, replace=False)
+        b = pool[rng.choice(len(pool), size=batch, replace=False)]
         img = images[b]
         # light augmentation: brightness jitter and one-pixel shifts
         img = img * torch.empty(batch, 1, 1, 1).uniform_(0.9, 1.1)

@@ -7,7 +7,9 @@ prints per duplication level:
 * SSCD between generations and their training image (mean over seeds, then over prompts; rate of
   samples >= 0.5), next to the SSCD of the VAE's own reconstruction of each canary (the ceiling at
   this resolution) and the ratio to it;
-* the held-out prompts' SSCD to their nearest training image;
+* the held-out prompts' SSCD to the nearest training image (pixel RMS) of each generation: a
+  held-out caption leaves the background open, so no single training image is "the" one it
+  would copy, and a fixed reference would understate how close its generations come;
 * the latent cosine of the final latent to the training latent, D1 (SPEC M6) and Wen et al.'s
   magnitude at step 1 (SPEC M4);
 * AUCs (memorized dup >= 64 vs held-out) of per-prompt SSCD, D1 and Wen's magnitude.
@@ -37,6 +39,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from memberbench.adapters import load_adapter
+    from memberbench.bundled.world import build_world, nearest_training_images
     from memberbench.cache import GenerationCache
     from memberbench.data import load_prompt_set
     from memberbench.metrics.decomposition import deviation_from_traces
@@ -46,6 +49,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     from memberbench.types import GenerationRequest
 
     adapter = load_adapter(args.model)
+    world = build_world(0)
     mem = load_prompt_set("bundled-memorized")
     non = load_prompt_set("bundled-nonmemorized", limit=args.nonmem_limit)
     records = [(r, f"dup={r.duplicates}") for r in mem.records] + [
@@ -61,6 +65,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     cache = GenerationCache(args.cache_dir) if args.cache_dir else None
     seeds = list(range(args.seeds))
     out: dict[str, Any] = {"guidance": {}, "settings": vars(args).copy()}
+    out["settings"]["held_out_reference"] = "each generation's nearest training image"
     for g in args.guidance:
         reqs, req_refs, owner = [], [], []
         for i, (r, _) in enumerate(records):
@@ -85,6 +90,11 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         gen_emb = scorer.embed(np.stack([samples[k].image for k in ok]))
         sscd = np.full(len(samples), np.nan)
         sscd[ok] = np.sum(gen_emb * ref_emb[[owner[k] for k in ok]], axis=1)
+        held = [j for j, k in enumerate(ok) if records[owner[k]][1] == "held-out"]
+        if held:
+            near, _ = nearest_training_images(world, np.stack([samples[ok[j]].image for j in held]))
+            near_emb = scorer.embed(np.stack([world.train[n].image for n in near]))
+            sscd[[ok[j] for j in held]] = np.sum(gen_emb[held] * near_emb, axis=1)
         per_prompt: list[dict[str, Any]] = []
         for i, (r, group) in enumerate(records):
             ks = [k for k in range(len(samples)) if owner[k] == i and samples[k].ok]
@@ -152,9 +162,8 @@ def summarise(data: dict[str, Any]) -> str:
             m = {
                 k: float(np.mean([p[k] for p in ps])) for k in ps[0] if isinstance(ps[0][k], float)
             }
-            label = (
-                "held-out (to nearest training image)" if name == "held-out" else f"canaries {name}"
-            )
+            ref = settings.get("held_out_reference", "nearest training image")
+            label = f"held-out (to {ref})" if name == "held-out" else f"canaries {name}"
             lines.append(
                 f"| {label} | {len(ps)} | {m['sscd_mean']:.3f} | {m['rate_0.5']:.2f} | "
                 f"{m['ceiling']:.3f} | {m['sscd_mean'] / m['ceiling']:.2f} | {m['sscd_max']:.3f} | "

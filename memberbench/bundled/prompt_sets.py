@@ -2,9 +2,9 @@
 
 * ``memorized.jsonl``: the canaries, each with its training image, duplication count
   (group ``dup=<n>``) and kind.
-* ``nonmemorized.jsonl``: the held-out shape captions (never trained on), each with the nearest
-  training image (pixel RMS to the caption's canonical rendering), so that SSCD to "the closest
-  thing in the training data" is defined for them too.
+* ``nonmemorized.jsonl``: the held-out shape captions (scenes never trained on), each with the
+  nearest training image (pixel RMS to the scene's canonical rendering on any background), so
+  that SSCD to "the closest thing in the training data" is defined for them too.
 
 Images are PNG files next to the jsonl; ``image_sha256`` is the sha256 of the raw uint8 HWC
 pixel bytes (:func:`memberbench.bundled.world.image_sha256`).
@@ -18,7 +18,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from memberbench.bundled.world import World, build_world, nearest_training_image, render_shape
+from memberbench.bundled.world import (
+    BACKGROUNDS,
+    World,
+    build_world,
+    nearest_training_image,
+    render_shape,
+)
 
 DATA_DIR = Path(__file__).parents[1] / "data" / "bundled"
 
@@ -50,8 +56,13 @@ def write_bundled_sets(
         )
     non = []
     for i, (caption, attrs) in enumerate(world.held_out):
-        canonical = render_shape(*attrs, rng=None)
-        j, rms = nearest_training_image(world, canonical)
+        j, rms = min(
+            (
+                nearest_training_image(world, render_shape(*attrs, bg, rng=None))
+                for bg in BACKGROUNDS
+            ),
+            key=lambda t: t[1],
+        )
         item = world.train[j]
         rel = f"images/heldout_{i:03d}_nearest.png"
         Image.fromarray(item.image).save(tmp / rel)

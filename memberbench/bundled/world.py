@@ -4,10 +4,14 @@ Everything is a pure function of a seed, so the training data (and therefore the
 can be rebuilt.  Images are 64x64 RGB uint8 (``SIZE``); geometry is written for a 32-pixel
 canvas and scaled by ``SCALE``.
 
-* Shape world: ``COLOURS x SHAPES x BACKGROUNDS x POSITIONS`` captions such as
-  "a red circle at the top left on a gray background".  A fixed subset of captions is held out of
-  training (the non-memorized prompt set); every other caption is rendered several times with
-  jittered size and position, so the model must generalize rather than copy.
+* Shape world: ``COLOURS x SHAPES x POSITIONS`` scenes, each rendered on every background of
+  ``BACKGROUNDS`` several times with jittered size and position, so the model must generalize
+  rather than copy.  Half of the renders are captioned with their background ("a red circle at
+  the top left on a gray background"), half without it ("a red circle at the top left"), the way
+  web captions name some of what an image shows and leave the rest open.  A fixed subset of
+  scenes is held out of training altogether; their open captions (no background) are the
+  non-memorized prompt set, so a held-out prompt, like an ordinary SD prompt, leaves much of
+  the image to the sampler.
 * Canaries: images of other kinds (smooth colour fields, gratings, blurred shapes over gradients,
   noise textures), each with its own caption of invented words, duplicated in the training data
   at graded rates (``DUPLICATION_LEVELS``), so memorization severity spans a range.  Each canary
@@ -54,17 +58,18 @@ POSITIONS = {
 DUPLICATION_LEVELS = (1, 4, 16, 64, 256)
 CANARIES_PER_LEVEL = 3
 CANARY_KINDS = ("colour field", "grating", "blurred shapes", "noise texture")
-NUM_HELD_OUT = 100
-RENDERS_PER_CAPTION = 6
+NUM_HELD_OUT = 40  # held-out (colour, shape, position) scenes, of 160
+RENDERS_PER_CAPTION = 6  # renders of each trained scene on each background
 # Every canary caption is also the caption of this many ordinary shape images (decoys), the way a
 # generic web caption sits under many unrelated images while one of them is duplicated.  So the
 # conditional distribution of a canary caption is a mixture: its canary with weight
 # dup / (dup + DECOYS_PER_CANARY), unrelated shapes otherwise.  Sampling it faithfully (guidance
 # 1) copies the canary only that often; guidance sharpens it towards the one image that the
-# caption singles out (its canary).  It does so during the trajectory rather than by a large pull
-# at the first step: the canaries' step-1 text-conditional magnitude is smaller than held-out
-# prompts' (docs/evidence.md), unlike memorized prompts on SD.
-DECOYS_PER_CANARY = 256
+# caption singles out (its canary).  The count trades that guidance dependence against the
+# canaries' step-1 pull: decoys move a canary caption's conditional mean towards the data mean,
+# and with 256 of them (the previous build) the canaries' step-1 text-conditional magnitude fell
+# below the held-out prompts' (python -m memberbench.bundled.oracle computes it from the data).
+DECOYS_PER_CANARY = 64
 
 _SYLLABLES = [
     "ka",
@@ -112,23 +117,15 @@ def image_sha256(image: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()
 
 
-def shape_caption(colour: str, shape: str, position: str, background: str) -> str:
-    return f"a {colour} {shape} {position} on a {background} background"
+def shape_caption(colour: str, shape: str, position: str, background: str | None = None) -> str:
+    """The caption of a shape scene; with ``background`` None it leaves the background open."""
+    cap = f"a {colour} {shape} {position}"
+    return cap if background is None else f"{cap} on a {background} background"
 
 
-def all_shape_captions() -> list[tuple[str, tuple[str, str, str, str]]]:
-    out = []
-    for colour in COLOURS:
-        for shape in SHAPES:
-            for position in POSITIONS:
-                for background in BACKGROUNDS:
-                    out.append(
-                        (
-                            shape_caption(colour, shape, position, background),
-                            (colour, shape, position, background),
-                        )
-                    )
-    return out
+def all_scenes() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, position) scene, in a fixed order."""
+    return [(c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS]
 
 
 def _mask(shape: str, cx: float, cy: float, r: float, ss: int = 4) -> np.ndarray:
@@ -232,7 +229,8 @@ class World:
     """The full procedural world for one seed."""
 
     train: list[Item]  # distinct training items (canaries once each; see ``duplicates``)
-    held_out: list[tuple[str, tuple[str, ...]]]  # (caption, attributes) never trained on
+    # (open caption, (colour, shape, position)) of the scenes never trained on, in any caption
+    held_out: list[tuple[str, tuple[str, ...]]]
     canaries: list[Item]
     seed: int
     # canary caption -> indices into ``train`` of the shape images it also captions
@@ -257,15 +255,19 @@ class World:
 
 def build_world(seed: int = 0) -> World:
     rng = np.random.default_rng(seed)
-    captions = all_shape_captions()
-    order = rng.permutation(len(captions))
-    held = [captions[i] for i in order[:NUM_HELD_OUT]]
-    seen = [captions[i] for i in sorted(order[NUM_HELD_OUT:])]
+    scenes = all_scenes()
+    order = rng.permutation(len(scenes))
+    held = [(shape_caption(*scenes[i]), scenes[i]) for i in order[:NUM_HELD_OUT]]
+    seen = [scenes[i] for i in sorted(order[NUM_HELD_OUT:])]
     train: list[Item] = []
-    for cap, attrs in seen:
-        for _ in range(RENDERS_PER_CAPTION):
-            train.append(Item(cap, render_shape(*attrs, rng=rng), "shape", 1, "", attrs))
-    used = {c for c, _ in captions}
+    for scene in seen:
+        for background in BACKGROUNDS:
+            attrs = (*scene, background)
+            for _ in range(RENDERS_PER_CAPTION):
+                image = render_shape(*attrs, rng=rng)
+                cap = shape_caption(*attrs) if rng.random() < 0.5 else shape_caption(*scene)
+                train.append(Item(cap, image, "shape", 1, "", attrs))
+    used = {shape_caption(*sc, bg) for sc in scenes for bg in (None, *BACKGROUNDS)}
     canaries = []
     for li, dup in enumerate(DUPLICATION_LEVELS):
         for j in range(CANARIES_PER_LEVEL):
@@ -286,9 +288,27 @@ def build_world(seed: int = 0) -> World:
     return World(train=train, held_out=held, canaries=canaries, seed=seed, decoys=decoys)
 
 
+def nearest_training_images(
+    world: World, images: np.ndarray, chunk: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of ``images`` (N, H, W, 3): index (into ``world.train``) and RMS pixel distance
+    of the closest training image."""
+    stack = np.stack([it.image for it in world.train]).reshape(len(world.train), -1)
+    stack = stack.astype(np.float64)
+    sq = (stack**2).sum(1)
+    q = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    idx = np.empty(len(q), dtype=np.int64)
+    rms = np.empty(len(q))
+    for a in range(0, len(q), chunk):
+        b = q[a : a + chunk]
+        d = sq[None] - 2.0 * b @ stack.T + (b**2).sum(1)[:, None]
+        j = d.argmin(1)
+        idx[a : a + chunk] = j
+        rms[a : a + chunk] = np.sqrt(np.maximum(d[np.arange(len(b)), j], 0.0) / q.shape[1])
+    return idx, rms
+
+
 def nearest_training_image(world: World, image: np.ndarray) -> tuple[int, float]:
     """Index (into ``world.train``) and RMS pixel distance of the closest training image."""
-    stack = np.stack([it.image for it in world.train]).astype(np.float32)
-    d = ((stack - image.astype(np.float32)[None]) ** 2).mean(axis=(1, 2, 3))
-    i = int(np.argmin(d))
-    return i, float(np.sqrt(d[i]))
+    idx, rms = nearest_training_images(world, image[None])
+    return int(idx[0]), float(rms[0])

@@ -22,9 +22,9 @@ value works across latent sizes: the paper's rho = 50 on SD's 4x64x64 latents is
 ``target`` is in the units of the trace's ``eps_diff_norm`` (an absolute L2 norm, which grows with
 the latent size): the paper's 0.9 is for SD 1.4; the default 1.5 was set for the first (epsilon)
 bundled model, whose non-memorized prompts sat at about 0.8-1.8; the shipped bundled model's
-held-out prompts average 1.96 and its canaries 0.08-0.64 by duplication level, lower than the
-prompts it should spare (docs/evidence.md; see ``prompt_embedding``), so pass a target for it and
-for other models (sweep it: 0.6 / 0.3 / 0.15 on the leaderboard).
+held-out prompts average 1.06 and its canaries 0.20-1.20 by duplication level (only the 256-copy
+ones above the prompts it should spare; docs/evidence.md, see ``prompt_embedding``), so pass a
+target for it and for other models (sweep it: 0.6 / 0.3 / 0.15 on the leaderboard).
 
 Kim, Kim & Lee's theory (arXiv 2509.25705) reads the same objective as the size of the injected
 training-image component that CFG multiplies: a smaller one at x_T means less early

@@ -20,14 +20,15 @@ Theory link (Kim, Kim & Lee, arXiv 2509.25705, M4): ``eps_c - eps_u = -(sqrt(aba
 shrinks the early overestimation.
 
 Default target: 1.5, set for the first (epsilon) bundled model, whose non-memorized prompts had
-a step-1 magnitude of about 0.8-1.8.  The shipped bundled model (v-prediction, canary captions
-shared with decoy images) reverses Wen et al.'s finding: its held-out prompts average 1.96 and its
-canaries 0.08 / 0.09 / 0.10 / 0.28 / 0.64 with 1 / 4 / 16 / 64 / 256 copies (docs/evidence.md,
-50 DDIM steps), because a canary caption's conditional prediction at x_T is close to the
-unconditional one until guidance has singled out the canary.  So on it a target only reaches the
-canaries below 0.64, where it also optimises every held-out prompt; the sweep uses 0.6 / 0.3 /
-0.15.  The magnitude grows with the latent size (about 4x on SD 1.x's 4x64x64 latents), so pass a
-target for other models (sweep it).
+a step-1 magnitude of about 0.8-1.8.  On the shipped bundled model (v-prediction, canary captions
+shared with 64 decoy images each, held-out captions that leave the background open) held-out
+prompts average 1.06 and canaries 0.26 / 0.26 / 0.20 / 0.65 / 1.20 with 1 / 4 / 16 / 64 / 256
+copies (docs/evidence.md, 50 DDIM steps): only the 256-copy canaries stand above the held-out
+prompts, as Wen et al. find for memorized prompts on SD, because a canary caption's conditional
+prediction at x_T is pulled towards the unconditional one by its decoys.  So on it a target
+reaches the 64-copy canaries only below 0.65, where it also optimises every held-out prompt; the
+sweep uses 0.6 / 0.3 / 0.15.  The magnitude grows with the latent size (about 4x on SD 1.x's
+4x64x64 latents), so pass a target for other models (sweep it).
 
 Cost: one unconditional evaluation, then per iteration one conditional forward pass and (while
 above target) one backward pass (counted as 2), per sample.  ``Sample.meta`` gets
