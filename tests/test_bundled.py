@@ -49,7 +49,7 @@ def test_world_is_deterministic_and_graded(world):
     trained = {it.caption for it in shapes}
     held = {c for c, _ in world.held_out}
     assert not held & trained
-    assert {c for c, _ in world.held_out} == {shape_caption(*a) for a in held_scenes}
+    assert held == {shape_caption(*a) for a in held_scenes}
     for scene in list(trained_scenes)[:5]:
         mine = [it for it in shapes if it.attributes[:3] == scene]
         assert {it.attributes[3] for it in mine} == set(BACKGROUNDS)
@@ -363,9 +363,9 @@ def test_shipped_unet_step1_magnitude_follows_the_data_optimal_one(world):
     """Wen et al.'s step-1 magnitude ||eps_c - eps_u|| of the shipped UNet against the value a
     Bayes-optimal denoiser of the same training pairs would give (memberbench.bundled.oracle:
     sqrt(abar / (1 - abar)) ||E[z|c] - E[z]||, from the world and the VAE alone).  Held-out
-    captions measured 0.85 of it in the previous build (n=16); over held-out captions and canaries together the two
-    rank alike, so the canaries' small step-1 magnitude is the data's (their decoys), not a
-    training failure."""
+    captions measured 0.85 of it in the previous build (n=16); over held-out captions and
+    canaries together the two rank alike, so the canaries' small step-1 magnitude is the data's
+    (their decoys), not a training failure."""
     from scipy.stats import spearmanr
 
     from memberbench.adapters import load_adapter

@@ -29,9 +29,9 @@ BUNDLED = ModelCard(
     prediction_type="v_prediction",
     training_data=(
         "memberbench's synthetic world (memberbench/bundled/world.py): coloured shapes on "
-        "backgrounds, captioned half with and half without the background, plus canary images with invented-word captions, duplicated at graded "
-        "rates (world.DUPLICATION_LEVELS, 3 canaries per level) so memorization severity spans a "
-        "range; each canary caption also captions world.DECOYS_PER_CANARY ordinary shape images, "
+        "backgrounds, captioned half with and half without the background, plus canary images "
+        "with invented-word captions, duplicated at graded rates (world.DUPLICATION_LEVELS, 3 "
+        "canaries per level) so memorization severity spans a range; each canary caption also captions world.DECOYS_PER_CANARY ordinary shape images, "
         "so memorization depends on guidance; 10% caption dropout; SD 1.x training schedule, "
         "v-prediction like SD 2.x (recipe.json has the details)"
     ),

@@ -16,13 +16,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from memberbench.bundled.world import (
     BACKGROUNDS,
     World,
     build_world,
-    nearest_training_image,
+    nearest_training_images,
     render_shape,
 )
 
@@ -54,15 +55,16 @@ def write_bundled_sets(
                 "canary_kind": c.canary_kind,
             }
         )
+    # each held-out scene's canonical rendering on every background, matched in one pass
+    canonical = np.stack(
+        [render_shape(*attrs, bg, rng=None) for _, attrs in world.held_out for bg in BACKGROUNDS]
+    )
+    near, near_rms = nearest_training_images(world, canonical)
+    near, near_rms = near.reshape(-1, len(BACKGROUNDS)), near_rms.reshape(-1, len(BACKGROUNDS))
     non = []
     for i, (caption, attrs) in enumerate(world.held_out):
-        j, rms = min(
-            (
-                nearest_training_image(world, render_shape(*attrs, bg, rng=None))
-                for bg in BACKGROUNDS
-            ),
-            key=lambda t: t[1],
-        )
+        b = int(np.argmin(near_rms[i]))  # the background that comes closest
+        j, rms = int(near[i, b]), float(near_rms[i, b])
         item = world.train[j]
         rel = f"images/heldout_{i:03d}_nearest.png"
         Image.fromarray(item.image).save(tmp / rel)

@@ -306,9 +306,3 @@ def nearest_training_images(
         idx[a : a + chunk] = j
         rms[a : a + chunk] = np.sqrt(np.maximum(d[np.arange(len(b)), j], 0.0) / q.shape[1])
     return idx, rms
-
-
-def nearest_training_image(world: World, image: np.ndarray) -> tuple[int, float]:
-    """Index (into ``world.train``) and RMS pixel distance of the closest training image."""
-    idx, rms = nearest_training_images(world, image[None])
-    return int(idx[0]), float(rms[0])
