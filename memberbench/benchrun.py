@@ -465,6 +465,16 @@ class BenchRun:
     def records(self, side: str) -> dict[str, Any]:
         return {r.prompt_id: r for r in self.prompt_set(side)}
 
+    def memorized_groups(self) -> dict[str, list[str]]:
+        """Prompt ids of the memorized set per group (duplication level "dup=N", verbatim type),
+        keyed by the group name made safe for a metric name; empty when the set has no groups."""
+        out: dict[str, list[str]] = {}
+        for rec in self.prompt_set("memorized"):
+            if rec.group:
+                key = re.sub(r"[^A-Za-z0-9=._+-]", "_", rec.group)
+                out.setdefault(key, []).append(rec.prompt_id)
+        return out
+
     def sweep_prompt_ids(self, side: str) -> list[str]:
         ids = self.prompt_set(side).prompt_ids()
         if side == "nonmemorized" and self.config.sweep_limit > 0:

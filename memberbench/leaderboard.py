@@ -42,7 +42,10 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("unet_evals_per_image", "UNet evals/img"),
     ("wall_s_per_image", "s/img"),
 )
-DETECTION_PREFIXES = ("detect_auc.", "detect_tpr1.")
+# pooled detection metrics are "detect_<stat>.<score>.k<k>"; a fourth part names a memorized group
+POOLED_DETECTION = re.compile(r"^detect_(auc|tpr1)\.[A-Za-z0-9_]+\.k\d+$")
+# per-group AUCs shown in the table "Detection by group": the headline detectors' windows
+GROUP_DETECTION = re.compile(r"^detect_auc\.(wen\.k1|d1\.k5)\.")
 OVERESTIMATION = (
     "k_pair_g",
     "k_pair_g.nonmem",
@@ -419,10 +422,19 @@ def build(
             ),
             "",
         ]
-        det = sorted({n for e in entries for n in e.metrics if n.startswith(DETECTION_PREFIXES)})
+        det = sorted({n for e in entries for n in e.metrics if POOLED_DETECTION.match(n)})
         if det:
             lines += ["## Detection (memorized vs non-memorized prompts)", ""]
             lines += [metric_table(entries, [(n, n) for n in det]), ""]
+        det_groups = sorted(
+            {n for e in entries for n in e.metrics if GROUP_DETECTION.match(n)}, key=_natural
+        )
+        if det_groups:
+            lines += [
+                "## Detection by group (each memorized group vs all non-memorized prompts)",
+                "",
+            ]
+            lines += [metric_table(entries, [(n, n) for n in det_groups]), ""]
         lines += ["## Overestimation and the schedule decomposition", ""]
         lines += [metric_table(entries, [(n, n) for n in OVERESTIMATION]), ""]
         groups = sorted(

@@ -12,6 +12,12 @@ over the first k sampling steps, k in {1, 5, 50} (clipped to --steps):
 * ``d1``     D1 over the first k states, against each prompt's training image (an oracle score:
              it needs the training image, here the nearest one for non-memorized prompts).
 
+Where the memorized set has groups (the bundled set's duplication levels "dup=N", Webster's
+verbatim types), each group is also scored on its own against all non-memorized prompts
+(``detect_auc.<score>.k<k>.<group>``): a set whose lightly duplicated prompts are not actually
+memorized by a model drags the pooled AUC down, and the per-group values show where a detector
+works.
+
 Also the mean of Wen's magnitude per set (``wen.k1``, ``wen.k1.nonmem``).
 """
 
@@ -42,6 +48,7 @@ def _scores(mb, score: str, side: str, k: int) -> dict[str, float]:
 
 @pytest.mark.parametrize("score", SCORES)
 def test_detection(mb, record_metric, record_series, score):
+    groups = mb.memorized_groups()
     for k in _windows(mb.config.steps):
         pos = _scores(mb, score, "memorized", k)
         neg = _scores(mb, score, "nonmemorized", k)
@@ -71,6 +78,26 @@ def test_detection(mb, record_metric, record_series, score):
         if auc.ok and finite.all():
             fpr, tpr, _ = roc_points(s, y)
             record_series(f"roc.{score}.k{k}", {"fpr": fpr, "tpr": tpr, "auc": auc.value})
+        neg_s = np.array(list(neg.values()), dtype=np.float64)
+        for group, ids in sorted(groups.items()):
+            gs = np.array([pos[p] for p in ids if p in pos], dtype=np.float64)
+            if not len(gs):
+                continue
+            record_metric(
+                f"detect_auc.{score}.k{k}.{group}",
+                roc_auc(
+                    np.concatenate([gs, neg_s]),
+                    np.array([1] * len(gs) + [0] * len(neg_s)),
+                    n_boot=nb,
+                    seed=0,
+                ),
+                higher_is_better=True,
+                prompt_set="both",
+                description=(
+                    f"ROC AUC of {score} over the first {k} steps, memorized prompts of group "
+                    f"{group!r} vs all non-memorized prompts"
+                ),
+            )
 
 
 def test_noise_magnitude_m4(mb, record_metric):

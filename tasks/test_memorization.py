@@ -9,8 +9,6 @@ duplication level or verbatim type of the memorized set.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from memberbench.metrics.stats import mean_stat
@@ -68,17 +66,10 @@ def test_sscd_nonmemorized(mb, record_metric):
     _record_summary(record_metric, summary, "nonmemorized", ".nonmem")
 
 
-def _group_name(group: str) -> str:
-    return re.sub(r"[^A-Za-z0-9=._+-]", "_", group)
-
-
 def test_sscd_by_group(mb, record_metric):
     """Per duplication level ("dup=N") or verbatim type, where the memorized set has groups."""
     mb.require_images("memorized")
-    groups: dict[str, list[str]] = {}
-    for rec in mb.prompt_set("memorized"):
-        if rec.group:
-            groups.setdefault(rec.group, []).append(rec.prompt_id)
+    groups = mb.memorized_groups()
     if not groups:
         pytest.skip("the memorized prompt set has no groups (duplication level / verbatim type)")
     summary = mb.sscd("memorized")
@@ -87,14 +78,13 @@ def test_sscd_by_group(mb, record_metric):
         ids = [p for p in ids if p in summary.per_prompt]
         if not ids:
             continue
-        g = _group_name(group)
         for key, name in (
             ("mean", "sscd_mean"),
             ("frac_ge_0.5", "mem_rate_0.5"),
             ("frac_ge_0.75", "mem_rate_0.75"),
         ):
             record_metric(
-                f"{name}.{g}",
+                f"{name}.{group}",
                 mean_stat([summary.per_prompt[p][key] for p in ids], name),
                 higher_is_better=False,
                 prompt_set="memorized",

@@ -72,6 +72,25 @@ def test_build_tables_and_figures(tmp_path):
         assert f"figures/{fig}" in text
 
 
+def test_detection_by_group_has_its_own_table(tmp_path):
+    root = tmp_path / "leaderboard"
+    doc = _run("none", 0.61, 28.0)
+    doc["metrics"]["detect_auc.wen.k1.dup=256"] = metric_entry(
+        0.71, higher_is_better=True, stderr=0.1, n=43
+    )
+    doc["metrics"]["detect_auc.wen.k50.dup=256"] = metric_entry(
+        0.52, higher_is_better=True, stderr=0.1, n=43
+    )
+    write_results(root / "results" / "bundled" / "none.json", doc)
+    readme, _, _ = L.build(root, figures=False)
+    text = readme.read_text()
+    pooled = text.split("## Detection (memorized vs non-memorized prompts)")[1].split("\n## ")[0]
+    by_group = text.split("## Detection by group")[1].split("\n## ")[0]
+    assert "detect_auc.wen.k1 ↑" in pooled and "dup=256" not in pooled
+    assert "detect_auc.wen.k1.dup=256 ↑" in by_group and "0.71 ± 0.1 (43)" in by_group
+    assert "k50" not in by_group  # only the headline detectors' windows get a column
+
+
 def test_empty_leaderboard(tmp_path):
     (tmp_path / "results").mkdir()
     readme, errors, entries = L.build(tmp_path, figures=False)

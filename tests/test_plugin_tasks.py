@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_plugin import _this_checkout, write_prompt_files  # noqa: F401 (autouse fixture)
 
@@ -97,6 +98,17 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
     row = next(r for r in rows if r["prompt_id"] == "mem0")
     assert row["seeds"] == [0, 1] and len(row["metrics"]["sscd_per_seed"]) == 2
     assert row["metrics"]["d1"] == pytest.approx(m["d1"]["value"] * 2 - _other(rows, "d1"))
+    # per-group detection: group "dup=1" is mem0 alone against both non-memorized prompts, so its
+    # AUC is the Mann-Whitney count of non-memorized Wen magnitudes below mem0's (ties half)
+    wen = {
+        r["prompt_id"]: r["metrics"]["wen.k1" + (r["set"] != "memorized") * ".nonmem"] for r in rows
+    }
+    expected = np.mean(
+        [(wen["mem0"] > wen[n]) + 0.5 * (wen["mem0"] == wen[n]) for n in ("non0", "non1")]
+    )
+    assert m["detect_auc.wen.k1.dup=1"]["value"] == pytest.approx(expected)
+    assert m["detect_auc.wen.k1.dup=4"]["n"] == 3
+    assert not any(k.startswith("detect_tpr1.") and k.count(".") > 2 for k in m)
 
     # Regression check against that run (same cache, so the same numbers): a required
     # improvement of SSCD on the memorized set cannot hold -> exactly that test fails.
