@@ -434,7 +434,8 @@ def build(
                 "## Detection by group (each memorized group vs all non-memorized prompts)",
                 "",
             ]
-            lines += [metric_table(entries, [(n, n) for n in det_groups]), ""]
+            having = [e for e in entries if any(n in e.metrics for n in det_groups)]
+            lines += [metric_table(having, [(n, n) for n in det_groups]), ""]
         lines += ["## Overestimation and the schedule decomposition", ""]
         lines += [metric_table(entries, [(n, n) for n in OVERESTIMATION]), ""]
         groups = sorted(

@@ -82,6 +82,7 @@ def test_detection_by_group_has_its_own_table(tmp_path):
         0.52, higher_is_better=True, stderr=0.1, n=43
     )
     write_results(root / "results" / "bundled" / "none.json", doc)
+    write_results(root / "results" / "bundled" / "older.json", _run("older", 0.6, 28.0))
     readme, _, _ = L.build(root, figures=False)
     text = readme.read_text()
     pooled = text.split("## Detection (memorized vs non-memorized prompts)")[1].split("\n## ")[0]
@@ -89,6 +90,7 @@ def test_detection_by_group_has_its_own_table(tmp_path):
     assert "detect_auc.wen.k1 ↑" in pooled and "dup=256" not in pooled
     assert "detect_auc.wen.k1.dup=256 ↑" in by_group and "0.71 ± 0.1 (43)" in by_group
     assert "k50" not in by_group  # only the headline detectors' windows get a column
+    assert "| older " in pooled and "older" not in by_group  # a run without them: no empty row
 
 
 def test_empty_leaderboard(tmp_path):
