@@ -114,6 +114,8 @@ def measure(args: argparse.Namespace) -> dict[int, dict[str, list[float]]]:
         out = rows.setdefault(int(r.duplicates), {})
         for name, v in (
             ("gen", sscd(z)),
+            # decoded at the generations' batch shape, like the rows beside it: a decoder's
+            # output can move with the batch size by enough to flip uint8 pixels
             ("ceiling", sscd(ref.contiguous())),
             ("z0+coarse", sscd(ref + coarse)),
             ("z0+fine", sscd(ref + fine)),

@@ -46,6 +46,12 @@ def _scores(mb, score: str, side: str, k: int) -> dict[str, float]:
     return {p: v["D1"] for p, v in mb.deviation(side, window=k).items()}
 
 
+def _labelled(pos, neg) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of positives then negatives, and their 1/0 labels (ROC inputs)."""
+    s = np.array(list(pos) + list(neg), dtype=np.float64)
+    return s, np.array([1] * len(pos) + [0] * len(neg))
+
+
 @pytest.mark.parametrize("score", SCORES)
 def test_detection(mb, record_metric, record_series, score):
     groups = mb.memorized_groups()
@@ -56,8 +62,7 @@ def test_detection(mb, record_metric, record_series, score):
             pytest.skip(
                 f"{score}: no scores on one side (memorized {len(pos)}, non-memorized {len(neg)})"
             )
-        s = np.array(list(pos.values()) + list(neg.values()), dtype=np.float64)
-        y = np.array([1] * len(pos) + [0] * len(neg))
+        s, y = _labelled(pos.values(), neg.values())
         nb = mb.config.n_boot
         auc = roc_auc(s, y, n_boot=nb, seed=0)
         record_metric(
@@ -78,19 +83,13 @@ def test_detection(mb, record_metric, record_series, score):
         if auc.ok and finite.all():
             fpr, tpr, _ = roc_points(s, y)
             record_series(f"roc.{score}.k{k}", {"fpr": fpr, "tpr": tpr, "auc": auc.value})
-        neg_s = np.array(list(neg.values()), dtype=np.float64)
         for group, ids in sorted(groups.items()):
-            gs = np.array([pos[p] for p in ids if p in pos], dtype=np.float64)
-            if not len(gs):
+            gs = [pos[p] for p in ids if p in pos]
+            if not gs:
                 continue
             record_metric(
                 f"detect_auc.{score}.k{k}.{group}",
-                roc_auc(
-                    np.concatenate([gs, neg_s]),
-                    np.array([1] * len(gs) + [0] * len(neg_s)),
-                    n_boot=nb,
-                    seed=0,
-                ),
+                roc_auc(*_labelled(gs, neg.values()), n_boot=nb, seed=0),
                 higher_is_better=True,
                 prompt_set="both",
                 description=(

@@ -8,10 +8,27 @@ shared 2-core machine two intra-op threads fighting the training job were 2-4x s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script(name)`` imports ``scripts/<name>.py`` (not a package) as a module."""
+    return _load_script
 
 
 def pytest_configure(config):

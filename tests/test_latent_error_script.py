@@ -3,25 +3,15 @@ its refusals."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from memberbench.types import MemberbenchError
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location(
-        "latent_error_split", ROOT / "scripts" / "latent_error_split.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def script(load_script):
+    return load_script("latent_error_split")
 
 
 def _args(script, pipe_dir, tmp_path, *extra):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 from pathlib import Path
 
@@ -11,17 +10,10 @@ import pytest
 from memberbench.mitigations import build_mitigation
 from memberbench.registry import parse_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location(
-        "sweep", ROOT / "scripts" / "sweep_mitigations.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def sweep(load_script):
+    return load_script("sweep_mitigations")
 
 
 def test_every_method_has_three_distinct_settings(sweep):
