@@ -78,13 +78,7 @@ def continue_training(args: argparse.Namespace, world: Any = None) -> dict[str, 
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from memberbench.bundled import (
-        MANIFEST,
-        WEIGHTS_DIR,
-        file_sha256,
-        verify_manifest,
-        write_manifest,
-    )
+    from memberbench.bundled import MANIFEST, WEIGHTS_DIR, verify_manifest, write_manifest
     from memberbench.bundled.train import _encode_modes, images_to_tensor, train_unet
     from memberbench.types import MemberbenchError
 
@@ -98,7 +92,7 @@ def continue_training(args: argparse.Namespace, world: Any = None) -> dict[str, 
             f"--from {src} is not a bundle folder: it has no model/ (expected model/, clip/, "
             f"recipe.json and {MANIFEST}, as `memberbench train-bundled --out DIR` writes)"
         )
-    verify_manifest(src)  # names a missing or altered file
+    src_digest = verify_manifest(src)  # names a missing or altered file
     recipe_path = src / "recipe.json"
     recipe = json.loads(recipe_path.read_text()) if recipe_path.is_file() else {}
     if args.threads:
@@ -115,10 +109,9 @@ def continue_training(args: argparse.Namespace, world: Any = None) -> dict[str, 
             from memberbench.bundled.world import build_world
 
             world = build_world(int(recipe.get("seed", 0)))
-        with torch.no_grad():
-            latents = _encode_modes(
-                pipe.vae, images_to_tensor(np.stack([it.image for it in world.train]))
-            )
+        latents = _encode_modes(
+            pipe.vae, images_to_tensor(np.stack([it.image for it in world.train]))
+        )
         t0 = time.perf_counter()
         unet, text_encoder = train_unet(
             world,
@@ -145,7 +138,7 @@ def continue_training(args: argparse.Namespace, world: Any = None) -> dict[str, 
         text_encoder.save_pretrained(tmp / "model" / "text_encoder")
         entry = {
             "from": str(src),
-            "from_manifest_sha256": file_sha256(src / MANIFEST),
+            "from_manifest_sha256": src_digest,
             "steps": args.steps,
             "lr": args.lr,
             "ema_decay": args.ema or None,
