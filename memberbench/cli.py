@@ -167,6 +167,7 @@ def cmd_train_bundled(ns: argparse.Namespace) -> int:
         offset_noise=ns.offset_noise,
         prediction_type=ns.prediction_type,
         clip_from=ns.clip_from,
+        unet_channels=ns.unet_channels,
     )
     print(f"trained the bundled model into {ns.out}")
     if isinstance(info, dict):
@@ -174,6 +175,15 @@ def cmd_train_bundled(ns: argparse.Namespace) -> int:
             if not isinstance(v, dict | list):
                 print(f"  {k}: {v}")
     return 0
+
+
+def _unet_channels(text: str) -> tuple[int, int, int]:
+    from memberbench.bundled.train import check_unet_channels
+
+    try:
+        return check_unet_channels(text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("v_prediction", "epsilon"),
         default="v_prediction",
         help="UNet output (default %(default)s, the shipped weights; see train_bundled)",
+    )
+    t.add_argument(
+        "--unet-channels",
+        type=_unet_channels,
+        default="32,64,96",
+        metavar="C16,C8,C4",
+        help="UNet widths at the 16x16, 8x8 and 4x4 latent levels, multiples of 32 (default "
+        "%(default)s, the shipped weights)",
     )
     t.add_argument(
         "--clip-from",

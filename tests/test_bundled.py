@@ -214,9 +214,13 @@ def test_shortened_recipe_reproduces_a_loadable_model(tmp_path):
 
     out = tmp_path / "weights"
     tiny = dict(seed=1, vae_steps=2, clip_steps=2, batch=8, progress=False)
-    recipe = train_bundled(out, unet_steps=3, refine_steps=2, offset_noise=0.1, **tiny)
+    recipe = train_bundled(
+        out, unet_steps=3, refine_steps=2, offset_noise=0.1, unet_channels=(64, 64, 96), **tiny
+    )
     assert (
         recipe["unet_steps"] == 3
+        and recipe["unet_channels"] == [64, 64, 96]
+        and "--unet-channels 64,64,96" in recipe["command"]
         and recipe["refine_steps"] == 2
         and set(recipe["timings"]) >= {"vae_s", "unet_s", "clip_s"}
         and recipe["offset_noise"] == 0.1
@@ -227,6 +231,7 @@ def test_shortened_recipe_reproduces_a_loadable_model(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(out / "model")
     assert pipe.vae.config.scaling_factor > 0
     assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert list(pipe.unet.config.block_out_channels) == [64, 64, 96]
     load_bundled_clip(out)
     assert not (tmp_path / "weights.partial").exists()
 
@@ -244,6 +249,7 @@ def test_shortened_recipe_reproduces_a_loadable_model(tmp_path):
     assert again["vae_from"] and again["clip_from"]
     pipe2 = StableDiffusionPipeline.from_pretrained(tmp_path / "again" / "model")
     assert pipe2.scheduler.config.prediction_type == "epsilon"
+    assert list(pipe2.unet.config.block_out_channels) == [32, 64, 96]  # the default
     for k, v in pipe.vae.state_dict().items():
         assert torch.allclose(v, pipe2.vae.state_dict()[k], atol=1e-6), k
     assert (out / "clip" / "open_clip_model.pt").read_bytes() == (

@@ -89,3 +89,18 @@ def test_console_script_is_installed():
         "evidence",
     ):
         assert cmd in r.stdout
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [("48,64,96", "three positive multiples of 32"), ("64,a,96", "three integers")],
+)
+def test_train_bundled_refuses_bad_unet_channels(tmp_path, capsys, value, says):
+    """A bad --unet-channels is a usage error before anything is built or written."""
+    out = tmp_path / "w"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train-bundled", "--out", str(out), "--unet-channels", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--unet-channels" in err and says in err and value in err
+    assert list(tmp_path.iterdir()) == []

@@ -109,7 +109,28 @@ def make_vae():
     )
 
 
-def make_unet():
+UNET_CHANNELS = (32, 64, 96)
+
+
+def check_unet_channels(channels) -> tuple[int, int, int]:
+    """The UNet's widths at 16x16, 8x8 and 4x4: three positive multiples of 32 (its GroupNorm
+    has 32 groups).  Raises ``ValueError`` naming what is wrong."""
+    try:
+        ch = tuple(int(c) for c in channels)
+    except (TypeError, ValueError):
+        given = ",".join(map(str, channels)) if isinstance(channels, list | tuple) else channels
+        raise ValueError(
+            f"UNet channels must be three integers such as 32,64,96, got {given!r}"
+        ) from None
+    if len(ch) != 3 or any(c <= 0 or c % 32 for c in ch):
+        raise ValueError(
+            "UNet channels must be three positive multiples of 32 (widths at 16x16, 8x8, 4x4; "
+            f"GroupNorm uses 32 groups), such as 32,64,96, got {','.join(map(str, ch))}"
+        )
+    return ch
+
+
+def make_unet(block_out_channels=UNET_CHANNELS):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -119,7 +140,7 @@ def make_unet():
         # cross-attention at the 8x8 and 4x4 levels: at 16x16 it tripled the step time on 2 cores
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 96),
+        block_out_channels=check_unet_channels(block_out_channels),
         layers_per_block=1,
         cross_attention_dim=64,
         attention_head_dim=8,
@@ -269,9 +290,10 @@ def train_unet(
     desc: str = "unet+text",
     offset_noise: float = 0.0,
     prediction_type: str = "epsilon",
+    unet_channels=UNET_CHANNELS,
 ):
     """Train (or, given ``models=(unet, text_encoder)``, continue training) the denoiser and the
-    text encoder jointly.  With ``ema_decay``, returns exponential moving averages of the weights
+    text encoder jointly; a new UNet gets ``unet_channels`` (see :func:`make_unet`).  With ``ema_decay``, returns exponential moving averages of the weights
     (the usual way diffusion models are shipped: far cleaner samples from a short run)."""
     import copy
 
@@ -279,7 +301,7 @@ def train_unet(
 
     torch.manual_seed(seed + 2)
     if models is None:
-        unet, text_encoder = make_unet(), make_text_encoder()
+        unet, text_encoder = make_unet(unet_channels), make_text_encoder()
     else:
         unet, text_encoder = models
     unet.train()
@@ -399,6 +421,7 @@ def train_bundled(
     offset_noise: float = 0.0,
     prediction_type: str = "v_prediction",
     clip_from: str | Path | None = None,
+    unet_channels=UNET_CHANNELS,
 ) -> dict[str, Any]:
     """Train the bundled model from scratch into ``out`` (model/ + clip/ + MANIFEST).
 
@@ -419,6 +442,7 @@ def train_bundled(
         raise ValueError(
             f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}"
         )
+    unet_channels = check_unet_channels(unet_channels)
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -461,6 +485,7 @@ def train_bundled(
         checkpoint_dir=tmp / "_checkpoints",
         offset_noise=offset_noise,
         prediction_type=prediction_type,
+        unet_channels=unet_channels,
     )
     if refine_steps:
         # stage 2: a second, lower-learning-rate pass whose weights are averaged (EMA)
@@ -498,12 +523,14 @@ def train_bundled(
         "command": (
             f"memberbench train-bundled --out DIR --seed {seed} --vae-steps {vae_steps} "
             f"--unet-steps {unet_steps} --refine-steps {refine_steps} --clip-steps {clip_steps} "
-            f"--batch {batch} --prediction-type {prediction_type}"
+            f"--batch {batch} --prediction-type {prediction_type} "
+            f"--unet-channels {','.join(map(str, unet_channels))}"
             + (f" --offset-noise {offset_noise}" if offset_noise else "")
         ),
         "seed": seed,
         "offset_noise": offset_noise,
         "prediction_type": prediction_type,
+        "unet_channels": list(unet_channels),
         "vae_from": str(vae_from) if vae_from else None,
         "clip_from": str(clip_from) if clip_from else None,
         "vae_steps": vae_steps,
