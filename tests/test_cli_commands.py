@@ -104,3 +104,31 @@ def test_train_bundled_refuses_bad_unet_channels(tmp_path, capsys, value, says):
     err = capsys.readouterr().err
     assert "--unet-channels" in err and says in err and value in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_bundled_defaults_are_the_recipes():
+    """`memberbench train-bundled` with no options is `train_bundled()` with its own defaults:
+    the CLI repeats them as literals (it must not import torch to build its parser), so the two
+    lists must not drift apart."""
+    import inspect
+
+    from memberbench.bundled.train import train_bundled
+
+    ns = cli.build_parser().parse_args(["train-bundled", "--out", "x"])
+    defaults = {
+        k: v.default
+        for k, v in inspect.signature(train_bundled).parameters.items()
+        if v.default is not inspect.Parameter.empty
+    }
+    for name in (
+        "seed",
+        "vae_steps",
+        "unet_steps",
+        "refine_steps",
+        "clip_steps",
+        "batch",
+        "offset_noise",
+        "prediction_type",
+        "unet_channels",
+    ):
+        assert getattr(ns, name) == defaults[name], name

@@ -293,8 +293,9 @@ def train_unet(
     unet_channels=UNET_CHANNELS,
 ):
     """Train (or, given ``models=(unet, text_encoder)``, continue training) the denoiser and the
-    text encoder jointly; a new UNet gets ``unet_channels`` (see :func:`make_unet`).  With ``ema_decay``, returns exponential moving averages of the weights
-    (the usual way diffusion models are shipped: far cleaner samples from a short run)."""
+    text encoder jointly; a new UNet gets ``unet_channels`` (see :func:`make_unet`).  With
+    ``ema_decay``, returns exponential moving averages of the weights (the usual way diffusion
+    models are shipped: far cleaner samples from a short run)."""
     import copy
 
     from diffusers import DDPMScheduler
