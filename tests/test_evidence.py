@@ -9,10 +9,11 @@ import pytest
 from memberbench.bundled import evidence
 
 
-def _prompt(group, sscd_mean, sscd_max, ceiling, wen=1.0):
+def _prompt(group, sscd_mean, sscd_max, ceiling, wen=1.0, kind=""):
     return {
         "prompt_id": group,
         "group": group,
+        "kind": kind,
         "sscd_mean": sscd_mean,
         "sscd_max": sscd_max,
         "rate_0.5": 0.5 if sscd_max >= 0.5 else 0.0,
@@ -34,8 +35,9 @@ RUN = {
             "wall_s": 12.0,
             "n_failed": 0,
             "per_prompt": [
-                _prompt("dup=256", 0.30, 0.60, 0.60, wen=0.5),
-                _prompt("dup=256", 0.20, 0.40, 0.40, wen=0.7),
+                _prompt("dup=256", 0.30, 0.60, 0.60, wen=0.5, kind="grating"),
+                _prompt("dup=256", 0.20, 0.40, 0.40, wen=0.7, kind="colour field"),
+                _prompt("dup=64", 0.24, 0.30, 0.40, wen=0.7, kind="grating"),
                 _prompt("held-out", 0.10, 0.20, 0.40, wen=2.0),
                 _prompt("held-out", 0.14, 0.22, 0.30, wen=1.0),
             ],
@@ -58,6 +60,19 @@ def test_summary_reports_mean_and_best_of_seeds_against_the_ceiling():
     auc = next(line for line in text.splitlines() if line.startswith("AUC"))
     assert "SSCD 1.000" in auc and "SSCD best of seeds 1.000" in auc
     assert "Wen step 1 0.000" in auc
+    # per kind, over both duplication levels: gratings (0.30 + 0.24) / 2 = 0.27 against a ceiling
+    # of (0.60 + 0.40) / 2 = 0.50
+    lines = text.splitlines()
+    assert "| grating | 2 | 0.270 | 0.500 | 0.54 | 0.500 |" in lines
+    assert "| colour field | 1 | 0.200 | 0.400 | 0.50 | 0.500 |" in lines
+
+
+def test_runs_saved_without_kinds_have_no_kind_table():
+    run = json.loads(json.dumps(RUN))
+    for p in run["guidance"]["7.5"]["per_prompt"]:
+        del p["kind"]
+    text = evidence.summarise(run)
+    assert "by kind" not in text and "| canaries dup=256 | 2 |" in text
 
 
 def test_from_json_summarises_a_saved_run_and_refuses_other_files(tmp_path, capsys):

@@ -12,7 +12,8 @@ prints per duplication level:
   would copy, and a fixed reference would understate how close its generations come;
 * the latent cosine of the final latent to the training latent, D1 (SPEC M6) and Wen et al.'s
   magnitude at step 1 (SPEC M4);
-* AUCs (memorized dup >= 64 vs held-out) of per-prompt SSCD, D1 and Wen's magnitude.
+* AUCs (memorized dup >= 64 vs held-out) of per-prompt SSCD, D1 and Wen's magnitude;
+* the canaries with 64+ copies per canary kind.
 
 The markdown it prints is what the README shows; ``--out`` also writes it with a JSON copy.
 """
@@ -103,6 +104,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 {
                     "prompt_id": r.prompt_id,
                     "group": group,
+                    "kind": (r.extra or {}).get("canary_kind", ""),
                     "sscd_mean": float(np.mean(sscd[ks])),
                     "sscd_max": float(np.max(sscd[ks])),
                     "rate_0.5": float(np.mean(sscd[ks] >= 0.5)),
@@ -189,8 +191,35 @@ def summarise(data: dict[str, Any]) -> str:
                 auc = roc_auc([p[key] for p in pos] + [p[key] for p in neg], labels)
                 aucs.append(f"{name} {auc.value:.3f}")
             lines += ["", f"AUC, canaries dup >= 64 vs held-out: {', '.join(aucs)}"]
+        lines += _by_kind(pos)
         lines.append("")
     return "\n".join(lines)
+
+
+def _by_kind(prompts: list[dict[str, Any]]) -> list[str]:
+    """The canaries with 64+ copies per canary kind (SSCD sees some kinds' copies better than
+    others'); nothing for runs saved before the kind was recorded."""
+    kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in prompts:
+        if p.get("kind"):
+            kinds[p["kind"]].append(p)
+    if not kinds:
+        return []
+    lines = [
+        "",
+        "Canaries dup >= 64 by kind:",
+        "",
+        "| kind | n | SSCD to training image | VAE ceiling | SSCD / ceiling | latent cos |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in sorted(kinds):
+        ps = kinds[kind]
+        m = {k: float(np.mean([p[k] for p in ps])) for k in ("sscd_mean", "ceiling", "latent_cos")}
+        lines.append(
+            f"| {kind} | {len(ps)} | {m['sscd_mean']:.3f} | {m['ceiling']:.3f} | "
+            f"{m['sscd_mean'] / m['ceiling']:.2f} | {m['latent_cos']:.3f} |"
+        )
+    return lines
 
 
 def _load(path: Path) -> dict[str, Any]:
