@@ -11,6 +11,7 @@ import torch
 from memberbench.bundled import WEIGHTS_DIR, verify_manifest, write_manifest
 from memberbench.bundled.world import (
     BACKGROUNDS,
+    CANARY_KINDS,
     COLOURS,
     DUPLICATION_LEVELS,
     NUM_HELD_OUT,
@@ -59,6 +60,10 @@ def test_world_is_deterministic_and_graded(world):
         assert open_caps + named == len(mine) and open_caps > 0 and named > 0
     dups = sorted(c.duplicates for c in world.canaries)
     assert set(dups) == set(DUPLICATION_LEVELS)
+    # one canary of every kind at every level, so that no level's severity is one kind's
+    for level in DUPLICATION_LEVELS:
+        kinds = sorted(c.canary_kind for c in world.canaries if c.duplicates == level)
+        assert kinds == sorted(CANARY_KINDS), (level, kinds)
     idx = world.training_indices()
     for c in world.canaries:
         i = world.train.index(c)

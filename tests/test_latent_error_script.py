@@ -33,7 +33,7 @@ def test_split_closed_form_cases(script, tiny_pipeline_dir, tmp_path):
     rows = script.measure(_args(script, tiny_pipeline_dir, tmp_path, "--pool=1"))
     assert list(rows) == [256]
     r = rows[256]
-    assert len(r["gen"]) == 6  # 3 canaries with 256 copies x 2 seeds
+    assert len(r["gen"]) == 8  # 4 canaries with 256 copies x 2 seeds
     # (z0 + (z - z0) rounds differently from z in float32, which flips the odd uint8 pixel)
     np.testing.assert_allclose(r["z0+coarse"], r["gen"], atol=3e-3)
     np.testing.assert_allclose(r["z0+fine"], r["ceiling"], atol=3e-3)

@@ -12,8 +12,9 @@ canvas and scaled by ``SCALE``.
   scenes is held out of training altogether; their open captions (no background) are the
   non-memorized prompt set, so a held-out prompt, like an ordinary SD prompt, leaves much of
   the image to the sampler.
-* Canaries: images of other kinds (smooth colour fields, gratings, blurred shapes over gradients,
-  noise textures), each with its own caption of invented words, duplicated in the training data
+* Canaries: images of other kinds (colour fields, gratings, blurred shapes over gradients, noise
+  textures; all but the last under a surface texture, ``CANARY_TEXTURE``), one of each kind per
+  duplication level, each with its own caption of invented words, duplicated in the training data
   at graded rates (``DUPLICATION_LEVELS``), so memorization severity spans a range.  Each canary
   caption also captions ``DECOYS_PER_CANARY`` ordinary shape images (``World.decoys``), so that
   the caption alone does not pin the image down and memorization depends on guidance, as in SD.
@@ -56,8 +57,17 @@ POSITIONS = {
     "at the bottom right": (22.5 * SCALE, 22.5 * SCALE),
 }
 DUPLICATION_LEVELS = (1, 4, 16, 64, 256)
-CANARIES_PER_LEVEL = 3
 CANARY_KINDS = ("colour field", "grating", "blurred shapes", "noise texture")
+# one canary of every kind at every level, so that no level's severity is one kind's
+CANARIES_PER_LEVEL = len(CANARY_KINDS)
+# Amplitude (a share of the 0-255 range) of the surface texture laid over every canary that is not
+# a texture already.  SSCD is a copy detector trained on photographs, which have texture
+# everywhere; on a smooth synthetic image it scores a close copy as a poor one.  The previous
+# build, with untextured canaries, drew its colour-field canaries at latent cosine 0.86-0.96 to
+# their training latents and SSCD scored those copies at 0.22-0.34 of the VAE's own
+# reconstruction.  A grating whose latent is moved to cosine 0.95 by white noise keeps 0.71 of
+# that ceiling with this texture, 0.15 without (scripts/sscd_robustness.py, shipped VAE).
+CANARY_TEXTURE = 0.4
 NUM_HELD_OUT = 40  # held-out (colour, shape, position) scenes, of 160
 RENDERS_PER_CAPTION = 6  # renders of each trained scene on each background
 # Every canary caption is also the caption of this many ordinary shape images (decoys), the way a
@@ -182,7 +192,11 @@ def _smooth_noise(rng: np.random.Generator, scale: int, channels: int = 3) -> np
     return cols
 
 
-def render_canary(kind: str, rng: np.random.Generator) -> np.ndarray:
+def render_canary(
+    kind: str, rng: np.random.Generator, texture: float = CANARY_TEXTURE
+) -> np.ndarray:
+    """One canary of ``kind``; every kind but "noise texture" gets a surface texture of amplitude
+    ``texture`` (0: none, and the draws for it are skipped)."""
     yy, xx = np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij")
     if kind == "colour field":
         img = _smooth_noise(rng, 2) * 255
@@ -202,9 +216,20 @@ def render_canary(kind: str, rng: np.random.Generator) -> np.ndarray:
             m = _blur(m, int(SCALE))[..., None]
             img = m * rng.integers(0, 256, 3) + (1 - m) * img
     elif kind == "noise texture":
-        img = (_smooth_noise(rng, 8) * 0.7 + _smooth_noise(rng, 3) * 0.3) * 255
+        return _to_uint8(_texture(rng) * 255)
     else:
         raise ValueError(f"unknown canary kind {kind!r}")
+    if texture:
+        img = img + texture * 255 * (_texture(rng) - 0.5)
+    return _to_uint8(img)
+
+
+def _texture(rng: np.random.Generator) -> np.ndarray:
+    """Colour noise in [0, 1] with detail down to a few pixels."""
+    return _smooth_noise(rng, 8) * 0.7 + _smooth_noise(rng, 3) * 0.3
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
