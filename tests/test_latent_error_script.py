@@ -35,8 +35,9 @@ def test_split_closed_form_cases(script, tiny_pipeline_dir, tmp_path):
     r = rows[256]
     assert len(r["gen"]) == 8  # 4 canaries with 256 copies x 2 seeds
     # (z0 + (z - z0) rounds differently from z in float32, which flips the odd uint8 pixel)
-    np.testing.assert_allclose(r["z0+coarse"], r["gen"], atol=3e-3)
-    np.testing.assert_allclose(r["z0+fine"], r["ceiling"], atol=3e-3)
+    # (one of the textured canaries moves by 0.0035 that way)
+    np.testing.assert_allclose(r["z0+coarse"], r["gen"], atol=5e-3)
+    np.testing.assert_allclose(r["z0+fine"], r["ceiling"], atol=5e-3)
     assert np.ptp(r["gen"]) > 0.02  # the tolerance is far below the spread it checks
     np.testing.assert_allclose(r["fine share"], 0.0, atol=1e-6)
     assert all(-1.0 <= c <= 1.0 for c in r["latent cos"])
