@@ -16,7 +16,8 @@ the better direction, ``value ± stderr`` and ``n``) and the figures (matplotlib
   W0 and WT of the latent against the schedule's sqrt(abar) and sqrt(1 - abar), memorized vs
   non-memorized prompts (the reference paper's key figure);
 * ``roc_<model>.png`` -- ROC curves of the detection scores;
-* ``sscd_vs_clip.png`` -- memorization (SSCD) against utility (CLIP score) per mitigation.
+* ``sscd_vs_clip.png`` -- memorization (SSCD) against utility (CLIP score) per mitigation, over the
+  whole memorized set and, when runs report duplication groups, over the most duplicated one.
 """
 
 from __future__ import annotations
@@ -240,52 +241,110 @@ def plot_roc(entry: Entry, out: Path) -> Path | None:
     return out
 
 
-def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
-    """SSCD (memorized set) against CLIP score: one point per run, the settings of one method
-    (a sweep) joined into a trade-off curve, per model."""
+def _most_duplicated_sscd_key(entries: Sequence[Entry]) -> str | None:
+    """The per-group SSCD metric of the most duplicated group any run reports
+    (``sscd_mean.dup=256`` on the bundled model), or None when no run has groups."""
+    best: tuple[float, str] | None = None
+    for e in entries:
+        for k in e.metrics:
+            if not k.startswith("sscd_mean.dup="):
+                continue
+            try:
+                n = float(k.split("=", 1)[1])
+            except ValueError:
+                continue
+            if best is None or n > best[0]:
+                best = (n, k)
+    return best[1] if best else None
+
+
+def tradeoff_label(e: Entry) -> str:
+    """A point's label in the trade-off figure: the setting only, since the colour names the
+    method ("sweep--initial-noise-target=0.3-lr=0.02" -> "target=0.3-lr=0.02")."""
+    label = e.mitigation.removeprefix("sweep--")
+    name = e.mitigation_name
+    if label != name and label.startswith(name + "-"):
+        label = label[len(name) + 1 :]
+    return label
+
+
+def tradeoff_points(
+    entries: Sequence[Entry], sscd_key: str
+) -> list[tuple[Entry, dict[str, Any], dict[str, Any]]]:
+    """(entry, CLIP metric, SSCD metric) of every run that has both."""
     pts = []
     for e in entries:
-        s = e.metrics.get("sscd_mean") or {}
+        s = e.metrics.get(sscd_key) or {}
         c = e.metrics.get("clip_score.nonmem") or e.metrics.get("clip_score") or {}
         if s.get("value") is not None and c.get("value") is not None:
             pts.append((e, c, s))
-    if not pts:
+    return pts
+
+
+def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
+    """SSCD against CLIP score: one point per run, the settings of one method (a sweep) joined
+    into a trade-off curve, per model.  Left panel: SSCD over the whole memorized set; right
+    panel (when runs report duplication groups): SSCD of the most duplicated group, the measure
+    a regression check on the bundled model uses."""
+    panels = [("sscd_mean", "all memorized prompts")]
+    group_key = _most_duplicated_sscd_key(entries)
+    if group_key:
+        panels.append((group_key, f"memorized prompts, {group_key.split('=', 1)[1]} copies"))
+    panels = [(k, t, tradeoff_points(entries, k)) for k, t in panels]
+    panels = [p for p in panels if p[2]]
+    if not panels:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 6), squeeze=False)
     markers = "osd^v<>pP*X"
-    models = sorted({e.model for e, _, _ in pts})
-    methods = sorted({e.mitigation_name for e, _, _ in pts})
-    cmap = plt.get_cmap("tab10")
-    for e, c, s in pts:
-        mi = models.index(e.model) % len(markers)
-        ci = methods.index(e.mitigation_name) % 10
-        ax.errorbar(
-            c["value"],
-            s["value"],
-            xerr=c.get("stderr") or 0,
-            yerr=s.get("stderr") or 0,
-            fmt=markers[mi],
-            color=cmap(ci),
-            capsize=2,
-        )
-        ax.annotate(e.mitigation, (c["value"], s["value"]), fontsize=6, alpha=0.8)
-    # one curve per (model, method): its sweep's settings joined in order of CLIP score
-    curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for e, c, s in pts:
-        curves.setdefault((e.model, e.mitigation_name), []).append((c["value"], s["value"]))
-    for (_model, m), xy in curves.items():
-        if len(xy) > 1:
-            xs, ys = zip(*sorted(xy))
-            ax.plot(xs, ys, "-", color=cmap(methods.index(m) % 10), alpha=0.6, lw=1)
-    for m in methods:  # one legend entry per method
-        ax.plot([], [], "o", color=cmap(methods.index(m) % 10), label=m)
+    everything = [e for _, _, pts in panels for e, _, _ in pts]
+    models = sorted({e.model for e in everything})
+    methods = sorted({e.mitigation_name for e in everything})
+    # tab20's saturated half, then its light half: distinct colours for up to 20 methods; the
+    # models are told apart by marker (drawn black in the legend), never by colour
+    tab = plt.get_cmap("tab20")
+    palette = [tab(i) for i in range(0, 20, 2)] + [tab(i) for i in range(1, 20, 2)]
+
+    def colour(m: str):
+        return palette[methods.index(m) % len(palette)]
+
+    for ax, (key, title, pts) in zip(axes[0], panels):
+        for e, c, s in pts:
+            ax.errorbar(
+                c["value"],
+                s["value"],
+                xerr=c.get("stderr") or 0,
+                yerr=s.get("stderr") or 0,
+                fmt=markers[models.index(e.model) % len(markers)],
+                color=colour(e.mitigation_name),
+                capsize=2,
+                alpha=0.9,
+            )
+            ax.annotate(
+                tradeoff_label(e),
+                (c["value"], s["value"]),
+                xytext=(3, 3),
+                textcoords="offset points",
+                fontsize=6,
+                color=colour(e.mitigation_name),
+            )
+        # one curve per (model, method): its sweep's settings joined in order of CLIP score
+        curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for e, c, s in pts:
+            curves.setdefault((e.model, e.mitigation_name), []).append((c["value"], s["value"]))
+        for (_model, m), xy in curves.items():
+            if len(xy) > 1:
+                xs, ys = zip(*sorted(xy))
+                ax.plot(xs, ys, "-", color=colour(m), alpha=0.5, lw=1)
+        ax.set_xlabel("CLIP score (non-memorized prompts; memorized if absent) ↑")
+        ax.set_ylabel(f"SSCD to training image ({key}) ↓")
+        ax.set_title(f"Memorization vs utility: {title}")
+        ax.grid(alpha=0.3)
+    ax = axes[0][0]
+    for m in methods:  # one legend entry per method, one per model
+        ax.plot([], [], "o", color=colour(m), label=m)
     for mo in models:
-        ax.plot([], [], markers[models.index(mo) % len(markers)], color="gray", label=mo)
-    ax.set_xlabel("CLIP score (non-memorized prompts; memorized if absent) ↑")
-    ax.set_ylabel("SSCD to training image, memorized prompts ↓")
-    ax.set_title("Memorization vs utility per mitigation")
-    ax.grid(alpha=0.3)
+        ax.plot([], [], markers[models.index(mo) % len(markers)], color="black", label=mo)
     ax.legend(fontsize=7)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

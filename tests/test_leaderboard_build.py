@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.image as mpimg
 import pytest
 from test_results_schema import make_doc
 
@@ -132,3 +133,35 @@ def test_add_run_copies_and_relinks_per_prompt(tmp_path):
     bad.write_text("{}")
     with pytest.raises(L.ResultsError, match="not added"):
         L.add_run(bad, tmp_path / "lb")
+
+
+def test_tradeoff_figure_panels_and_labels(tmp_path):
+    """The trade-off figure adds a panel for the most duplicated group when runs report one, and
+    labels points by their setting (the colour names the method)."""
+    root = tmp_path / "leaderboard"
+    a = _run("initial-noise:target=0.3,lr=0.02", 0.3, 27.0)
+    a["metrics"]["sscd_mean.dup=64"] = metric_entry(0.5, higher_is_better=False, stderr=0.1, n=3)
+    a["metrics"]["sscd_mean.dup=256"] = metric_entry(0.6, higher_is_better=False, stderr=0.1, n=3)
+    a["metrics"]["sscd_mean.dup=bad"] = metric_entry(0.1, higher_is_better=False, stderr=0.1, n=3)
+    write_results(root / "results" / "bundled" / "sweep--initial-noise-target=0.3-lr=0.02.json", a)
+    write_results(root / "results" / "bundled" / "none.json", _run("none", 0.61, 28.0))
+    _, errors, entries = L.build(root, figures=False)
+    assert not errors
+    assert L._most_duplicated_sscd_key(entries) == "sscd_mean.dup=256"
+    by_name = {e.mitigation: e for e in entries}
+    assert L.tradeoff_label(by_name["sweep--initial-noise-target=0.3-lr=0.02"]) == (
+        "target=0.3-lr=0.02"
+    )
+    assert L.tradeoff_label(by_name["none"]) == "none"
+    # only the run with the group enters its panel; both enter the whole-set panel
+    assert [e.mitigation for e, _, _ in L.tradeoff_points(entries, "sscd_mean.dup=256")] == [
+        "sweep--initial-noise-target=0.3-lr=0.02"
+    ]
+    assert len(L.tradeoff_points(entries, "sscd_mean")) == 2
+    out = L.plot_sscd_vs_clip(entries, tmp_path / "f.png")
+    h, w = mpimg.imread(out).shape[:2]
+    assert w > 2 * h  # two panels side by side (one panel is 7.5 x 6 in)
+    single = L.plot_sscd_vs_clip([by_name["none"]], tmp_path / "g.png")
+    h1, w1 = mpimg.imread(single).shape[:2]
+    assert w1 < 1.5 * h1
+    assert L._most_duplicated_sscd_key([by_name["none"]]) is None
