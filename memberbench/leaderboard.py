@@ -243,24 +243,17 @@ def plot_roc(entry: Entry, out: Path) -> Path | None:
 
 def _most_duplicated_sscd_key(entries: Sequence[Entry]) -> str | None:
     """The per-group SSCD metric of the most duplicated group any run reports
-    (``sscd_mean.dup=256`` on the bundled model), or None when no run has groups."""
-    best: tuple[float, str] | None = None
-    for e in entries:
-        for k in e.metrics:
-            if not k.startswith("sscd_mean.dup="):
-                continue
-            try:
-                n = float(k.split("=", 1)[1])
-            except ValueError:
-                continue
-            if best is None or n > best[0]:
-                best = (n, k)
-    return best[1] if best else None
+    (``sscd_mean.dup=256`` on the bundled model), or None when no run has groups.  Ordered like
+    the duplication-level table (``_natural``); a non-numeric group name is not a level."""
+    keys = {k for e in entries for k in e.metrics if re.fullmatch(r"sscd_mean\.dup=\d+(\.\d+)?", k)}
+    return max(keys, key=_natural) if keys else None
 
 
 def tradeoff_label(e: Entry) -> str:
     """A point's label in the trade-off figure: the setting only, since the colour names the
-    method ("sweep--initial-noise-target=0.3-lr=0.02" -> "target=0.3-lr=0.02")."""
+    method ("sweep--initial-noise-target=0.3-lr=0.02" -> "target=0.3-lr=0.02").  Taken from the
+    file name, which holds the setting as the user wrote it; the results' own spec lists every
+    default too ("...,iters=2,rho=0.39,...")."""
     label = e.mitigation.removeprefix("sweep--")
     name = e.mitigation_name
     if label != name and label.startswith(name + "-"):
