@@ -67,6 +67,16 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
 LATENT_POLICIES = ("auto", "all", "none")
+LABEL_POLICIES = ("own", "side")
+# The measured-memorization rule of --mem-rule auto.  Real models: the reference paper's SSCD
+# threshold on the per-prompt mean over seeds.  The bundled model: its VAE caps what any
+# generation can score (a canary image through its own VAE reconstruction reaches only about
+# 0.4-0.8 SSCD), so a prompt counts as reproduced when its generations reach half of its own
+# ceiling.  Where the ceiling itself is low (plain shape scenes: down to about 0.13), SSCD
+# cannot tell a copy through this VAE from a look-alike -- generations of held-out prompts
+# reach about 0.1 against their nearest training image -- so those prompts stay unlabelled.
+MEM_RULE_REAL = "sscd>=0.75"
+MEM_RULE_BUNDLED = "rel>=0.5,ceiling>=0.3"
 LATENTS_AUTO_BYTES = 1 << 30  # record full latents under "auto" when they total less than this
 
 
@@ -146,6 +156,36 @@ def parse_floats(text: str, what: str) -> list[float]:
     return out
 
 
+def parse_mem_rule(rule: str) -> tuple[str, float, float] | None:
+    """``--mem-rule``: ``auto`` (None here: resolved per model), ``sscd>=T`` (per-prompt mean
+    SSCD over seeds at least T) or ``rel>=T`` (that mean divided by the prompt's VAE ceiling
+    at least T), optionally followed by ``,ceiling>=C``: prompts whose VAE ceiling is below C
+    get no measured label.  Returns ``(kind, T, C)`` (C = 0 when not given)."""
+    text = str(rule).strip().lower().replace(" ", "")
+    if text == "auto":
+        return None
+    main, comma, floor_part = text.partition(",")
+    kind, sep, num = main.partition(">=")
+    fkind, fsep, fnum = floor_part.partition(">=")
+
+    def number(x: str) -> float:
+        try:
+            return float(x)
+        except ValueError:
+            return float("nan")
+
+    t, floor = number(num), number(fnum) if floor_part else 0.0
+    bad_floor = bool(comma) and (fkind != "ceiling" or not fsep or not math.isfinite(floor))
+    if not sep or kind not in ("sscd", "rel") or not math.isfinite(t) or bad_floor:
+        raise MemberbenchError(
+            f"--mem-rule {rule!r} not understood: use auto, sscd>=T (per-prompt mean SSCD at "
+            "least T, e.g. sscd>=0.75) or rel>=T (mean SSCD over the prompt's VAE ceiling at "
+            "least T, e.g. rel>=0.5), optionally with ',ceiling>=C' (prompts whose VAE ceiling "
+            "is below C stay unlabelled)"
+        )
+    return kind, t, floor
+
+
 def positive_int(text: Any, what: str, allow_zero: bool = False) -> int:
     try:
         f = float(text)
@@ -171,8 +211,11 @@ class BenchConfig:
     scheduler: str = "ddim"
     device: str | None = None
     dtype: str | None = None
-    prompts_memorized: str = "bundled-memorized"
-    prompts_nonmemorized: str = "bundled-nonmemorized"
+    # None: the model card's own sets (a real model never falls back to the bundled ones)
+    prompts_memorized: str | None = None
+    prompts_nonmemorized: str | None = None
+    labels: str = "own"  # "own": each row keeps its set's label; "side": the side it is given on
+    mem_rule: str = "auto"  # how a prompt is measured memorized (see parse_mem_rule)
     limit: int | dict[str, int] | None = None  # both sets, or {"memorized": N, "nonmemorized": M}
     sweep: list[float] = field(default_factory=lambda: [1.0, 3.0, 7.5])
     sweep_seeds: int = 2  # first k seeds (0 = all)
@@ -265,6 +308,15 @@ def make_config(opts: dict[str, Any]) -> BenchConfig:
             f"unknown --mb-latents {latents!r}; allowed: {', '.join(LATENT_POLICIES)}"
         )
     limit = o.get("limit")
+    labels = (o.get("labels") or "own").strip().lower()
+    if labels not in LABEL_POLICIES:
+        raise MemberbenchError(
+            f"unknown --labels {o.get('labels')!r}; allowed: own (each prompt keeps its set's "
+            "label, e.g. Webster's N rows stay non-memorized) or side (every prompt takes the "
+            "side it is passed on)"
+        )
+    mem_rule = (o.get("mem_rule") or "auto").strip().lower().replace(" ", "")
+    parse_mem_rule(mem_rule)
     return BenchConfig(
         model=o.get("model") or "bundled",
         mitigation=o.get("mitigation") or "none",
@@ -274,8 +326,10 @@ def make_config(opts: dict[str, Any]) -> BenchConfig:
         scheduler=o.get("scheduler") or "ddim",
         device=o.get("device"),
         dtype=dtype,
-        prompts_memorized=o.get("prompts_memorized") or "bundled-memorized",
-        prompts_nonmemorized=o.get("prompts_nonmemorized") or "bundled-nonmemorized",
+        prompts_memorized=o.get("prompts_memorized") or None,
+        prompts_nonmemorized=o.get("prompts_nonmemorized") or None,
+        labels=labels,
+        mem_rule=mem_rule,
         limit=parse_limit(limit),
         sweep=parse_floats(o["sweep"], "--sweep"),
         sweep_seeds=positive_int(o["sweep_seeds"], "--sweep-seeds", allow_zero=True),
@@ -340,6 +394,7 @@ class BenchRun:
         self.generation_s = 0.0
         self.n_generated = 0
         self.skipped_counts: dict[str, int] = {}
+        self._moved_in: dict[str, int] = {}  # prompts that came from the other side's set
 
     # ---- expensive objects ---------------------------------------------------------------
     @property
@@ -447,20 +502,105 @@ class BenchRun:
         return self._clip_describe
 
     # ---- prompts ---------------------------------------------------------------------------
+    def prompt_spec(self, side: str) -> str:
+        """The prompt set of a side: the option's value, else the model card's default."""
+        given = (
+            self.config.prompts_memorized
+            if side == "memorized"
+            else self.config.prompts_nonmemorized
+        )
+        if given:
+            return given
+        from memberbench.adapters import model_card
+
+        card = model_card(self.config.model)
+        sets = dict(getattr(card, "prompt_sets", None) or {})
+        if side not in sets:
+            raise MemberbenchError(
+                f"model {self.config.model!r} names no default {side} prompt set: pass "
+                f"--prompts-{side} SET (a registered set such as webster-sd1, or a prompt file "
+                ".jsonl/.csv/.parquet/.txt); memberbench never falls back to the bundled sets "
+                "for another model"
+            )
+        return sets[side]
+
     def prompt_set(self, side: str) -> Any:
+        """The side's prompts.  With ``--labels own`` (the default) every prompt keeps its
+        set's own label: a prompt labelled non-memorized in the memorized set (Webster's ``N``
+        rows) is counted on the non-memorized side and vice versa; unlabelled prompts take the
+        side they are passed on.  With ``--labels side`` every prompt takes that side."""
         key = ("prompts", side)
         if key not in self._memo:
-            from memberbench.data import load_prompt_set
-
-            spec = (
-                self.config.prompts_memorized
-                if side == "memorized"
-                else self.config.prompts_nonmemorized
-            )
-            self._memo[key] = load_prompt_set(spec, limit=self.config.limit_for(side))
-            if len(self._memo[key]) == 0:
-                raise MemberbenchError(f"prompt set {spec!r} ({side}) has no prompts")
+            self._memo.update({("prompts", s): ps for s, ps in self._split_sets().items()})
         return self._memo[key]
+
+    def _split_sets(self) -> dict[str, Any]:
+        from dataclasses import replace
+
+        from memberbench.data import PromptSet, load_prompt_set
+
+        specs = {side: self.prompt_spec(side) for side in SIDES}
+        own = self.config.labels == "own"
+        same = specs["memorized"] == specs["nonmemorized"]
+        loaded: dict[str, Any] = {}
+        for side in SIDES:
+            label = None if own else side == "memorized"
+            lim = None if (own and same) else self.config.limit_for(side)
+            if own and same and side == "nonmemorized":
+                loaded[side] = loaded["memorized"]
+                continue
+            loaded[side] = load_prompt_set(specs[side], memorized=label, limit=lim)
+        sides: dict[str, list[Any]] = {s: [] for s in SIDES}
+        arrivals: dict[str, list[Any]] = {s: [] for s in SIDES}
+        moved = {s: 0 for s in SIDES}
+        for src in SIDES:
+            want = src == "memorized"
+            for rec in loaded[src]:
+                lab = rec.memorized
+                if same and own and lab is None:
+                    lab = True  # one unlabelled set on both sides: its rows count as memorized
+                    if src == "nonmemorized":
+                        continue
+                if same and own and lab is not want:
+                    continue  # the same set seen from the other side: taken there
+                dest = src if lab is None or lab is want else ("nonmemorized", "memorized")[lab]
+                if dest != src:
+                    moved[dest] += 1
+                    arrivals[dest].append(rec)
+                else:
+                    sides[dest].append(rec if lab is not None else replace(rec, memorized=want))
+        out = {}
+        for side in SIDES:
+            recs = sides[side] + arrivals[side]  # the side's own set first
+            if own and same:
+                recs = recs[: self.config.limit_for(side)]
+            seen: dict[str, Any] = {}
+            for r in recs:
+                if r.prompt_id in seen:
+                    raise MemberbenchError(
+                        f"prompt id {r.prompt_id!r} occurs twice on the {side} side (from "
+                        f"{seen[r.prompt_id].source!r} and {r.source!r}) after each prompt took "
+                        "its set's own label; give the files distinct prompt_id values or pass "
+                        "--labels side"
+                    )
+                seen[r.prompt_id] = r
+            names = sorted({r.source for r in recs if r.source} or {loaded[side].name})
+            ps = PromptSet(
+                name="+".join(names) if len(names) > 1 else names[0],
+                records=tuple(recs),
+                source=loaded[side].source,
+                skipped=loaded[side].skipped,
+            )
+            if len(ps) == 0:
+                other = "non-memorized" if side == "memorized" else "memorized"
+                raise MemberbenchError(
+                    f"no {side} prompts: the sets {specs['memorized']!r} / "
+                    f"{specs['nonmemorized']!r} label every prompt {other}. Pass a {side} set "
+                    f"with --prompts-{side}, or --labels side to take the sides as given"
+                )
+            self._moved_in[side] = moved[side]
+            out[side] = ps
+        return out
 
     def records(self, side: str) -> dict[str, Any]:
         return {r.prompt_id: r for r in self.prompt_set(side)}
@@ -655,19 +795,26 @@ class BenchRun:
 
     # ---- SSCD --------------------------------------------------------------------------------
     def _ref_embeddings(self, side: str) -> dict[str, np.ndarray]:
+        """{prompt_id: (R, D) SSCD embeddings of the prompt's R training images}."""
         key = ("ref_emb", side)
         if key not in self._memo:
             recs = [r for r in self.prompt_set(side) if r.image_available]
-            emb = self.sscd_scorer.embed([r.image for r in recs]) if recs else []
-            self._memo[key] = {r.prompt_id: e for r, e in zip(recs, emb)}
+            flat = [im for r in recs for im in r.images]
+            emb = self.sscd_scorer.embed(flat) if flat else []
+            out, i = {}, 0
+            for r in recs:
+                out[r.prompt_id] = np.asarray(emb[i : i + len(r.images)])
+                i += len(r.images)
+            self._memo[key] = out
         return self._memo[key]
 
     def sscd(self, side: str, guidance: float | None = None, seeds: Any = None) -> Any:
-        """SSCDSummary of the side's generations against their training images."""
+        """SSCDSummary of the side's generations against their training images (a prompt with
+        several training images scores each generation by its best match among them)."""
         key = ("sscd", side, guidance, None if seeds is None else tuple(seeds))
         if key in self._memo:
             return self._memo[key]
-        from memberbench.metrics.sscd import aggregate_prompts, sscd_cosine
+        from memberbench.metrics.sscd import aggregate_prompts, sscd_max_over_refs
 
         refs = self._ref_embeddings(side)
         scores: dict[str, Any] = {}
@@ -676,7 +823,7 @@ class BenchRun:
             if pid not in refs or not embs:
                 scores[pid] = None
             else:
-                scores[pid] = sscd_cosine(np.stack(embs), refs[pid])
+                scores[pid] = sscd_max_over_refs(np.stack(embs), refs[pid])
         summary = aggregate_prompts(scores, self.sscd_scorer.thresholds)
         summary.model = self.sscd_scorer.describe()
         self._memo[key] = summary
@@ -705,8 +852,87 @@ class BenchRun:
             rec_emb = self.sscd_scorer.embed(imgs)
             ref_emb = self._ref_embeddings(side)
             for pid, e in zip(ids, rec_emb):
-                out[pid] = float(sscd_cosine(e, ref_emb[pid])[0])
+                out[pid] = float(sscd_cosine(e, ref_emb[pid][0])[0])  # the first image's
         self._memo[key] = out
+        return out
+
+    # ---- measured memorization labels -----------------------------------------------------
+    def mem_rule(self) -> dict[str, Any]:
+        """The rule that labels a prompt memorized from its generations, as recorded in the
+        results: ``{"rule", "kind", "threshold", "why"}``."""
+        key = ("mem_rule",)
+        if key not in self._memo:
+            parsed = parse_mem_rule(self.config.mem_rule)
+            if parsed is not None:
+                text, why = self.config.mem_rule, "given with --mem-rule"
+            elif self.is_bundled:
+                text = MEM_RULE_BUNDLED
+                why = (
+                    "bundled model: its VAE caps SSCD (a training image against its own VAE "
+                    "reconstruction scores only the sscd_ceiling), so a prompt is memorized when "
+                    "the mean SSCD of its generations reaches half of its own ceiling; prompts "
+                    "whose ceiling is below 0.3 (plain scenes, where SSCD through this VAE "
+                    "cannot tell a copy from a look-alike) get no measured label"
+                )
+            else:
+                text = MEM_RULE_REAL
+                why = "the reference paper's SSCD threshold, on the per-prompt mean over seeds"
+            kind, t, floor = parse_mem_rule(text)
+            self._memo[key] = {
+                "rule": text.replace(" ", ""),
+                "kind": kind,
+                "threshold": t,
+                "min_ceiling": floor,
+                "why": why,
+            }
+        return self._memo[key]
+
+    def measure_scores(self, side: str) -> dict[str, float]:
+        """{prompt_id: the value the memorization rule thresholds} for the side's prompts with
+        a training image and a scored generation (SSCD mean, or mean over VAE ceiling)."""
+        if self.prompt_set(side).n_with_image == 0:
+            return {}
+        means = self.sscd(side).prompt_means()
+        rule = self.mem_rule()
+        if rule["kind"] == "sscd" and rule["min_ceiling"] <= 0:
+            return means
+        ceiling = self.sscd_ceiling(side)
+        floor = rule["min_ceiling"]
+        keep = {p: m for p, m in means.items() if ceiling.get(p, 0) > 0 and ceiling[p] >= floor}
+        if rule["kind"] == "sscd":
+            return keep
+        return {p: m / ceiling[p] for p, m in keep.items()}
+
+    def measured_labels(self) -> dict[str, dict[str, bool]]:
+        """{side: {prompt_id: measured memorized?}}: the rule applied to each scored prompt;
+        prompts without a training image (or a score) have no measured label."""
+        key = ("measured_labels",)
+        if key not in self._memo:
+            t = self.mem_rule()["threshold"]
+            self._memo[key] = {
+                side: {
+                    p: bool(v >= t)
+                    for p, v in self.measure_scores(side).items()
+                    if math.isfinite(v)
+                }
+                for side in SIDES
+            }
+        return self._memo[key]
+
+    def describe_labels(self) -> dict[str, Any]:
+        """What the results record about the measured labels (computed only if SSCD ran)."""
+        rule = self.mem_rule()
+        out: dict[str, Any] = {k: rule[k] for k in ("rule", "threshold", "min_ceiling", "why")}
+        if ("measured_labels",) in self._memo:
+            lab = self._memo[("measured_labels",)]
+            out["by_set"] = {
+                side: {
+                    "n_labelled": len(lab[side]),
+                    "n_memorized": sum(lab[side].values()),
+                    "n_prompts": len(self.prompt_set(side)),
+                }
+                for side in SIDES
+            }
         return out
 
     # ---- trace quantities --------------------------------------------------------------------
@@ -874,13 +1100,12 @@ class BenchRun:
     def describe_prompt_sets(self) -> dict[str, Any]:
         out = {}
         for side in SIDES:
-            d = dict(self.prompt_set(side).describe())
+            ps = self.prompt_set(side)
+            d = dict(ps.describe())
             d["limit"] = self.config.limit_for(side)
-            d["spec"] = (
-                self.config.prompts_memorized
-                if side == "memorized"
-                else self.config.prompts_nonmemorized
-            )
+            d["spec"] = self.prompt_spec(side)
+            d["labels"] = self.config.labels
+            d["from_other_side"] = self._moved_in.get(side, 0)
             out[side] = d
         return out
 

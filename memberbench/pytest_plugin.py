@@ -17,8 +17,14 @@ Options (group "memberbench"; each also has an ``--mb-`` prefixed alias, e.g. ``
 ``--guidance G``                classifier-free guidance scale (7.5)
 ``--scheduler NAME``            ddim (default), pndm, euler, dpm++, ... or a diffusers class name
 ``--device DEV`` / ``--dtype``  where / in what precision the model runs (fp32, fp16, bf16)
-``--prompts-memorized SET``     a registered prompt set or a file (``bundled-memorized``)
-``--prompts-nonmemorized SET``  likewise (``bundled-nonmemorized``)
+``--prompts-memorized SET``     a registered prompt set or a file (default: the model card's,
+                                e.g. ``webster-sd1`` for SD 1.x, ``bundled-memorized``)
+``--prompts-nonmemorized SET``  likewise (``nemo-sd1-nonmemorized``, ``bundled-nonmemorized``)
+``--labels own|side``           own (default): each prompt keeps its set's label (Webster's
+                                ``N`` rows are non-memorized on whichever side they are
+                                passed); side: every prompt takes the side it is passed on
+``--mem-rule RULE``             measured memorization labels: ``auto`` (``sscd>=0.75``; the
+                                bundled model ``rel>=0.5``), ``sscd>=T``, ``rel>=T``
 ``--limit N``                   first N prompts of each set (quick runs); ``nonmemorized=M``
                                 (or ``memorized=N,nonmemorized=M``) limits one set only
 ``--sweep G,G,...``             guidance values of the sweep task (quick: 1,3,7.5; paper:
@@ -85,6 +91,8 @@ _OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("dtype", "mb_dtype", "dtype of the model: fp32, fp16, bf16", {}),
     ("prompts-memorized", "mb_prompts_memorized", "memorized prompt set or file", {}),
     ("prompts-nonmemorized", "mb_prompts_nonmemorized", "non-memorized set or file", {}),
+    ("labels", "mb_labels", "own (default: each prompt keeps its set's label) or side", {}),
+    ("mem-rule", "mb_mem_rule", "measured-memorization rule: auto, sscd>=T or rel>=T", {}),
     (
         "limit",
         "mb_limit",
@@ -160,6 +168,8 @@ def _raw_options(config: pytest.Config) -> dict[str, Any]:
         "dtype": g("mb_dtype"),
         "prompts_memorized": g("mb_prompts_memorized"),
         "prompts_nonmemorized": g("mb_prompts_nonmemorized"),
+        "labels": g("mb_labels"),
+        "mem_rule": g("mb_mem_rule"),
         "limit": g("mb_limit"),
         "sweep": g("mb_sweep"),
         "sweep_seeds": g("mb_sweep_seeds"),
@@ -642,6 +652,7 @@ def build_document(config: pytest.Config, run: Any, rec: Recorder, exitstatus: i
         "sampling": run.config.sampling_dict(),
         "mitigation": run.describe_mitigation(),
         "prompt_sets": run.describe_prompt_sets(),
+        "labels": run.describe_labels(),
         "sscd": run.sscd_scorer.describe(),
         "clip": run.clip_describe(),
         "environment": environment(),
@@ -705,6 +716,38 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         run.close()
 
 
+def _write_coverage(tr: Any, config: pytest.Config, rec: Recorder) -> None:
+    """What the run could measure: each set's training-image coverage, the measured labels,
+    and every skipped task with its reason."""
+    state = config.stash.get(RUN_KEY, None)
+    run = state[1] if state is not None and state[0] == "run" else None
+    if run is not None:
+        try:
+            sets = run.describe_prompt_sets()
+            labels = run.describe_labels()
+        except Exception as e:  # the sets failed to load: the error was reported already
+            sets, labels = {}, {}
+            tr.write_line(f"prompt sets: not loaded ({type(e).__name__})")
+        for side, d in sets.items():
+            moved = d.get("from_other_side") or 0
+            tr.write_line(
+                f"{side} set {d['name']}: {d['n_with_image']} of {d['n']} training images"
+                + (f" ({moved} prompts labelled {side} came from the other set)" if moved else "")
+            )
+        by_set = labels.get("by_set") or {}
+        if by_set:
+            parts = [
+                f"{side} set {v['n_memorized']} of {v['n_labelled']} memorized"
+                for side, v in by_set.items()
+            ]
+            tr.write_line(f"measured labels ({labels['rule']}): " + ", ".join(parts))
+    if rec.skipped:
+        tr.write_line(f"skipped tasks ({len(rec.skipped)}):", yellow=True)
+        for item in rec.skipped:
+            reason = str(item["reason"]).removeprefix("Skipped: ")
+            tr.write_line(f"  {item['test']}: {reason}", yellow=True)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     rec = config.stash.get(REC_KEY, None)
     if rec is None or (not rec.metrics and not rec.write_error):
@@ -731,6 +774,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                 rows, headers=["metric", "value", "stderr", "n", "note"], disable_numparse=True
             )
         )
+    _write_coverage(tr, config, rec)
     if rec.baseline is not None:
         from memberbench.compare import compare_runs, format_table
 

@@ -78,6 +78,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -86,11 +87,34 @@ from typing import Any
 from memberbench.types import MemberbenchError
 
 SCHEMA = "memberbench.results"
-SCHEMA_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+SCHEMA_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+
+
+def _from_1(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: the detection and correlation headlines changed meaning (version 2
+    labels prompts by measured memorization and correlates over the memorized set), so a
+    version-1 file's values move to the names of the variants they are: set-label detection
+    ``detect_<stat>_set.<score>.k<k>`` (and its ``roc_set.`` curve), pooled correlation
+    ``corr_<method>.<score>_sscd.pooled``.  Values are unchanged."""
+    metrics = {}
+    for name, m in (doc.get("metrics") or {}).items():
+        det = re.fullmatch(r"detect_(auc|tpr1)\.([A-Za-z0-9_]+\.k\d+)", name)
+        if det:
+            name = f"detect_{det.group(1)}_set.{det.group(2)}"
+        elif re.fullmatch(r"corr_(pearson|spearman)\.[A-Za-z0-9_]+_sscd", name):
+            name += ".pooled"
+        metrics[name] = m
+    series = {
+        (f"roc_set.{k[4:]}" if k.startswith("roc.") else k): v
+        for k, v in (doc.get("series") or {}).items()
+    }
+    return {**doc, "schema_version": 2, "metrics": metrics, "series": series}
+
+
 # Upgrades of older versions, applied in memory when reading: {from_version: fn(doc) -> doc of
-# from_version + 1}.  Empty while version 1 is the only version that ever existed.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+# from_version + 1}.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_1}
 MAX_FILE_BYTES = 64 * 1024 * 1024
 PER_PROMPT_SUFFIX = ".prompts.jsonl"
 

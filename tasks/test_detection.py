@@ -1,8 +1,18 @@
 """Detection of memorized prompts (SPEC M4 and "Detection statistics").
 
-Scores per prompt (averaged over seeds), memorized set = positives, non-memorized = negatives;
-AUC (Hanley-McNeil stderr, stratified bootstrap CI) and TPR at 1% FPR (interpolated on the ROC)
-over the first k sampling steps, k in {1, 5, 50} (clipped to --steps):
+Scores per prompt (averaged over seeds); AUC (Hanley-McNeil stderr, stratified bootstrap CI) and
+TPR at 1% FPR (interpolated on the ROC) over the first k sampling steps, k in {1, 5, 50} (clipped
+to --steps).  Two labellings:
+
+* ``detect_auc.<score>.k<k>`` (the headline): positives are the prompts *measured* memorized
+  (the run's rule, e.g. mean SSCD >= 0.75, on the generations against the training images),
+  negatives the scored prompts measured not memorized, both sets pooled.  A list of
+  "memorized" prompts holds many that a given model does not reproduce; scoring a detector
+  against them measures the list, not the detector.
+* ``detect_auc_set.<score>.k<k>`` (the variant): the sets' own labels, memorized set vs
+  non-memorized set, as most papers report it; needs no training image.
+
+Scores:
 
 * ``wen``    Wen et al.'s text-conditional noise magnitude ||eps_c - eps_u||, mean over the
              first k steps (needs no training image);
@@ -14,9 +24,9 @@ over the first k sampling steps, k in {1, 5, 50} (clipped to --steps):
 
 Where the memorized set has groups (the bundled set's duplication levels "dup=N", Webster's
 verbatim types), each group is also scored on its own against all non-memorized prompts
-(``detect_auc.<score>.k<k>.<group>``): a set whose lightly duplicated prompts are not actually
-memorized by a model drags the pooled AUC down, and the per-group values show where a detector
-works.
+(``detect_auc.<score>.k<k>.<group>``, set labels): a set whose lightly duplicated prompts are
+not actually memorized by a model drags the pooled AUC down, and the per-group values show where
+a detector works.
 
 Also the mean of Wen's magnitude per set (``wen.k1``, ``wen.k1.nonmem``).
 """
@@ -52,9 +62,74 @@ def _labelled(pos, neg) -> tuple[np.ndarray, np.ndarray]:
     return s, np.array([1] * len(pos) + [0] * len(neg))
 
 
+def _record_roc(record_metric, record_series, variant: str, score_k: str, pos, neg, nb, what):
+    """AUC, interpolated TPR at 1% FPR and the ROC curve of positives vs negatives, recorded as
+    ``detect_auc<variant>.<score_k>`` (variant "" or "_set"), ``detect_tpr1...``, ``roc...``."""
+    s, y = _labelled(pos, neg)
+    auc = roc_auc(s, y, n_boot=nb, seed=0)
+    stat = variant
+    record_metric(
+        f"detect_auc{stat}.{score_k}",
+        auc,
+        higher_is_better=True,
+        prompt_set="both",
+        description=f"ROC AUC of {score_k}, {what}",
+    )
+    record_metric(
+        f"detect_tpr1{stat}.{score_k}",
+        tpr_at_fpr(s, y, 0.01, n_boot=nb, seed=0),
+        higher_is_better=True,
+        prompt_set="both",
+        description=f"TPR at 1% FPR (interpolated) of {score_k}, {what}",
+    )
+    if auc.ok and np.isfinite(s).all():
+        fpr, tpr, _ = roc_points(s, y)
+        record_series(f"roc{stat}.{score_k}", {"fpr": fpr, "tpr": tpr, "auc": auc.value})
+
+
 @pytest.mark.parametrize("score", SCORES)
 def test_detection(mb, record_metric, record_series, score):
+    """The headline: prompts labelled by what the model does (``mb.measured_labels()``, the
+    run's memorization rule on SSCD against the training images), pooled over both sets."""
+    labels = mb.measured_labels()
+    if not any(labels.values()):
+        pytest.skip(
+            "no measured memorization labels: no prompt has a training image to score its "
+            "generations against (the set-label variant detect_auc_set.* still runs)"
+        )
+    nb = mb.config.n_boot
+    n_mem = sum(v for lab in labels.values() for v in lab.values())
+    n_all = sum(len(lab) for lab in labels.values())
+    if n_mem in (0, n_all):
+        pytest.skip(
+            f"measured labels are all {'non-' if n_mem == 0 else ''}memorized ({n_all} prompts, "
+            f"rule {mb.mem_rule()['rule']}): detection is undefined"
+        )
+    for k in _windows(mb.config.steps):
+        pos, neg = [], []
+        for side in SIDES:
+            if not labels[side]:
+                continue
+            vals = _scores(mb, score, side, k)
+            for pid, memorized in labels[side].items():
+                if pid in vals:
+                    (pos if memorized else neg).append(vals[pid])
+        if not pos or not neg:
+            pytest.skip(f"{score}: no scores for the measured positives or negatives")
+        what = (
+            f"over the first {k} steps, prompts measured memorized ({mb.mem_rule()['rule']}) "
+            "vs not, both sets pooled"
+        )
+        _record_roc(record_metric, record_series, "", f"{score}.k{k}", pos, neg, nb, what)
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_detection_set_labels(mb, record_metric, record_series, score):
+    """The variant: the prompt sets' own labels (memorized set vs non-memorized set), as
+    papers that take a list of memorized prompts at its word report it; and per group of the
+    memorized set against all non-memorized prompts."""
     groups = mb.memorized_groups()
+    nb = mb.config.n_boot
     for k in _windows(mb.config.steps):
         pos = _scores(mb, score, "memorized", k)
         neg = _scores(mb, score, "nonmemorized", k)
@@ -62,27 +137,17 @@ def test_detection(mb, record_metric, record_series, score):
             pytest.skip(
                 f"{score}: no scores on one side (memorized {len(pos)}, non-memorized {len(neg)})"
             )
-        s, y = _labelled(pos.values(), neg.values())
-        nb = mb.config.n_boot
-        auc = roc_auc(s, y, n_boot=nb, seed=0)
-        record_metric(
-            f"detect_auc.{score}.k{k}",
-            auc,
-            higher_is_better=True,
-            prompt_set="both",
-            description=f"ROC AUC of {score} over the first {k} steps, memorized vs not",
+        what = f"over the first {k} steps, memorized set vs non-memorized set (set labels)"
+        _record_roc(
+            record_metric,
+            record_series,
+            "_set",
+            f"{score}.k{k}",
+            pos.values(),
+            neg.values(),
+            nb,
+            what,
         )
-        record_metric(
-            f"detect_tpr1.{score}.k{k}",
-            tpr_at_fpr(s, y, 0.01, n_boot=nb, seed=0),
-            higher_is_better=True,
-            prompt_set="both",
-            description=f"TPR at 1% FPR (interpolated) of {score} over the first {k} steps",
-        )
-        finite = np.isfinite(s)
-        if auc.ok and finite.all():
-            fpr, tpr, _ = roc_points(s, y)
-            record_series(f"roc.{score}.k{k}", {"fpr": fpr, "tpr": tpr, "auc": auc.value})
         for group, ids in sorted(groups.items()):
             gs = [pos[p] for p in ids if p in pos]
             if not gs:
@@ -94,7 +159,7 @@ def test_detection(mb, record_metric, record_series, score):
                 prompt_set="both",
                 description=(
                     f"ROC AUC of {score} over the first {k} steps, memorized prompts of group "
-                    f"{group!r} vs all non-memorized prompts"
+                    f"{group!r} vs all non-memorized prompts (set labels)"
                 ),
             )
 

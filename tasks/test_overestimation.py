@@ -10,8 +10,9 @@ their correlation with memorization severity (M7).
   against sqrt(abar) (bare names) and the DDIM-ideal schedule (``.ddim_ideal``), over all
   states and the first 10 (``.early``); the mean W0 / WT curves go to the results' series for
   the leaderboard's decomposition figure.
-* M7: Pearson and Spearman correlation over prompts (both sets pooled) of D1, D2 and Wen's
-  magnitude with per-prompt SSCD, with bootstrap confidence intervals.
+* M7: Pearson and Spearman correlation of D1, D2 and Wen's magnitude with per-prompt SSCD over
+  the memorized set's prompts (as the paper computes it), and with both sets pooled
+  (``.pooled``), with bootstrap confidence intervals.
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ def test_deviation_d1_d2(mb, record_metric, record_series, side):
     )
 
 
-def _pooled(mb, per_side: dict[str, dict[str, float]], sscd_side: dict[str, dict[str, float]]):
+def _pairs(per_side: dict[str, dict[str, float]], sscd_side: dict[str, dict[str, float]], sides):
     xs, ys = [], []
-    for side in SIDES:
+    for side in sides:
         a, b = per_side.get(side, {}), sscd_side.get(side, {})
         for pid in a:
             if pid in b:
@@ -152,25 +153,35 @@ def _pooled(mb, per_side: dict[str, dict[str, float]], sscd_side: dict[str, dict
 
 
 def test_correlation_with_sscd_m7(mb, record_metric):
+    """``corr_<method>.<score>_sscd``: over the memorized set's prompts, as the reference paper
+    computes it (its r about 0.92 is over Webster's memorized prompts); ``....pooled``: both
+    sets pooled, which mixes in how far apart the two sets lie."""
     sscd = {}
     for side in SIDES:
         if mb.prompt_set(side).n_with_image:
             sscd[side] = mb.sscd(side).prompt_means()
-    if not sscd:
-        pytest.skip("no prompt set has training images: SSCD (and so M7) is undefined")
+    if "memorized" not in sscd:
+        pytest.skip(
+            "the memorized prompt set has no training images: SSCD (and so M7) is undefined"
+        )
     scores = {
         "d1": {s: {p: v["D1"] for p, v in mb.deviation(s).items()} for s in sscd},
         "d2": {s: {p: v["D2"] for p, v in mb.deviation(s).items()} for s in sscd},
         "wen": {s: mb.wen(s, 1) for s in sscd},
     }
+    nb = mb.config.n_boot
     for score, per_side in scores.items():
-        x, y = _pooled(mb, per_side, sscd)
-        for method in ("pearson", "spearman"):
-            record_metric(
-                f"corr_{method}.{score}_sscd",
-                correlation(x, y, method, n_boot=mb.config.n_boot, seed=0),
-                higher_is_better=None,
-                prompt_set="both",
-                description=f"M7: {method} correlation over prompts (both sets pooled) of "
-                f"{score} with per-prompt mean SSCD; CI: bootstrap over prompts",
-            )
+        for sides, sfx, over in (
+            (("memorized",), "", "the memorized set's prompts"),
+            (SIDES, ".pooled", "both sets' prompts pooled"),
+        ):
+            x, y = _pairs(per_side, sscd, sides)
+            for method in ("pearson", "spearman"):
+                record_metric(
+                    f"corr_{method}.{score}_sscd{sfx}",
+                    correlation(x, y, method, n_boot=nb, seed=0),
+                    higher_is_better=None,
+                    prompt_set="memorized" if sfx == "" else "both",
+                    description=f"M7: {method} correlation over {over} of {score} with "
+                    "per-prompt mean SSCD; CI: bootstrap over prompts",
+                )

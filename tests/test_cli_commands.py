@@ -20,7 +20,7 @@ def test_validate_ok_and_invalid(tmp_path, capsys):
     d["schema_version"] = 0
     bad.write_text(json.dumps(d))
     assert cli.main(["validate", str(good)]) == 0
-    assert "good.json: ok (schema_version 1, model bundled" in capsys.readouterr().out
+    assert "good.json: ok (schema_version 2, model bundled" in capsys.readouterr().out
     assert cli.main(["validate", str(good), str(bad)]) == 1
     out = capsys.readouterr().out
     assert "bad.json: INVALID" in out and "schema_version 0 is no longer supported" in out

@@ -66,11 +66,12 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
         "d1.nonmem",
         "corr_pearson.d1_sscd",
         "corr_spearman.wen_sscd",
+        "corr_pearson.d1_sscd.pooled",
         "sscd_mean.g=1",
         "d1.g=1.nonmem",
-        "detect_auc.wen.k1",
-        f"detect_tpr1.nsupp.k{STEPS}",
-        "detect_auc.d1.k1",
+        "detect_auc_set.wen.k1",
+        f"detect_tpr1_set.nsupp.k{STEPS}",
+        "detect_auc_set.d1.k1",
         "wen.k1",
         "seed_sscd",
         "latent_l2.nonmem",
@@ -82,10 +83,10 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
         assert m[name]["test"].startswith("test_") or "tasks/" in m[name]["test"]
     assert m["unet_evals_per_image"]["value"] == 2 * STEPS  # plain CFG: 2 per step
     assert m["sscd_mean"]["n"] == 2 and m["sscd_mean"]["stderr"] is not None
-    assert m["detect_auc.wen.k1"]["n"] == 4 and m["detect_auc.wen.k1"]["ci"] is not None
+    assert m["detect_auc_set.wen.k1"]["n"] == 4 and m["detect_auc_set.wen.k1"]["ci"] is not None
     assert m["d1"]["test"].endswith("test_deviation_d1_d2[memorized]")
     assert len(doc["series"]["decomposition.memorized"]["W0"]) == STEPS
-    assert doc["series"]["roc.wen.k1"]["fpr"][0] == 0.0
+    assert doc["series"]["roc_set.wen.k1"]["fpr"][0] == 0.0
     assert doc["sampling"]["seeds"] == [0, 1] and doc["sampling"]["steps"] == STEPS
     assert doc["run"]["status"] == "complete" and doc["run"]["images_generated"] >= 16
     rows = [json.loads(x) for x in out.with_name("run.prompts.jsonl").read_text().splitlines()]
@@ -108,7 +109,41 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
     )
     assert m["detect_auc.wen.k1.dup=1"]["value"] == pytest.approx(expected)
     assert m["detect_auc.wen.k1.dup=4"]["n"] == 3
-    assert not any(k.startswith("detect_tpr1.") and k.count(".") > 2 for k in m)
+    assert not any(k.startswith("detect_tpr1") and k.count(".") > 2 for k in m)
+    assert doc["labels"]["rule"] == "rel>=0.5,ceiling>=0.3"  # the bundled card's (path= copy)
+    r.stdout.fnmatch_lines(
+        [
+            "*memorized set memorized: 2 of 2 training images*",
+            "*measured labels (rel>=0.5,ceiling>=0.3): memorized set * of * memorized*",
+        ]
+    )
+
+    # Measured labels, checked by hand: a rule that splits the four prompts two and two by their
+    # mean SSCD; the headline AUC is then the Mann-Whitney count over those labels.
+    sscd = {
+        r["prompt_id"]: r["metrics"]["sscd_mean" + (r["set"] != "memorized") * ".nonmem"]
+        for r in rows
+    }
+    ranked = sorted(sscd.values())
+    threshold = (ranked[1] + ranked[2]) / 2
+    pos = [p for p, v in sscd.items() if v >= threshold]
+    neg = [p for p in sscd if p not in pos]
+    assert len(pos) == 2
+    out3 = pytester.path / "res3.json"
+    r = pytester.runpytest_subprocess(
+        str(TASKS / "test_detection.py"),
+        *common,
+        f"--mem-rule=sscd>={threshold!r}",
+        f"--results={out3}",
+        "-k",
+        "test_detection[wen]",
+    )
+    r.assert_outcomes(passed=1, deselected=7)
+    m3 = json.loads(out3.read_text())["metrics"]
+    expected = np.mean([(wen[a] > wen[b]) + 0.5 * (wen[a] == wen[b]) for a in pos for b in neg])
+    assert m3["detect_auc.wen.k1"]["value"] == pytest.approx(expected)
+    assert m3["detect_auc.wen.k1"]["n"] == 4
+    assert "measured memorized" in m3["detect_auc.wen.k1"]["description"]
 
     # Regression check against that run (same cache, so the same numbers): a required
     # improvement of SSCD on the memorized set cannot hold -> exactly that test fails.
@@ -148,3 +183,59 @@ def test_cost_batch_spreads_over_the_prompt_set():
     assert mod.spread(list(range(10)), 4) == [0, 3, 6, 9]
     assert mod.spread([7, 8], 4) == [7, 8]
     assert mod.spread([7, 8, 9], 1) == [7] and mod.spread([7], 0) == []
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "prompts"
+
+
+@pytest.mark.slow
+def test_image_free_run_on_wens_prompt_list(pytester, tiny_pipeline_dir):
+    """Wen et al.'s 500 memorized prompts come with URLs only: the image-free tasks run (Wen's
+    magnitude, the noise-suppression score, set-label detection, diversity, cost), the tasks
+    that need training images are skipped, and the summary names each with its reason and the
+    image coverage of each set."""
+    wen = SHARED / "wen_sdv1_500_memorized.jsonl"
+    if not wen.is_file():
+        pytest.skip(f"{wen} not present (the shared prompt files live outside the repo)")
+    _, non = write_prompt_files(pytester.path, n=2)
+    out = pytester.path / "wen.json"
+    r = pytester.runpytest_subprocess(
+        str(TASKS),
+        "-p",
+        "no:cacheprovider",
+        f"--model=bundled:path={tiny_pipeline_dir}",
+        f"--prompts-memorized={wen}",
+        f"--prompts-nonmemorized={non}",
+        "--limit=memorized=3",
+        "--seeds=0-1",
+        f"--steps={STEPS}",
+        "--sweep=none",
+        "--n-boot=10",
+        f"--cache-dir={pytester.path / 'cache'}",
+        f"--results={out}",
+    )
+    outcomes = r.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, r.stdout.str()
+    r.stdout.fnmatch_lines(
+        [
+            "*memorized set wen_sdv1_500_memorized: 0 of 3 training images*",
+            "*nonmemorized set nonmemorized: 2 of 2 training images*",
+            "skipped tasks (*",
+            "*test_memorization.py::test_sscd_memorized: the memorized prompt set*has no "
+            "training images*",
+            "*test_detection.py::test_detection[wen]: no measured memorization labels*",
+        ]
+    )
+    doc = json.loads(out.read_text())
+    m = doc["metrics"]
+    for name in ("wen.k1", "detect_auc_set.wen.k1", "detect_auc_set.nsupp.k1", "seed_sscd"):
+        assert name in m, f"{name} missing; have {sorted(m)}"
+    assert "sscd_mean" not in m and "detect_auc.wen.k1" not in m
+    assert m["detect_auc_set.wen.k1"]["n"] == 5
+    skipped = {s["test"].split("::")[-1] for s in doc["run"]["skipped"]}
+    assert {
+        "test_sscd_memorized",
+        "test_detection[wen]",
+        "test_correlation_with_sscd_m7",
+    } <= skipped
+    assert doc["prompt_sets"]["memorized"]["n_with_image"] == 0

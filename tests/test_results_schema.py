@@ -152,7 +152,7 @@ def test_older_version_is_upgraded_by_a_migration(tmp_path, monkeypatch):
 
     def from_0(doc: dict) -> dict:
         doc = dict(doc)
-        doc["schema_version"] = 1
+        doc["schema_version"] = 1  # then version 1's own migration to 2 applies
         doc["metrics"] = {k: dict(v, n=v.get("count", 0)) for k, v in doc["metrics"].items()}
         return doc
 
@@ -164,8 +164,39 @@ def test_older_version_is_upgraded_by_a_migration(tmp_path, monkeypatch):
     path = _write_raw(tmp_path, d)
     errors, doc = R.validate_file(path)
     assert errors == []
-    assert doc["schema_version"] == 1 and doc["metrics"]["sscd_mean"]["n"] == 15
-    assert R.load_results(path)["schema_version"] == 1
+    assert doc["schema_version"] == 2 and doc["metrics"]["sscd_mean"]["n"] == 15
+    assert R.load_results(path)["schema_version"] == 2
+
+
+def test_version_1_headlines_move_to_their_variant_names(tmp_path):
+    """Version 1 recorded set-label detection and pooled correlation under the names that are
+    now the measured-label and memorized-set headlines: reading it renames, values unchanged."""
+    d = make_doc()
+    d["schema_version"] = 1
+    m = dict(d["metrics"]["sscd_mean"])
+    d["metrics"].update(
+        {
+            "detect_auc.wen.k1": dict(m, value=0.3),
+            "detect_tpr1.d1.k5": dict(m, value=0.1),
+            "detect_auc.wen.k1.dup=64": dict(m, value=0.9),
+            "corr_pearson.d1_sscd": dict(m, value=0.5),
+        }
+    )
+    d["series"] = {"roc.wen.k1": {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}, "m2.memorized": {}}
+    doc = R.upgrade(d)
+    assert doc["schema_version"] == 2
+    got = {k: v["value"] for k, v in doc["metrics"].items() if k not in make_doc()["metrics"]}
+    assert (
+        got
+        == {
+            "detect_auc_set.wen.k1": 0.3,
+            "detect_tpr1_set.d1.k5": 0.1,
+            "detect_auc.wen.k1.dup=64": 0.9,  # per-group AUCs always were set-label: kept
+            "corr_pearson.d1_sscd.pooled": 0.5,
+        }
+        or got
+    )
+    assert set(doc["series"]) == {"roc_set.wen.k1", "m2.memorized"}
 
 
 def test_per_prompt_file_is_checked(tmp_path):

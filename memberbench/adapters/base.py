@@ -33,6 +33,9 @@ class ModelCard:
     training_data: str = ""  # known facts about the training data
     notes: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)  # e.g. {"guidance": 7.5}
+    # The prompt sets a run uses when none is given: {"memorized": SET, "nonmemorized": SET},
+    # each a registered set name (memberbench.data.sets).  Empty: the user must name both.
+    prompt_sets: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,8 +30,8 @@ BUNDLED = ModelCard(
     training_data=(
         "memberbench's synthetic world (memberbench/bundled/world.py): coloured shapes on "
         "backgrounds, captioned half with and half without the background, plus canary images "
-        "with invented-word captions, duplicated at graded rates (world.DUPLICATION_LEVELS, 3 "
-        "canaries per level) so memorization severity spans a range; each canary caption also captions world.DECOYS_PER_CANARY ordinary shape images, "
+        "with invented-word captions, duplicated at graded rates (world.DUPLICATION_LEVELS, "
+        "world.CANARIES_PER_LEVEL canaries per level) so memorization severity spans a range; each canary caption also captions world.DECOYS_PER_CANARY ordinary shape images, "
         "so memorization depends on guidance; 10% caption dropout; SD 1.x training schedule, "
         "v-prediction like SD 2.x (recipe.json has the details)"
     ),
@@ -41,7 +41,12 @@ BUNDLED = ModelCard(
         "against MANIFEST.sha256 on every load (a path= override skips the manifest)."
     ),
     defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},
+    prompt_sets={"memorized": "bundled-memorized", "nonmemorized": "bundled-nonmemorized"},
 )
+
+# Webster's SD 1 parquet labels its N rows non-memorized; they stay so (a set's rows keep their
+# own labels), and NeMo's 500 non-memorized LAION prompts are the SD 1.x negatives.
+SD1_SETS = {"memorized": "webster-sd1", "nonmemorized": "nemo-sd1-nonmemorized"}
 
 SD_14 = ModelCard(
     name="sd-1.4",
@@ -56,6 +61,7 @@ SD_14 = ModelCard(
     ),
     notes="The paper's main model (Pearson r about 0.92 between D and SSCD).",
     defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},
+    prompt_sets=SD1_SETS,
 )
 
 SD_15 = ModelCard(
@@ -69,6 +75,7 @@ SD_15 = ModelCard(
         "text dropout. Mirror of the removed runwayml/stable-diffusion-v1-5 (same commits)."
     ),
     defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},
+    prompt_sets=SD1_SETS,
 )
 
 SD_21_BASE = ModelCard(
@@ -87,6 +94,8 @@ SD_21_BASE = ModelCard(
         "predicts v (use it via path=/revision= with this adapter: v is converted to epsilon)."
     ),
     defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},
+    # one parquet for both sides: its MV/RV/TV rows are the positives, its N rows the negatives
+    prompt_sets={"memorized": "webster-sd2", "nonmemorized": "webster-sd2"},
 )
 
 REALISTIC_VISION = ModelCard(
@@ -110,6 +119,10 @@ REALISTIC_VISION = ModelCard(
         "steps": 50,
         "scheduler": "ddim",
         "vae": "stabilityai/sd-vae-ft-mse",
+    },
+    prompt_sets={
+        "memorized": "webster-realistic-vision",
+        "nonmemorized": "webster-realistic-vision",
     },
 )
 

@@ -51,6 +51,7 @@ GROUP_COLUMNS = ("group", "overfit_type", "type", "memorization_type", "verbatim
 URL_COLUMNS = ("url", "URL", "image_url")
 ID_COLUMNS = ("prompt_id", "id")
 IMAGE_COLUMNS = ("image", "image_path")
+IMAGES_COLUMN = "images"  # a list of image paths: several training images of one prompt
 FORMATS = ("jsonl", "csv", "parquet", "txt")
 EXTENSIONS = {
     ".jsonl": "jsonl",
@@ -113,6 +114,14 @@ class PromptRecord:
     source: str = ""
     url: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # further training images of the same prompt (a template verbatim has several): SSCD is the
+    # max over ``images``; the training latent and the VAE ceiling use the first
+    more_images: tuple[np.ndarray, ...] = ()
+
+    @property
+    def images(self) -> tuple[np.ndarray, ...]:
+        """Every training image of the prompt, ``image`` first (empty when it has none)."""
+        return () if self.image is None else (self.image, *self.more_images)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt_id, str) or not self.prompt_id:
@@ -146,6 +155,20 @@ class PromptRecord:
                 f"{'present' if available else 'missing'}"
             )
         object.__setattr__(self, "image_available", available)
+        more = []
+        for k, extra_image in enumerate(self.more_images):
+            arr = np.asarray(extra_image)
+            if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+                raise MemberbenchError(
+                    f"training image {k + 2} of {self.prompt_id!r} must be uint8 HxWx3, "
+                    f"got {arr.dtype} {tuple(arr.shape)}"
+                )
+            arr = arr.copy()
+            arr.flags.writeable = False
+            more.append(arr)
+        if more and not available:
+            raise MemberbenchError(f"{self.prompt_id!r} has more_images but no first image")
+        object.__setattr__(self, "more_images", tuple(more))
         if self.memorized is not None:
             object.__setattr__(self, "memorized", bool(self.memorized))
         if self.duplicates is not None:
@@ -174,7 +197,9 @@ class PromptSet:
         object.__setattr__(self, "skipped", tuple((int(r), str(m)) for r, m in self.skipped))
         h = hashlib.sha256()
         for rec in self.records:
-            h.update(json.dumps([rec.caption, rec.image_sha256], ensure_ascii=False).encode())
+            item = [rec.caption, rec.image_sha256]
+            item += [image_sha256(im) for im in rec.more_images]  # only sets that have them
+            h.update(json.dumps(item, ensure_ascii=False).encode())
             h.update(b"\n")
         object.__setattr__(self, "content_hash", h.hexdigest())
 
@@ -608,7 +633,8 @@ def _records_from_rows(
     url_col = _find_column(columns, URL_COLUMNS)
     id_col = _find_column(columns, ID_COLUMNS)
     img_col = _find_column(columns, IMAGE_COLUMNS)
-    used = {c for c in (cap, grp, url_col, id_col, img_col) if c}
+    imgs_col = IMAGES_COLUMN if IMAGES_COLUMN in columns else None
+    used = {c for c in (cap, grp, url_col, id_col, img_col, imgs_col) if c}
     used |= {"image_sha256", "memorized", "duplicates", "image_available"}
 
     stem = opts.name
@@ -635,6 +661,24 @@ def _records_from_rows(
         extra = {k: v for k, v in r.items() if k not in used}
         if image is None and image_file and "://" in image_file:
             url = url or image_file
+        more: list[np.ndarray] = []
+        listed = r.get(imgs_col) if imgs_col else None
+        if isinstance(listed, str) and listed.strip().startswith("["):
+            try:
+                listed = json.loads(listed)
+            except json.JSONDecodeError:
+                listed = None
+        if isinstance(listed, list | tuple) and listed:
+            first_file = image_file
+            for value in listed:
+                im, f, prob = _load_image(value, opts)
+                if im is None:
+                    problem = problem or prob
+                    continue
+                if image is None:
+                    image, image_file = im, f
+                elif f != first_file:
+                    more.append(im)
         if problem is not None:
             if opts.strict:
                 skips.add(row, problem)
@@ -670,6 +714,7 @@ def _records_from_rows(
                 source=opts.name,
                 url=url,
                 extra=extra,
+                more_images=tuple(more),
             )
         )
         seen_ids.add(pid)

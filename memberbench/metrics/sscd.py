@@ -125,6 +125,14 @@ def sscd_cosine(gen_emb: np.ndarray, ref_emb: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1)
 
 
+def sscd_max_over_refs(gen_emb: np.ndarray, ref_embs: np.ndarray) -> np.ndarray:
+    """(S,) score of each of S generations: its best cosine over R training images (R, D) --
+    the field's rule for prompts with several training images (template verbatims)."""
+    a = l2_normalize(np.atleast_2d(gen_emb)).astype(np.float64)
+    b = l2_normalize(np.atleast_2d(ref_embs)).astype(np.float64)
+    return (a @ b.T).max(axis=1)
+
+
 def aggregate_seeds(scores: Any, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, float]:
     """Per-prompt summary of the SSCD scores of its seeds: mean, max, frac_ge_<thr>, n_seeds."""
     s = np.asarray(scores, dtype=np.float64).ravel()
