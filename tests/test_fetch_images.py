@@ -714,6 +714,18 @@ def test_unknown_set_and_unwritable_out(tmp_path, capsys) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_second_run_on_the_same_folder_is_refused(server, tmp_path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    src = _two_good(server, tmp_path, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".fetch.lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(MemberbenchError, match="another fetch-images run is writing there"):
+            fetch_images(str(src), out, **FAST_KW)
+    assert fetch_images(str(src), out, **FAST_KW).n_recovered == 1
+
+
 def test_refused_connection_is_a_row_failure(tmp_path, capsys) -> None:
     rows = [
         {"caption": "c", "url": "http://127.0.0.1:9/x.png"},
@@ -825,3 +837,8 @@ def test_token_bucket_rate() -> None:
     for _ in range(6):
         bucket.acquire()
     assert time.monotonic() - t0 >= 5 / 50 - 0.01
+
+
+def test_subcommand_is_listed() -> None:
+    assert "fetch-images" in cli.build_parser().format_help()
+    assert "fetch-images SOURCE --out DIR" in cli.__doc__
