@@ -162,7 +162,8 @@ def _how_to_point(set_name: str, url: str) -> str:
     fname = Path(url).name
     return (
         f"download {url} and pass its local path: load_prompt_set({set_name!r}, "
-        f"path='/data/{fname}'), or set {set_file_env_var(set_name)}=/data/{fname}"
+        f"path='/data/{fname}'), memberbench fetch-images {set_name} --set-file /data/{fname}, "
+        f"or set {set_file_env_var(set_name)}=/data/{fname}"
     )
 
 
