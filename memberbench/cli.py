@@ -10,6 +10,8 @@ Subcommands (each imports what it needs only when run)::
                                                  compare two results files (regression check)
     memberbench train-bundled --out DIR ...      retrain the bundled model
     memberbench evidence ...                     the bundled model's evidence report
+    memberbench fetch-images SOURCE --out DIR    recover a prompt set's training images from
+                                                 its URLs (memberbench.data.fetch)
 
 ``memberbench run`` passes every argument after it to pytest, e.g.
 ``memberbench run --model sd-1.4 --profile paper -x``; ``--tasks DIR`` picks another task
@@ -22,6 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from memberbench.types import MemberbenchError
 
@@ -177,6 +180,58 @@ def cmd_train_bundled(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_images(ns: argparse.Namespace) -> int:
+    from memberbench.data.fetch import fetch_images
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        report = fetch_images(
+            ns.source,
+            ns.out,
+            limit=ns.limit,
+            workers=ns.workers,
+            timeout=ns.timeout,
+            retries=ns.retries,
+            rate=ns.rate,
+            backoff=ns.backoff,
+            local_dir=ns.local_dir,
+            hf_dataset=ns.hf_dataset,
+            hf_key=ns.hf_key,
+            hf_image_column=ns.hf_image_column,
+            hf_split=ns.hf_split,
+            url_template=ns.url_template,
+            sources=ns.sources.split(",") if ns.sources else None,
+            set_file=ns.set_file,
+            skip_failed=ns.skip_failed,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"memberbench: interrupted; the images finished so far are kept (see {ns.out}/"
+            "manifest.jsonl): rerun the same command to fetch the rest",
+            file=sys.stderr,
+        )
+        return 130
+    for line in report.summary_lines():
+        print(line)
+    return 0
+
+
+def _count(kind: type, least: float, what: str):  # noqa: ANN202 - an argparse type
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _unet_channels(text: str) -> tuple[int, int, int]:
     from memberbench.bundled.train import check_unet_channels
 
@@ -264,6 +319,111 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse the CLIP scorer: the clip/ folder of an earlier run with the same seed and "
         "--clip-steps",
     )
+
+    f = sub.add_parser(
+        "fetch-images",
+        help="recover a prompt set's training images from its URLs (and other sources)",
+        description="Fetch the image behind each row's URL into DIR/images, resumably, and write "
+        "DIR/prompts.jsonl (every row; image/image_sha256 on recovered rows) and "
+        "DIR/manifest.jsonl (per image: status, source, file, sha256, error). Extra sources "
+        "are tried in the order of --sources for rows the URL did not give. "
+        "See docs/fetch-images.md.",
+    )
+    f.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a registered set name (wen-sd1-memorized, webster-sd1, ...) or a prompt file "
+        "(.jsonl/.csv/.parquet) with a url column",
+    )
+    f.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    f.add_argument(
+        "--limit",
+        type=_count(int, 0, "an integer >= 0"),
+        default=None,
+        metavar="N",
+        help="only the first N rows",
+    )
+    f.add_argument(
+        "--workers",
+        type=_count(int, 1, "an integer >= 1"),
+        default=8,
+        help="concurrent downloads (default %(default)s)",
+    )
+    f.add_argument(
+        "--timeout",
+        type=_count(float, 1e-3, "seconds > 0"),
+        default=20.0,
+        help="connect/read timeout per request in seconds; a whole download may "
+        "take 5x this (default %(default)s)",
+    )
+    f.add_argument(
+        "--retries",
+        type=_count(int, 0, "an integer >= 0"),
+        default=2,
+        help="retries on connection errors, timeouts, truncated bodies, 5xx and 429 "
+        "(default %(default)s)",
+    )
+    f.add_argument(
+        "--rate",
+        type=_count(float, 0, "requests/s >= 0"),
+        default=10.0,
+        help="global request rate, requests/s; 0: no limit (default %(default)s)",
+    )
+    f.add_argument(
+        "--backoff",
+        type=_count(float, 0, "seconds >= 0"),
+        default=1.0,
+        help="first retry delay in seconds, doubled each retry (default %(default)s)",
+    )
+    f.add_argument(
+        "--local-dir",
+        metavar="D",
+        default=None,
+        help="folder of images named <index>.*, <prompt_id>.*, <sha1(url)>.* or <sha256(url)>.*",
+    )
+    f.add_argument(
+        "--hf-dataset",
+        metavar="NAME_OR_PATH",
+        default=None,
+        help="a datasets dataset with an image column (a save_to_disk folder or a hub name)",
+    )
+    f.add_argument(
+        "--hf-key",
+        choices=("url", "index"),
+        default="url",
+        help="the --hf-dataset column to match rows by (default %(default)s)",
+    )
+    f.add_argument(
+        "--hf-image-column",
+        default=None,
+        metavar="COL",
+        help="image column of --hf-dataset (default: the first Image column)",
+    )
+    f.add_argument("--hf-split", default="train", help="split of --hf-dataset (default train)")
+    f.add_argument(
+        "--url-template",
+        default=None,
+        metavar="T",
+        help="a mirror URL with {url}, {url_quoted}, {index} or {prompt_id}, e.g. "
+        "'https://web.archive.org/web/2023id_/{url}'",
+    )
+    f.add_argument(
+        "--sources",
+        default=None,
+        metavar="LIST",
+        help="comma-separated sources in the order to try (default "
+        "url,local-dir,hf-dataset,url-template: the row's URL first, then those "
+        "given); leave out url to use only mirrors",
+    )
+    f.add_argument(
+        "--set-file",
+        default=None,
+        metavar="PATH",
+        help="a local copy of a registered remote set's file (its pinned hash is checked)",
+    )
+    f.add_argument(
+        "--skip-failed", action="store_true", help="do not retry rows a previous run failed on"
+    )
     return p
 
 
@@ -287,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "leaderboard": cmd_leaderboard,
             "compare": cmd_compare,
             "train-bundled": cmd_train_bundled,
+            "fetch-images": cmd_fetch_images,
         }[ns.command]
         return handler(ns)
     except MemberbenchError as e:

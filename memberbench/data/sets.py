@@ -13,17 +13,30 @@ Built in:
 * ``wen-sd1-memorized``, ``nemo-sd1-memorized``, ``nemo-sd1-nonmemorized``, ``webster-sd1``,
   ``webster-sd2``, ``webster-realistic-vision``: the field's public prompt lists, downloaded from
   their pinned upstream locations (needs network; offline, pass a local copy of the file).
+
+Every remote set's file is pinned by hash (:data:`PINNED_HASHES`: Webster's published MD5s, the
+sha256 of Wen's and NeMo's files at the pinned commits).  A downloaded file is checked before it
+is parsed; a mismatch is a MemberbenchError, never a silently different prompt list.  A local
+copy of the file is passed as ``load_prompt_set("webster-sd1", path="/data/x.parquet")`` or
+through the environment variable ``MEMBERBENCH_SET_<NAME>`` (the name upper-cased, ``-`` as
+``_``: ``MEMBERBENCH_SET_WEBSTER_SD1=/data/x.parquet``); it is checked against the same hash.
+To read a file of another version without the check, load it as a plain prompt file:
+``load_prompt_set("/data/x.parquet")``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from memberbench.data import prompts as _prompts
 from memberbench.data.prompts import (
     PromptSet,
+    detect_format,
     load_hf_prompt_set,
     load_prompt_file,
 )
@@ -110,9 +123,135 @@ def load_bundled_nonmemorized(
     return load_bundled("nonmemorized", directory, limit=limit, memorized=memorized)
 
 
-def _load_remote(url: str, set_name: str, **options: Any) -> PromptSet:
+# Hashes of the remote sets' files, checked before a file is parsed: (algorithm, hex digest).
+# Webster et al. publish MD5s for their parquets; for Wen's and NeMo's files these are the sha256
+# of the files at the commits pinned in REMOTE_SETS.
+PINNED_HASHES: dict[str, tuple[str, str]] = {
+    "wen-sd1-memorized": (
+        "sha256",
+        "8eb16c6ff1c7195cddf26b3207bdc7c6a905a20162c6070d79fe60336a525c60",
+    ),
+    "nemo-sd1-memorized": (
+        "sha256",
+        "0b527a5965dc463e7a3e0d234ff7fd5489b1a76869c456dbb209dc753cb4af25",
+    ),
+    "nemo-sd1-nonmemorized": (
+        "sha256",
+        "f453b418cc157864baacbf68d97447273feac41e8066b2ead6b307bf795988e1",
+    ),
+    "webster-sd1": ("md5", "72c2dded275dda496de9c3f7c33c4f3d"),
+    "webster-sd2": ("md5", "c700ae1d156a9330940d339a24740ed1"),
+    "webster-realistic-vision": ("md5", "d4ce3781e41efb78289c936d87a79edf"),
+}
+
+
+def set_file_env_var(set_name: str) -> str:
+    """The environment variable that points a registered remote set at a local copy."""
+    return "MEMBERBENCH_SET_" + set_name.upper().replace("-", "_")
+
+
+def file_digest(path: str | Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _how_to_point(set_name: str, url: str) -> str:
+    fname = Path(url).name
+    return (
+        f"download {url} and pass its local path: load_prompt_set({set_name!r}, "
+        f"path='/data/{fname}'), memberbench fetch-images {set_name} --set-file /data/{fname}, "
+        f"or set {set_file_env_var(set_name)}=/data/{fname}"
+    )
+
+
+def verify_pinned(set_name: str, path: str | Path, *, downloaded: bool) -> None:
+    """Check a remote set's file against :data:`PINNED_HASHES` (no-op for unpinned names)."""
+    if set_name not in PINNED_HASHES:
+        return
+    algorithm, expected = PINNED_HASHES[set_name]
+    got = file_digest(path, algorithm)
+    if got == expected:
+        return
+    url = REMOTE_SETS.get(set_name, "")
+    if downloaded:
+        raise MemberbenchError(
+            f"prompt set {set_name!r}: the upstream file changed since its hash was pinned: "
+            f"expected {algorithm} {expected}, got {got} ({url}); pass a local copy of the "
+            f"pinned version with load_prompt_set({set_name!r}, path=...) or "
+            f"{set_file_env_var(set_name)}=..., or load the new file as a plain prompt file "
+            "(load_prompt_set('/path/to/file')) to use it unchecked"
+        )
+    raise MemberbenchError(
+        f"prompt set {set_name!r}: {path} is not the pinned file: expected {algorithm} "
+        f"{expected}, got {got}; {_how_to_point(set_name, url)}, or load it as a plain prompt "
+        f"file (load_prompt_set({str(path)!r})) to use it unchecked"
+    )
+
+
+def _download(url: str, set_name: str) -> str:
+    offline = _prompts.hub_offline()
+    host = url.split("/")[2]
+    if not offline and not _prompts.hub_reachable(url):
+        raise MemberbenchError(
+            f"cannot load prompt set {set_name!r}: {host} is unreachable from this machine. On a "
+            f"machine with network, {_how_to_point(set_name, url)} (a local path; its hash is "
+            "checked)"
+        )
+    import datasets
+
+    try:
+        return datasets.DownloadManager().download(url)
+    except Exception as e:  # noqa: BLE001 - any download failure becomes one clear message
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and no cached copy was found"
+            if offline
+            else f"{type(e).__name__}: {e}"
+        )
+        raise MemberbenchError(
+            f"cannot download prompt set {set_name!r} ({why}). On a machine with network, "
+            f"{_how_to_point(set_name, url)} (a local path; its hash is checked)"
+        ) from None
+
+
+def _load_remote(
+    url: str,
+    set_name: str,
+    *,
+    path: str | Path | None = None,
+    memorized: bool | None = None,
+    **options: Any,
+) -> PromptSet:
+    """A registered remote set: a local copy (``path=`` or the env var) or the pinned download.
+
+    The file's hash is checked against :data:`PINNED_HASHES` before it is parsed.
+    """
     options.setdefault("name", set_name)
-    return load_hf_prompt_set(url, **options)
+    fname = Path(url).name
+    env = set_file_env_var(set_name)
+    via = "path="
+    if path is None and os.environ.get(env, "").strip():
+        path, via = os.environ[env].strip(), env
+    if path is not None:
+        local = Path(path).expanduser()
+        if not local.is_file():
+            raise MemberbenchError(
+                f"prompt set {set_name!r}: local copy {local} (from {via}) not found; "
+                f"{_how_to_point(set_name, url)}"
+            )
+        verify_pinned(set_name, local, downloaded=False)
+        source = f"file:{local.resolve()} (pinned copy of {url})"
+    else:
+        local = Path(_download(url, set_name))
+        verify_pinned(set_name, local, downloaded=True)
+        source = f"url:{url}"
+    options.setdefault("format", detect_format(fname))
+    label = _prompts._memorized_from_name(fname)
+    return load_prompt_file(
+        local, memorized=label if memorized is None else memorized, source=source, **options
+    )
 
 
 def register_builtin_sets() -> None:
