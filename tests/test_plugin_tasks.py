@@ -138,7 +138,7 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
         "-k",
         "test_detection[wen]",
     )
-    r.assert_outcomes(passed=1, deselected=7)
+    r.assert_outcomes(passed=1, deselected=6)
     m3 = json.loads(out3.read_text())["metrics"]
     expected = np.mean([(wen[a] > wen[b]) + 0.5 * (wen[a] == wen[b]) for a in pos for b in neg])
     assert m3["detect_auc.wen.k1"]["value"] == pytest.approx(expected)
@@ -221,9 +221,12 @@ def test_image_free_run_on_wens_prompt_list(pytester, tiny_pipeline_dir):
             "*memorized set wen_sdv1_500_memorized: 0 of 3 training images*",
             "*nonmemorized set nonmemorized: 2 of 2 training images*",
             "skipped tasks (*",
+            # the two tiny negatives are the only measured prompts: one class, no ROC
+            "*test_detection.py::test_detection?wen?: measured labels are all*",
+            "*test_detection.py::test_detection_set_labels?d1?: the memorized prompt set*has "
+            "no training images*",
             "*test_memorization.py::test_sscd_memorized: the memorized prompt set*has no "
             "training images*",
-            "*test_detection.py::test_detection[wen]: no measured memorization labels*",
         ]
     )
     doc = json.loads(out.read_text())
@@ -239,3 +242,67 @@ def test_image_free_run_on_wens_prompt_list(pytester, tiny_pipeline_dir):
         "test_correlation_with_sscd_m7",
     } <= skipped
     assert doc["prompt_sets"]["memorized"]["n_with_image"] == 0
+
+
+@pytest.mark.slow
+def test_fetch_images_then_run_scores_every_recovered_row(pytester, tiny_pipeline_dir):
+    """`memberbench fetch-images` against a local server, then the tasks on its output: SSCD
+    (the best match over a row's several images) and D1 on exactly the recovered rows, and the
+    coverage line says how many were recovered."""
+    from test_fetch_images import Server
+
+    from memberbench import cli
+
+    server = Server()
+    try:
+        rows = [
+            {"prompt_id": "png", "caption": "a good png", "url": server.url("/good.png")},
+            {"prompt_id": "jpg", "caption": "a good jpeg", "url": server.url("/good.jpg")},
+            {"prompt_id": "gone", "caption": "a dead link", "url": server.url("/nope.png")},
+            {
+                "prompt_id": "two",
+                "caption": "a template verbatim",
+                "url": [server.url("/good2.png"), server.url("/good.jpg")],
+            },
+        ]
+        src = pytester.path / "set.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        fetched = pytester.path / "fetched"
+        args = ["--timeout", "2", "--retries", "0", "--rate", "0", "--workers", "2"]
+        assert cli.main(["fetch-images", str(src), "--out", str(fetched), *args]) == 0
+    finally:
+        server.close()
+    _, non = write_prompt_files(pytester.path, n=2)
+    out = pytester.path / "fetched.json"
+    r = pytester.runpytest_subprocess(
+        str(TASKS),
+        "-p",
+        "no:cacheprovider",
+        f"--model=bundled:path={tiny_pipeline_dir}",
+        f"--prompts-memorized={fetched / 'prompts.jsonl'}",
+        f"--prompts-nonmemorized={non}",
+        "--labels=side",
+        "--seeds=0-1",
+        f"--steps={STEPS}",
+        "--sweep=none",
+        "--n-boot=10",
+        "--m2-limit=1",
+        "--m2-noises=1",
+        f"--cache-dir={pytester.path / 'cache'}",
+        f"--results={out}",
+        "-k",
+        "memorization or deviation",
+    )
+    outcomes = r.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, r.stdout.str()
+    r.stdout.fnmatch_lines(["*memorized set prompts: 3 of 4 training images*"])
+    per = {
+        x["prompt_id"]: x["metrics"]
+        for x in map(json.loads, out.with_name("fetched.prompts.jsonl").read_text().splitlines())
+        if x["set"] == "memorized"
+    }
+    scored = {p for p, m in per.items() if "sscd_mean" in m and "d1" in m}
+    assert scored == {"png", "jpg", "two"}
+    assert "sscd_mean" not in per.get("gone", {})
+    doc = json.loads(out.read_text())
+    assert doc["prompt_sets"]["memorized"]["n_with_image"] == 3
