@@ -38,12 +38,15 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("d1", "D1"),
     ("d2", "D2"),
     ("detect_auc.wen.k1", "AUC Wen@1"),
+    ("detect_auc.d1.k50", "AUC D1"),
+    ("corr_pearson.d1_sscd", "r(D1, SSCD)"),
     ("clip_score", "CLIP mem"),
     ("clip_score.nonmem", "CLIP non-mem"),
     ("unet_evals_per_image", "UNet evals/img"),
     ("wall_s_per_image", "s/img"),
 )
-# pooled detection metrics are "detect_<stat>.<score>.k<k>"; a fourth part names a memorized group
+# detection against measured labels is "detect_<stat>.<score>.k<k>" (set labels:
+# "detect_<stat>_set..."); a fourth part names a memorized group
 POOLED_DETECTION = re.compile(r"^detect_(auc|tpr1)\.[A-Za-z0-9_]+\.k\d+$")
 # per-group AUCs shown in the table "Detection by group": the headline detectors' windows
 GROUP_DETECTION = re.compile(r"^detect_auc\.(wen\.k1|d1\.k5)\.")
@@ -62,6 +65,7 @@ OVERESTIMATION = (
     "corr_spearman.d1_sscd",
     "corr_pearson.d2_sscd",
     "corr_pearson.wen_sscd",
+    "corr_pearson.d1_sscd.pooled",
 )
 
 
@@ -476,7 +480,14 @@ def build(
         ]
         det = sorted({n for e in entries for n in e.metrics if POOLED_DETECTION.match(n)})
         if det:
-            lines += ["## Detection (memorized vs non-memorized prompts)", ""]
+            lines += [
+                "## Detection (prompts measured memorized vs not, both sets pooled)",
+                "",
+                "Labels are measured on each run's own generations (the rule under `labels` in "
+                "its results file); runs of schema version 1 have only the set-label variant "
+                "(`detect_auc_set.*`, in their results files).",
+                "",
+            ]
             lines += [metric_table(entries, [(n, n) for n in det]), ""]
         det_groups = sorted(
             {n for e in entries for n in e.metrics if GROUP_DETECTION.match(n)}, key=_natural

@@ -86,7 +86,7 @@ def test_detection_by_group_has_its_own_table(tmp_path):
     write_results(root / "results" / "bundled" / "older.json", _run("older", 0.6, 28.0))
     readme, _, _ = L.build(root, figures=False)
     text = readme.read_text()
-    pooled = text.split("## Detection (memorized vs non-memorized prompts)")[1].split("\n## ")[0]
+    pooled = text.split("## Detection (prompts measured memorized vs not")[1].split("\n## ")[0]
     by_group = text.split("## Detection by group")[1].split("\n## ")[0]
     assert "detect_auc.wen.k1 ↑" in pooled and "dup=256" not in pooled
     assert "detect_auc.wen.k1.dup=256 ↑" in by_group and "0.71 ± 0.1 (43)" in by_group
