@@ -96,13 +96,16 @@ class GenerationRequest:
 #   x0_{b}_norm         ||x0_hat_b||
 #   latent_norm         ||x_i||  (state after update i)
 #   latent_dot_xT       <x_i, x_T>
+#   latent_dot_final    <x_i, x_final>, x_final = the trajectory's own last state (after update T)
+#                       (for the image-free, paper-code decomposition; NaN for a failed sample)
 # Series that need the reference (training) latent x; absent when no reference was given:
 #   eps_{b}_dot_x       <eps_b, x>
 #   x0_{b}_dot_x        <x0_hat_b, x>
 #   x0_{b}_err          ||x - x0_hat_b||^2
 #   latent_dot_x        <x_i, x>
 #   w0, wT, resid_rms   least-squares fit x_i ~ w0 * x + wT * x_T (+ residual RMS), per state
-# Scalars (Trace.scalars): x_norm2 = ||x||^2, xT_norm2 = ||x_T||^2, x_dot_xT = <x, x_T>, dim = d.
+# Scalars (Trace.scalars): x_norm2 = ||x||^2, xT_norm2 = ||x_T||^2, x_dot_xT = <x, x_T>, dim = d,
+# and on every trace final_norm2 = ||x_final||^2, final_dot_xT = <x_final, x_T> (NaN if failed).
 BRANCHES = ("u", "c", "g")
 
 

@@ -18,7 +18,11 @@ from memberbench.metrics.decomposition import (
     deviation_from_latents,
     deviation_from_traces,
     deviation_scores,
+    final_basis_fit,
+    paper_deviation_from_traces,
+    resolve_convention,
     schedule_reference,
+    trace_deviation,
 )
 from memberbench.registry import METRICS
 from memberbench.types import MemberbenchError, Trace
@@ -66,7 +70,7 @@ def oracle_run(k: float, seed: int = 0):
     return x, xT, torch.stack(states), ts, abar_t, abar_next
 
 
-def trace_from_states(x, xT, states, ts, abar_t, abar_next, with_w=True) -> Trace:
+def trace_from_states(x, xT, states, ts, abar_t, abar_next, with_w=True, with_final=False) -> Trace:
     X, N, L = x.reshape(-1), xT.reshape(-1), states[1:].reshape(len(ts), -1)
     ser = {
         "timestep": ts.astype(np.float64),
@@ -85,6 +89,10 @@ def trace_from_states(x, xT, states, ts, abar_t, abar_next, with_w=True) -> Trac
         "x_dot_xT": float(X @ N),
         "dim": float(X.numel()),
     }
+    if with_final:  # what the sampler records on every trace for the final-latent basis
+        F = L[-1]
+        ser["latent_dot_final"] = (L @ F).numpy()
+        sc.update(final_norm2=float(F @ F), final_dot_xT=float(F @ N))
     return Trace(series=ser, scalars=sc)
 
 
@@ -270,3 +278,165 @@ def test_deviation_scores_by_hand_and_bad_args():
         schedule_reference([0.5], 0.5, "linear")
     with pytest.raises(MemberbenchError, match="same length"):
         deviation_scores([1.0, 2.0], [1.0], [0.5], 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# the final-latent basis from recorded inner products, and the paper code's alignment
+
+
+def test_final_basis_from_inner_products_matches_saved_latents(tiny_adapter, tmp_path):
+    """(a) On real traces of the tiny pipeline, the fit on [x_final, x_T] from the recorded
+    inner products equals decompose() on the saved full latents (1e-8), with and without a
+    reference latent, and so do the paper-convention D1/D2."""
+    from memberbench.sampling.sampler import TracedSampler
+    from memberbench.types import GenerationRequest
+
+    reqs = [
+        GenerationRequest("a red circle", seed=0, steps=8),
+        GenerationRequest("a blue square on green", seed=1, steps=8),
+    ]
+    ref = tiny_adapter.encode_images(np.full((1, 64, 64, 3), 200, dtype=np.uint8))[0]
+    samples = TracedSampler(tiny_adapter, record_latents_dir=tmp_path).sample(reqs, [ref, None])
+    for s in samples:
+        tr = s.trace
+        assert tr.has("latent_dot_final", "final_norm2", "final_dot_xT")
+        lat = np.load(tr.latents_path)["latents"].astype(np.float64).reshape(9, -1)
+        w0, wT, r = decompose(lat[1:], lat[-1], lat[0])
+        w0b, wTb, rb = final_basis_fit(tr)
+        np.testing.assert_allclose(w0b, w0, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(wTb, wT, rtol=0, atol=1e-8)
+        assert w0b[-1] == pytest.approx(1.0, abs=1e-12) and wTb[-1] == pytest.approx(0, abs=1e-12)
+        # the residual from inner products (||l||^2 - w0 p - wT q) loses digits: looser
+        np.testing.assert_allclose(rb[:-1], r[:-1], rtol=1e-5)
+        # the same trace without the inner products falls back to the full latents
+        bare = Trace(
+            series={k: v for k, v in tr.series.items() if k != "latent_dot_final"},
+            scalars=dict(tr.scalars),
+            latents_path=tr.latents_path,
+        )
+        w0c, wTc, _ = final_basis_fit(bare)
+        np.testing.assert_array_equal(w0c, w0)
+        np.testing.assert_array_equal(wTc, wT)
+        a, b = paper_deviation_from_traces([tr]), paper_deviation_from_traces([bare])
+        assert a["D1"] == pytest.approx(b["D1"], abs=1e-8)
+        assert a["D2"] == pytest.approx(b["D2"], abs=1e-8)
+        assert (a["basis"], a["schedule"], a["convention"]) == ("final", "sqrt_abar", "paper")
+        m6 = deviation_from_traces([tr], basis="final")
+        m6b = deviation_from_traces([bare], basis="final")
+        assert m6["D1"] == pytest.approx(m6b["D1"], abs=1e-8)
+        # neither inner products nor latents: one error naming both
+        bare.latents_path = None
+        with pytest.raises(MemberbenchError, match=r"latent_dot_final.*full latents"):
+            final_basis_fit(bare)
+
+
+def _synthetic_final_trace(a, b, abar_t, abar_next, seed=0, d=300) -> Trace:
+    rng = np.random.default_rng(seed)
+    xf, xT = rng.standard_normal(d), rng.standard_normal(d)
+    S = np.asarray(a)[:, None] * xf[None] + np.asarray(b)[:, None] * xT[None]
+    return Trace(
+        series={
+            "timestep": np.arange(len(a), 0, -1, dtype=np.float64),
+            "abar_t": np.asarray(abar_t, dtype=np.float64),
+            "abar_next": np.asarray(abar_next, dtype=np.float64),
+            "latent_dot_final": S @ xf,
+            "latent_dot_xT": S @ xT,
+            "latent_norm": np.linalg.norm(S, axis=1),
+        },
+        scalars={
+            "final_norm2": float(xf @ xf),
+            "xT_norm2": float(xT @ xT),
+            "final_dot_xT": float(xf @ xT),
+            "dim": float(d),
+        },
+    )
+
+
+def test_paper_convention_by_hand():
+    """(b) States x_i = a_i x_f + b_i x_T (a_T = 1, b_T = 0) are recovered exactly, and the
+    paper alignment compares state i with sqrt(abar_t_i), sqrt(1 - abar_t_i)."""
+    abar_t, abar_next = [0.04, 0.25, 0.64], [0.25, 0.64, 0.81]
+    a, b = [0.3, 0.6, 1.0], [0.9, 0.5, 0.0]
+    tr = _synthetic_final_trace(a, b, abar_t, abar_next)
+    w0, wT, r = final_basis_fit(tr)
+    np.testing.assert_allclose(w0, a, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(wT, b, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(r, 0.0, atol=1e-6)  # sqrt of a cancelled ~1e-14
+    out = paper_deviation_from_traces([tr])
+    d1 = (0.3 - 0.2) + (0.6 - 0.5) + (1.0 - 0.8)
+    d2 = -((0.9 - np.sqrt(0.96)) + (0.5 - np.sqrt(0.75)) + (0.0 - 0.6))
+    assert out["D1"] == pytest.approx(d1, abs=1e-12) and out["D1"] == pytest.approx(0.4)
+    assert out["D2"] == pytest.approx(d2, abs=1e-12)
+    np.testing.assert_allclose(out["W0"], a, atol=1e-12)
+    # m6 alignment of the same coefficients: sqrt(abar_next) = 0.5, 0.8, 0.9
+    m6 = deviation_from_traces([tr], basis="final")
+    assert m6["D1"] == pytest.approx((0.3 - 0.5) + (0.6 - 0.8) + (1.0 - 0.9), abs=1e-12)
+    # two seeds: W0/WT are seed means before the sum
+    tr2 = _synthetic_final_trace([0.5, 0.8, 1.0], [0.7, 0.3, 0.0], abar_t, abar_next, seed=1)
+    two = paper_deviation_from_traces([tr, tr2])
+    np.testing.assert_allclose(two["W0"], [0.4, 0.7, 1.0], atol=1e-12)
+    assert two["D1"] == pytest.approx((0.4 - 0.2) + (0.7 - 0.5) + (1.0 - 0.8), abs=1e-12)
+    assert two["n_seeds"] == 2
+    # first k states; the metric classes and trace_deviation agree
+    early = paper_deviation_from_traces([tr], window=2)
+    assert early["D1"] == pytest.approx(0.2, abs=1e-12)
+    assert D1(convention="paper")([tr]).value == pytest.approx(0.4, abs=1e-12)
+    assert D2(convention="paper")([tr]).value == pytest.approx(d2, abs=1e-12)
+    assert trace_deviation(tr, convention="paper") == pytest.approx((d1, d2), abs=1e-12)
+    assert D1(convention="paper").describe()["basis"] == "final"
+
+
+def test_paper_convention_bad_args():
+    assert resolve_convention("m6") == ("x", "sqrt_abar")
+    assert resolve_convention("paper") == ("final", "sqrt_abar")
+    with pytest.raises(MemberbenchError, match="basis 'final'"):
+        resolve_convention("paper", basis="x")
+    with pytest.raises(MemberbenchError, match="sqrt_abar"):
+        D1(convention="paper", schedule="ddim_ideal")
+    with pytest.raises(MemberbenchError, match="convention"):
+        deviation_from_traces([Trace()], convention="wen")
+
+
+@pytest.mark.parametrize("k", [1.0, 7.5])
+def test_paper_vs_m6_alignment_constant_shift(k):
+    """(c) For the final basis, D1_paper - D1_m6 = sum sqrt(abar_next) - sum sqrt(abar_t) and
+    D2_paper - D2_m6 = sum sqrt(1 - abar_t) - sum sqrt(1 - abar_next), whatever the
+    trajectory; on DDIM's grid the sums telescope to the first and final noise levels."""
+    x, xT, states, ts, abar_t, abar_next = oracle_run(k, seed=2)
+    tr = trace_from_states(x, xT, states, ts, abar_t, abar_next, with_final=True)
+    for window, n in (("all", 50), ("early", 10), (3, 3)):
+        p = deviation_from_traces([tr], convention="paper", window=window)
+        m = deviation_from_traces([tr], basis="final", window=window)
+        sa, sn = np.sqrt(abar_t[:n]), np.sqrt(abar_next[:n])
+        assert p["D1"] - m["D1"] == pytest.approx(sn.sum() - sa.sum(), abs=1e-12)
+        c1, cn = np.sqrt(1 - abar_t[:n]), np.sqrt(1 - abar_next[:n])
+        assert p["D2"] - m["D2"] == pytest.approx(c1.sum() - cn.sum(), abs=1e-12)
+        assert p["D1"] - m["D1"] == pytest.approx(sn[-1] - sa[0], abs=1e-12)  # telescoped
+    # SD 1.x, 50 DDIM steps: sqrt(abar_final) - sqrt(abar_981) and its D2 counterpart
+    shift1 = np.sqrt(abar_next[-1]) - np.sqrt(abar_t[0])
+    shift2 = np.sqrt(1 - abar_t[0]) - np.sqrt(1 - abar_next[-1])
+    assert (round(shift1, 4), round(shift2, 4)) == (0.9236, 0.968)
+
+
+@pytest.mark.parametrize("k", [1.0, 7.5])
+def test_oracle_closed_form_basis_final(k):
+    """(d) DDIM with an oracle x0_hat = k x: x_i = k om0_i x + omT_i x_T, so in the basis
+    [x_final, x_T] w0_i = om0_i / om0_T and wT_i = omT_i - w0_i omT_T, independent of k;
+    D1/D2 follow in closed form in both alignments."""
+    x, xT, states, ts, abar_t, abar_next = oracle_run(k)
+    tr = trace_from_states(x, xT, states, ts, abar_t, abar_next, with_final=True)
+    omT = np.sqrt(1 - abar_next) / np.sqrt(1 - abar_t[0])
+    om0 = np.sqrt(abar_next) - np.sqrt(abar_t[0]) * omT
+    w0_exp = om0 / om0[-1]
+    wT_exp = omT - w0_exp * omT[-1]
+    w0, wT, _ = final_basis_fit(tr)
+    np.testing.assert_allclose(w0, w0_exp, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(wT, wT_exp, rtol=1e-7, atol=1e-9)
+    p = paper_deviation_from_traces([tr])
+    assert p["D1"] == pytest.approx((w0_exp - np.sqrt(abar_t)).sum(), abs=1e-6)
+    assert p["D2"] == pytest.approx(-(wT_exp - np.sqrt(1 - abar_t)).sum(), abs=1e-6)
+    m = deviation_from_traces([tr], basis="final")
+    assert m["D1"] == pytest.approx((w0_exp - np.sqrt(abar_next)).sum(), abs=1e-6)
+    # anchors on SD 1.x's 50-step DDIM grid (docs/metrics-conventions.md), any k
+    assert (round(p["D1"], 4), round(p["D2"], 4)) == (-1.7532, 1.5983)
+    assert (round(m["D1"], 4), round(m["D2"], 4)) == (-2.6768, 0.6303)

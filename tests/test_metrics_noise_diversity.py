@@ -18,7 +18,9 @@ from memberbench.metrics.diversity import (
 )
 from memberbench.metrics.noise_magnitude import (
     NoiseMagnitude,
+    RawOutputMagnitude,
     noise_cosines,
+    raw_output_magnitude,
     text_conditional_magnitude,
 )
 from memberbench.registry import METRICS
@@ -64,6 +66,73 @@ def test_wen_magnitude():
         text_conditional_magnitude(t1, 6)
     with pytest.raises(MemberbenchError):
         NoiseMagnitude(first_k=0)
+
+
+def test_raw_output_magnitude_by_hand():
+    """||raw_c - raw_u|| from ||eps_c - eps_u||: x1 (epsilon), /sqrt(abar_t) (v),
+    *sqrt(1-abar_t)/sqrt(abar_t) (x0), per step before the mean over the first k."""
+    tr = Trace(
+        series={
+            "eps_diff_norm": np.array([2.0, 4.0, 6.0]),
+            "abar_t": np.array([0.04, 0.25, 0.64]),
+            "guidance": np.full(3, 7.5),
+        }
+    )
+    assert raw_output_magnitude(tr, 2, "epsilon") == pytest.approx(3.0)
+    assert raw_output_magnitude(tr, 1, "v_prediction") == pytest.approx(2 / 0.2)
+    assert raw_output_magnitude(tr, 2, "v_prediction") == pytest.approx((10 + 8) / 2)
+    assert raw_output_magnitude(tr, 3, "v_prediction") == pytest.approx((10 + 8 + 7.5) / 3)
+    x0 = (2 * math.sqrt(0.96) / 0.2 + 4 * math.sqrt(0.75) / 0.5) / 2
+    assert raw_output_magnitude(tr, 2, "sample") == pytest.approx(x0)
+    with pytest.raises(MemberbenchError, match=r"'flow'.*epsilon, v_prediction, sample"):
+        raw_output_magnitude(tr, 1, "flow")
+    with pytest.raises(MemberbenchError, match="prediction_type"):
+        RawOutputMagnitude(prediction_type="x0")
+    with pytest.raises(MemberbenchError, match="only 3 steps"):
+        raw_output_magnitude(tr, 4)
+    m = RawOutputMagnitude(first_k=2, prediction_type="v_prediction")
+    assert m([tr, tr]).value == pytest.approx(9.0)
+    assert m.describe()["prediction_type"] == "v_prediction"
+    assert METRICS.get("wen_raw") is RawOutputMagnitude
+    # guidance <= 1: Wen's pipeline has no unconditional branch -> NaN with a reason
+    g1 = Trace(series={**tr.series, "guidance": np.array([7.5, 1.0, 7.5])})
+    assert raw_output_magnitude(g1, 1, "v_prediction") == pytest.approx(10.0)
+    assert math.isnan(raw_output_magnitude(g1, 2, "v_prediction"))
+    st = m([g1])
+    assert math.isnan(st.value) and "unconditional" in st.reason
+
+
+def test_raw_output_magnitude_equals_v_unet_output(tiny_pipeline_dir):
+    """On a real (tiny, random) v-prediction UNet: the function's value at step 1 equals
+    ||v_c - v_u|| computed directly with the UNet on x_T at the first timestep, and the
+    sampler's own eps_diff_norm is that times sqrt(abar_t)."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from memberbench.adapters.cards import CARDS
+    from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
+    from memberbench.sampling.sampler import TracedSampler, initial_noise
+    from memberbench.types import GenerationRequest
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline_dir), safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(
+        pipe.scheduler.config, prediction_type="v_prediction"
+    )
+    ad = StableDiffusionAdapter(pipe, CARDS["bundled"], device="cpu")
+    req = GenerationRequest("a red circle", seed=4, steps=3, guidance=7.5)
+    (s,) = TracedSampler(ad).sample([req])
+    sched = ad.make_scheduler("ddim")
+    sched.set_timesteps(3)
+    t0 = sched.timesteps[0]
+    z = initial_noise(4, ad.latent_shape)[0][None] * sched.init_noise_sigma
+    z = sched.scale_model_input(z, t0)
+    emb = ad.encode_prompts([req.prompt, ""])
+    with torch.no_grad():
+        v = pipe.unet(torch.cat([z, z]), t0, encoder_hidden_states=emb).sample.double()
+    direct = float((v[0] - v[1]).norm())
+    assert raw_output_magnitude(s.trace, 1, "v_prediction") == pytest.approx(direct, rel=1e-5)
+    a = float(sched.alphas_cumprod[int(t0)])
+    assert s.trace["eps_diff_norm"][0] == pytest.approx(direct * math.sqrt(a), rel=1e-5)
 
 
 def test_noise_cosines():

@@ -20,6 +20,7 @@ from memberbench.metrics.stats import (
     spearman,
     stderr,
     tpr_at_fpr,
+    tpr_at_fpr_last_point,
 )
 
 
@@ -201,3 +202,75 @@ def test_fast_bootstrap_forms_equal_sklearn():
         f2, t2 = _roc_fast(s, y)
         np.testing.assert_allclose(f2, f)
         np.testing.assert_allclose(t2, t)
+
+
+# --------------------------------------------------------------------------------------------
+# Wen et al.'s ROC point: the last point with FPR strictly below the target
+
+
+def _wen_reference(s, y, at):
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.asarray(y).astype(int), s)
+    return tpr[np.where(fpr < at)[0][-1]]
+
+
+def test_last_point_differs_from_interpolation_with_ties():
+    # 200 negatives: one at 300, two tied with 10 positives at 250, 197 low; 100 positives:
+    # 30 at 500, 10 at 250, 60 below everything.  ROC: (0, .30) [500] -> (.005, .30) [300]
+    # -> (.015, .40) [tie at 250] -> ... FPR 1% falls inside the diagonal tie segment.
+    neg = np.r_[[300.0, 250.0, 250.0], np.arange(197.0)]
+    pos = np.r_[np.full(30, 500.0), np.full(10, 250.0), np.full(60, -1.0)]
+    s, y = np.r_[pos, neg], labels(100, 200)
+    st = tpr_at_fpr_last_point(s, y, 0.01)
+    assert st.value == pytest.approx(0.30) and st.note == "" and st.n == 300
+    assert st.stderr == pytest.approx(math.sqrt(0.3 * 0.7 / 100))
+    assert tpr_at_fpr(s, y, 0.01).value == pytest.approx(0.35)  # halfway along the tie
+    assert st.value == _wen_reference(s, y, 0.01)
+    # strictly below: at 1.5% the tie's top point (FPR exactly .015) does not count
+    assert tpr_at_fpr_last_point(s, y, 0.015).value == pytest.approx(0.30)
+    assert tpr_at_fpr_last_point(s, y, 0.0151).value == pytest.approx(0.40)
+
+
+def test_last_point_uses_sklearns_dropped_intermediate_points():
+    # tie groups of one positive and one negative: the ROC is a straight diagonal, and
+    # sklearn's default curve keeps only (0, 0), (.25, .25) and (1, 1)
+    s, y = [3, 3, 2, 2, 1, 1, 0, 0], [1, 0, 1, 0, 1, 0, 1, 0]
+    st = tpr_at_fpr_last_point(s, y, 0.6)
+    assert st.value == pytest.approx(0.25)  # every point kept would say 0.5 (at FPR .5)
+    assert tpr_at_fpr(s, y, 0.6).value == pytest.approx(0.6)
+    assert st.value == _wen_reference(s, y, 0.6)
+    # few negatives: with 2 negatives FPR < 1% means no false positive at all
+    st = tpr_at_fpr_last_point([0.9, 0.5, 0.5, 0.1], labels(2, 2), 0.01)
+    assert st.value == pytest.approx(0.5) and "no false positive" in st.note
+    assert tpr_at_fpr([0.9, 0.5, 0.5, 0.1], labels(2, 2), 0.01).value == pytest.approx(0.51)
+    with pytest.raises(ValueError, match="fpr"):
+        tpr_at_fpr_last_point(s, y, 0.0)
+    bad = tpr_at_fpr_last_point([0.1, 0.2], [1, 1])
+    assert math.isnan(bad.value) and "one class" in bad.reason
+
+
+def test_last_point_fast_form_and_bootstrap():
+    from memberbench.metrics.stats import _tpr_last_point
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        y = rng.integers(0, 2, 150).astype(bool)
+        sc = np.round(rng.normal(size=150) + y, 1)  # many ties
+        for at in (0.01, 0.05, 0.2):
+            ref = _wen_reference(sc, y, at)
+            assert _tpr_last_point(sc, y, at, fast=True) == ref
+            assert _tpr_last_point(sc, y, at) == ref
+    pos, neg = rng.normal(2, 1, 60), rng.normal(0, 1, 240)
+    sc, yy = np.r_[pos, neg], labels(60, 240)
+    a = tpr_at_fpr_last_point(sc, yy, n_boot=300, seed=3)
+    assert a == tpr_at_fpr_last_point(sc, yy, n_boot=300, seed=3)
+    assert a.ci_low <= a.value <= a.ci_high and a.ci_low < a.ci_high
+    # the replicates are the same statistic on stratified resamples (same generator protocol)
+    g = np.random.default_rng(3)
+    groups = [np.flatnonzero(~yy.astype(bool)), np.flatnonzero(yy.astype(bool))]
+    reps = []
+    for _ in range(300):
+        idx = np.concatenate([gr[g.integers(0, len(gr), len(gr))] for gr in groups])
+        reps.append(_wen_reference(sc[idx], yy[idx], 0.01))
+    assert (a.ci_low, a.ci_high) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))

@@ -121,6 +121,11 @@ def test_trace_series_and_identities(tiny_adapter, tmp_path):
         np.testing.assert_allclose(tr["latent_norm"], np.linalg.norm(lat[1:], axis=1), rtol=1e-6)
         np.testing.assert_allclose(tr["latent_dot_xT"], lat[1:] @ xT, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(lat[-1], s.final_latent.reshape(-1), atol=1e-6)
+        # the final-latent basis, recorded on every trace (DDIM: VP form = the fp32 latents)
+        np.testing.assert_allclose(tr["latent_dot_final"], lat[1:] @ lat[-1], rtol=1e-12)
+        assert tr["latent_dot_final"][-1] == pytest.approx(tr.scalars["final_norm2"], rel=1e-12)
+        assert tr.scalars["final_norm2"] == pytest.approx(lat[-1] @ lat[-1], rel=1e-12)
+        assert tr.scalars["final_dot_xT"] == pytest.approx(lat[-1] @ xT, rel=1e-12)
         z, _ = initial_noise(s.request.seed, (4, 16, 16))
         np.testing.assert_allclose(xT, z.double().numpy().reshape(-1))
         if ref is None:
@@ -238,9 +243,16 @@ def test_nan_fails_one_sample_only(tiny_adapter):
     assert np.isfinite(bad.trace["eps_g_norm"][:2]).all()
     assert np.isnan(bad.trace["eps_g_norm"][2:]).all()
     assert np.isnan(bad.trace["latent_norm"][1:]).all()
+    # no final latent: the final-basis inner products are NaN throughout
+    assert np.isnan(bad.trace["latent_dot_final"]).all()
+    assert np.isnan([bad.trace.scalars[k] for k in ("final_norm2", "final_dot_xT")]).all()
     assert bad.unet_evals == 4
     for i in (0, 2):
         assert np.array_equal(out[i].final_latent, plain[i].final_latent)
+        assert np.isfinite(out[i].trace["latent_dot_final"]).all()
+        np.testing.assert_array_equal(
+            out[i].trace["latent_dot_final"], plain[i].trace["latent_dot_final"]
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,19 @@
-"""M6: latent decomposition x_i ~ w0_i * x + wT_i * x_T and the deviation from the schedule."""
+"""M6: latent decomposition x_i ~ w0_i * x + wT_i * x_T and the deviation from the schedule.
+
+Two bases and two alignments (docs/metrics-conventions.md):
+
+* basis ``"x"``: the prompt's training latent x (needs a reference latent at sampling time);
+  basis ``"final"``: the trajectory's own generated final latent x_final, as in the code of
+  Kim, Kim & Lee (yupeeee/Diffusion-Memorization, run/xt_decomposition.py).  It needs no
+  training image: the sampler records ``latent_dot_final``, ``final_norm2`` and
+  ``final_dot_xT`` on every trace (full latents are the fallback).
+* convention ``"m6"`` (memberbench's): state i (the output of update i) is compared with the
+  noise level it has, ``abar_next_i``; convention ``"paper"``: with ``abar_t_i``, the level
+  update i started from (one step earlier), as that code does, with basis "final" and the
+  ``sqrt_abar`` reference.  For a fixed basis the two differ by constants of the schedule:
+  ``D1_paper - D1_m6 = sum_i sqrt(abar_next_i) - sum_i sqrt(abar_t_i)`` and
+  ``D2_paper - D2_m6 = sum_i sqrt(1 - abar_t_i) - sum_i sqrt(1 - abar_next_i)``.
+"""
 
 from __future__ import annotations
 
@@ -135,7 +150,44 @@ def decompose_from_inner_products(
 # schedules and deviation scores
 
 SCHEDULES = ("sqrt_abar", "ddim_ideal")
+BASES = ("x", "final")
+CONVENTIONS = ("m6", "paper")
 EARLY_STATES = 10
+
+
+def resolve_convention(
+    convention: str = "m6", basis: str | None = None, schedule: str | None = None
+) -> tuple[str, str]:
+    """``(basis, schedule)`` for a convention; None means the convention's own choice.
+
+    ``"m6"``: basis ``"x"`` and schedule ``"sqrt_abar"`` unless given.  ``"paper"``: basis
+    ``"final"`` and schedule ``"sqrt_abar"`` only (the paper's code fits on its generated final
+    latent and compares with sqrt(abar), sqrt(1 - abar)); anything else raises.
+    """
+    if convention == "m6":
+        basis = "x" if basis is None else basis
+        schedule = "sqrt_abar" if schedule is None else schedule
+    elif convention == "paper":
+        if basis not in (None, "final"):
+            raise MemberbenchError(
+                f"convention 'paper' fits on the generated final latent (basis 'final'); "
+                f"got basis={basis!r}"
+            )
+        if schedule not in (None, "sqrt_abar"):
+            raise MemberbenchError(
+                f"convention 'paper' compares with sqrt(abar) and sqrt(1 - abar) (schedule "
+                f"'sqrt_abar'); got schedule={schedule!r}"
+            )
+        basis, schedule = "final", "sqrt_abar"
+    else:
+        raise MemberbenchError(
+            f"unknown convention {convention!r}; use one of {', '.join(CONVENTIONS)}"
+        )
+    if basis not in BASES:
+        raise MemberbenchError(f"basis must be 'x' or 'final', got {basis!r}")
+    if schedule not in SCHEDULES:
+        raise MemberbenchError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    return basis, schedule
 
 
 def schedule_reference(
@@ -204,9 +256,58 @@ def deviation_scores(
 _IP_FIELDS = ("latent_dot_x", "latent_dot_xT", "latent_norm", "x_norm2", "xT_norm2", "x_dot_xT")
 
 
-def trace_coefficients(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
-    """``(w0, wT)`` of the states 1..T of one trace: the recorded w0/wT series, or else the fit
-    from the recorded inner products."""
+_FINAL_IP_FIELDS = (
+    "latent_dot_final",
+    "latent_dot_xT",
+    "latent_norm",
+    "final_norm2",
+    "xT_norm2",
+    "final_dot_xT",
+)
+
+
+def final_basis_fit(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(w0, wT, resid_rms)`` of ``x_i ~ w0_i x_final + wT_i x_T`` for the states 1..T.
+
+    x_final is the trajectory's own last state (so w0 = 1, wT = 0 there).  From the inner
+    products the sampler records on every trace (``latent_dot_final``, ``latent_dot_xT``,
+    ``latent_norm`` and the scalars ``final_norm2``, ``xT_norm2``, ``final_dot_xT``, ``dim``;
+    :func:`decompose_from_inner_products`), else from the full latents at ``latents_path``.
+    NaN for a failed trajectory (no final latent).
+    """
+    if trace.has(*_FINAL_IP_FIELDS):
+        sc = trace.scalars
+        return decompose_from_inner_products(
+            trace.series["latent_dot_final"],
+            trace.series["latent_dot_xT"],
+            trace.series["latent_norm"],
+            sc["final_norm2"],
+            sc["xT_norm2"],
+            sc["final_dot_xT"],
+            sc.get("dim", 1.0),
+        )
+    if not trace.latents_path:
+        missing = [n for n in _FINAL_IP_FIELDS if not trace.has(n)]
+        raise MemberbenchError(
+            f"basis 'final' needs the inner products {missing} (recorded on every trace by "
+            "memberbench's sampler since SAMPLER_VERSION 2) or the trajectory's full latents "
+            "(latents_path); regenerate the samples, or sample with full latents saved"
+        )
+    lat = load_trace_latents(trace).reshape(trace.num_steps + 1, -1)
+    return decompose(lat[1:], lat[-1], lat[0])
+
+
+def trace_coefficients(trace: Trace, basis: str = "x") -> tuple[np.ndarray, np.ndarray]:
+    """``(w0, wT)`` of the states 1..T of one trace.
+
+    ``basis="x"``: the recorded w0/wT series, or else the fit from the recorded inner products
+    with the training latent.  ``basis="final"``: :func:`final_basis_fit`.
+    """
+    if basis == "final":
+        w0, wT, _ = final_basis_fit(trace)
+        return w0, wT
+    if basis != "x":
+        raise MemberbenchError(f"basis must be 'x' or 'final', got {basis!r}")
     if trace.has("w0", "wT"):
         return (
             np.asarray(trace.series["w0"], dtype=np.float64),
@@ -255,10 +356,16 @@ def load_trace_latents(trace: Trace) -> np.ndarray:
     return arr
 
 
-def _schedule_of(trace: Trace) -> tuple[np.ndarray, float]:
+def _schedule_of(trace: Trace, convention: str = "m6") -> tuple[np.ndarray, float]:
+    """The noise level each state 1..T is compared with, and abar of the first timestep.
+
+    ``"m6"``: ``abar_next`` (the state's own level); ``"paper"``: ``abar_t`` (the level of the
+    timestep update i started from, ``scheduler.timesteps[i]``).
+    """
     trace.require(["abar_t", "abar_next"], why="the schedule reference of D1/D2")
+    key = "abar_t" if convention == "paper" else "abar_next"
     return (
-        np.asarray(trace.series["abar_next"], dtype=np.float64),
+        np.asarray(trace.series[key], dtype=np.float64),
         float(trace.series["abar_t"][0]),
     )
 
@@ -266,51 +373,72 @@ def _schedule_of(trace: Trace) -> tuple[np.ndarray, float]:
 def trace_deviation(
     trace: Trace,
     *,
-    schedule: str = "sqrt_abar",
+    schedule: str | None = None,
     window: str | int = "all",
-    basis: str = "x",
+    basis: str | None = None,
+    convention: str = "m6",
 ) -> tuple[float, float]:
-    """(D1, D2) of one trajectory."""
-    ab, a1 = _schedule_of(trace)
-    if basis == "x":
-        w0, wT = trace_coefficients(trace)
-    elif basis == "final":
-        lat = load_trace_latents(trace)
-        n = lat.shape[0]
-        flat = lat.reshape(n, -1)
-        w0, wT, _ = decompose(flat[1:], flat[-1], flat[0])
-    else:
-        raise MemberbenchError(f"basis must be 'x' or 'final', got {basis!r}")
+    """(D1, D2) of one trajectory (basis/schedule default to the convention's; see
+    :func:`resolve_convention`)."""
+    basis, schedule = resolve_convention(convention, basis, schedule)
+    ab, a1 = _schedule_of(trace, convention)
+    w0, wT = trace_coefficients(trace, basis)
     return deviation_scores(w0, wT, ab, a1, schedule=schedule, window=window)
 
 
 def deviation_from_traces(
     traces: Trace | Sequence[Trace],
     *,
-    schedule: str = "sqrt_abar",
+    schedule: str | None = None,
     window: str | int = "all",
-    basis: str = "x",
+    basis: str | None = None,
+    convention: str = "m6",
 ) -> dict[str, Any]:
-    """Seed-averaged ``W0``, ``WT`` and D1/D2 for the traces of one prompt (one per seed)."""
+    """Seed-averaged ``W0``, ``WT`` and D1/D2 for the traces of one prompt (one per seed).
+
+    ``convention="m6"`` (default: basis ``"x"``, schedule ``"sqrt_abar"``, state i against
+    ``abar_next_i``) or ``"paper"`` (basis ``"final"``, ``sqrt_abar`` at ``abar_t_i``: the
+    paper code's alignment; image-free).  ``basis="final"`` reads the recorded inner products
+    with the final latent, else the full latents.  Returns ``W0``, ``WT`` (per state 1..T),
+    ``D1``, ``D2``, ``n_seeds``, ``basis``, ``schedule``, ``convention``.
+    """
     from memberbench.metrics.base import as_traces
 
+    basis, schedule = resolve_convention(convention, basis, schedule)
     ts = as_traces(traces)
-    ab, a1 = _schedule_of(ts[0])
+    ab, a1 = _schedule_of(ts[0], convention)
     ws = []
     for t in ts:
-        ab_t, _ = _schedule_of(t)
+        ab_t, _ = _schedule_of(t, convention)
         if ab_t.shape != ab.shape or not np.allclose(ab_t, ab):
             raise MemberbenchError("traces of one prompt must share the sampling schedule")
-        if basis == "x":
-            ws.append(trace_coefficients(t))
-        else:
-            lat = load_trace_latents(t).reshape(t.num_steps + 1, -1)
-            w0, wT, _ = decompose(lat[1:], lat[-1], lat[0])
-            ws.append((w0, wT))
+        ws.append(trace_coefficients(t, basis))
     W0 = np.mean([w[0] for w in ws], axis=0)
     WT = np.mean([w[1] for w in ws], axis=0)
     d1, d2 = deviation_scores(W0, WT, ab, a1, schedule=schedule, window=window)
-    return {"W0": W0, "WT": WT, "D1": d1, "D2": d2, "n_seeds": len(ts)}
+    return {
+        "W0": W0,
+        "WT": WT,
+        "D1": d1,
+        "D2": d2,
+        "n_seeds": len(ts),
+        "basis": basis,
+        "schedule": schedule,
+        "convention": convention,
+    }
+
+
+def paper_deviation_from_traces(
+    traces: Trace | Sequence[Trace], *, window: str | int = "all"
+) -> dict[str, Any]:
+    """D1/D2 with the paper code's conventions (image-free; every prompt):
+    ``deviation_from_traces(traces, convention="paper", window=window)``.
+
+    ``D1 = sum_i (W0_i - sqrt(abar_t_i))``, ``D2 = -sum_i (WT_i - sqrt(1 - abar_t_i))`` over
+    the states i = 1..T (the output of update i, paired with ``abar_t`` at
+    ``scheduler.timesteps[i]``), W0/WT the seed means of the fit on ``[x_final, x_T]``.
+    """
+    return deviation_from_traces(traces, convention="paper", window=window)
 
 
 def deviation_from_latents(
@@ -362,14 +490,15 @@ class _Deviation(TraceMetric):
     _index = 0
 
     def __init__(
-        self, schedule: str = "sqrt_abar", window: str | int = "all", basis: str = "x"
+        self,
+        schedule: str | None = None,
+        window: str | int = "all",
+        basis: str | None = None,
+        convention: str = "m6",
     ) -> None:
-        if schedule not in SCHEDULES:
-            raise MemberbenchError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
+        basis, schedule = resolve_convention(convention, basis, schedule)
         window_slice(window, 1)
-        if basis not in ("x", "final"):
-            raise MemberbenchError(f"basis must be 'x' or 'final', got {basis!r}")
-        super().__init__(schedule=schedule, window=window, basis=basis)
+        super().__init__(schedule=schedule, window=window, basis=basis, convention=convention)
 
     def required_fields(self) -> tuple[str, ...]:
         return ("abar_t", "abar_next")
@@ -380,8 +509,7 @@ class _Deviation(TraceMetric):
         ts = as_traces(traces)
         for t in ts:
             t.require(list(self.required_fields()), why=f"metric {self.name!r}")
-            if self.params["basis"] == "x":
-                trace_coefficients(t)  # raises naming the missing fields
+            trace_coefficients(t, self.params["basis"])  # raises naming the missing fields
         return np.array([self.per_sample(t) for t in ts], dtype=np.float64)
 
     def per_sample(self, trace: Trace) -> float:

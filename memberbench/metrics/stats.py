@@ -185,13 +185,24 @@ def _auc_fast(s: np.ndarray, y: np.ndarray) -> float:
     return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def _roc_fast(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``roc_curve(y, s, drop_intermediate=False)``'s (fpr, tpr) without sklearn's checks."""
+def _roc_fast(
+    s: np.ndarray, y: np.ndarray, drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``roc_curve(y, s, drop_intermediate=...)``'s (fpr, tpr) without sklearn's checks.
+
+    With ``drop_intermediate`` a point is dropped, as sklearn does, where both the false- and
+    the true-positive counts change by the same amount before and after it (a point inside a
+    straight run of the curve); the first and last points are kept.
+    """
     order = np.argsort(-s, kind="mergesort")
     ss, yy = s[order], y[order]
     last = np.r_[np.flatnonzero(np.diff(ss)), ss.size - 1]  # last index of each distinct score
     tp = np.cumsum(yy)[last]
     fp = (last + 1) - tp
+    if drop_intermediate and tp.size > 2:
+        bend = (np.diff(fp, 2) != 0) | (np.diff(tp, 2) != 0)
+        keep = np.r_[True, bend, True]
+        tp, fp = tp[keep], fp[keep]
     tpr = np.r_[0.0, tp / tp[-1]]
     fpr = np.r_[0.0, fp / fp[-1]]
     return fpr, tpr
@@ -280,6 +291,66 @@ def tpr_at_fpr(
     if n_boot > 0:
         lo, hi, _, nv = bootstrap_ci(
             lambda a, b: _tpr_at(a, b, fpr, fast=True),
+            s,
+            y,
+            n_boot=n_boot,
+            seed=seed,
+            level=level,
+            strata=y,
+        )
+        if _boot_note(nv, n_boot):
+            notes.append(_boot_note(nv, n_boot))
+    return Stat(val, se, lo, hi, int(s.size), "", "; ".join(notes))
+
+
+def _tpr_last_point(s: np.ndarray, y: np.ndarray, fpr: float, fast: bool = False) -> float:
+    """TPR of the last point of sklearn's default ROC (drop_intermediate=True) whose FPR is
+    strictly below ``fpr`` -- Wen et al.'s ``tpr[np.where(fpr < .01)[0][-1]]``."""
+    if y.all() or not y.any():
+        return NAN
+    if fast:
+        f, t = _roc_fast(s, y, drop_intermediate=True)
+    else:
+        from sklearn.metrics import roc_curve
+
+        f, t, _ = roc_curve(y.astype(int), s)
+    return float(t[np.flatnonzero(f < fpr)[-1]])  # (0, 0) always qualifies for fpr > 0
+
+
+def tpr_at_fpr_last_point(
+    scores: Any,
+    labels: Any,
+    fpr: float = 0.01,
+    *,
+    n_boot: int = 0,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Stat:
+    """Wen et al.'s TPR@``fpr``: the TPR of the last ROC point with FPR strictly below ``fpr``.
+
+    The ROC is ``sklearn.metrics.roc_curve`` with its default ``drop_intermediate=True`` (which
+    can matter: points inside straight runs are gone).  No interpolation, so it is at most
+    :func:`tpr_at_fpr`'s value.  Standard error and stratified bootstrap CI as in
+    :func:`tpr_at_fpr`.
+    """
+    if not 0 < fpr <= 1:
+        raise ValueError(f"fpr must be in (0, 1], got {fpr}")
+    s, y, why = _check_binary(scores, labels)
+    if why:
+        return Stat.nan(why, n=s.size)
+    val = _tpr_last_point(s, y, fpr)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    se = math.sqrt(val * (1 - val) / n1)
+    notes = []
+    if n0 * fpr <= 1:
+        notes.append(
+            f"only {n0} negatives: an FPR below {fpr} allows no false positive, so this is the "
+            "TPR at zero false positives"
+        )
+    lo = hi = NAN
+    if n_boot > 0:
+        lo, hi, _, nv = bootstrap_ci(
+            lambda a, b: _tpr_last_point(a, b, fpr, fast=True),
             s,
             y,
             n_boot=n_boot,

@@ -24,6 +24,13 @@ Conventions
   the update that produced it (-1: the initial latent); the rest of the batch continues.
 * Full latents (states 0..T, float32, VP form) go to ``record_latents_dir/<name>.npz`` (array
   ``latents``), one file per sample, only when ``record_latents_dir`` is set.
+* Image-free decomposition: every trace (with or without a reference latent) holds
+  ``latent_dot_final`` = <x_i, x_final> for the states i = 1..T and the scalars
+  ``final_norm2`` = ||x_final||^2 and ``final_dot_xT`` = <x_final, x_T>, x_final being the
+  trajectory's own last state (VP form, fp64).  x_final is only known after the last update,
+  so the loop keeps the batch's states 1..T on the device in fp64 (B x T x d x 8 bytes, e.g.
+  107 MB for 16 SD-1.x latents over 50 steps) and takes the dots at the end.  A failed
+  sample has no final latent: its ``latent_dot_final`` is NaN throughout and both scalars NaN.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from memberbench.types import BRANCHES, GenerationRequest, MemberbenchError, Sam
 HOOK_META_KEY = "meta"
 
 # Bump whenever the sampler's numerics or trace contents change: it is part of the cache key.
-SAMPLER_VERSION = "1"
+SAMPLER_VERSION = "2"  # 2: latent_dot_final, final_norm2, final_dot_xT
 
 # per-step series that need no reference latent
 BASE_SERIES = (
@@ -62,6 +69,7 @@ BASE_SERIES = (
     *(f"x0_{b}_norm" for b in BRANCHES),
     "latent_norm",
     "latent_dot_xT",
+    "latent_dot_final",
 )
 # series recorded only when a reference (training) latent x is given
 REF_SERIES = (
@@ -92,6 +100,8 @@ STATE_SERIES = (
     ("latent_norm", "latent_dot_xT", "latent_dot_x", "w0", "wT", "resid_rms"),
 )
 _STATE_SERIES = frozenset(("latent_norm", "latent_dot_xT", "latent_dot_x", "w0", "wT", "resid_rms"))
+# series that need the final state: meaningless for a failed sample (NaN throughout)
+_FINAL_SERIES = frozenset(("latent_dot_final",))
 _SCHEDULE_SERIES = frozenset(("timestep", "abar_t", "abar_next"))
 
 
@@ -305,10 +315,8 @@ class TracedSampler:
         xT = (latents.to(torch.float64) * vp0).reshape(B, d)
         pred_idx = torch.tensor([col[k] for k in PRED_SERIES[X is not None]], device=dev)
         state_idx = torch.tensor([col[k] for k in STATE_SERIES[X is not None]], device=dev)
-        full = None
-        if self.record_latents_dir is not None:
-            full = np.full((B, T + 1, *shape), np.nan, dtype=np.float32)
-            full[:, 0] = xT.reshape(B, *shape).float().cpu().numpy()
+        # states 1..T of the batch (VP form, fp64), for the dots with the final state
+        states = torch.zeros((B, T, d), dtype=torch.float64, device=dev)
 
         alive = torch.isfinite(xT).all(1)
         failed_step = [None if bool(a) else -1 for a in alive.tolist()]
@@ -386,8 +394,19 @@ class TracedSampler:
                 w0, wT, rr = decompose_batch(L, X, xT)
                 parts += [ldots[:, 1:], torch.stack([w0, wT, rr], 1).to(dev)]
             rec[state_idx, i] = torch.cat(parts, 1).T
-            if full is not None:
-                full[:, i + 1] = L.reshape(B, *shape).float().cpu().numpy()
+            states[:, i] = L
+
+        # --- the final-latent basis: <x_i, x_final>, ||x_final||^2, <x_final, x_T> ------------
+        x_fin = states[:, -1]
+        rec[col["latent_dot_final"]] = torch.bmm(states, x_fin[:, :, None])[:, :, 0].T
+        scal_fin2 = (x_fin * x_fin).sum(1).cpu().numpy()
+        scal_finxT = (x_fin * xT).sum(1).cpu().numpy()
+        full = None
+        if self.record_latents_dir is not None:
+            full = np.empty((B, T + 1, *shape), dtype=np.float32)
+            full[:, 0] = xT.reshape(B, *shape).float().cpu().numpy()
+            full[:, 1:] = states.reshape(B, T, *shape).float().cpu().numpy()
+        del states, x_fin
 
         # --- outputs ----------------------------------------------------------------------------
         ok = [fs is None for fs in failed_step]
@@ -409,14 +428,22 @@ class TracedSampler:
         for b, r in enumerate(reqs):
             series_names = BASE_SERIES if not has_ref[b] else names_series
             series = {k: rec_np[col[k], :, b].copy() for k in series_names}
-            scalars = {"xT_norm2": float(scal_xT[b]), "dim": float(d)}
+            scalars = {
+                "xT_norm2": float(scal_xT[b]),
+                "final_norm2": float(scal_fin2[b]),
+                "final_dot_xT": float(scal_finxT[b]),
+                "dim": float(d),
+            }
             if has_ref[b]:
                 scalars["x_norm2"] = float(scal_x[b])
                 scalars["x_dot_xT"] = float(scal_xxT[b])
             fs = failed_step[b]
             if fs is not None:  # nothing from the failure on is meaningful
+                scalars["final_norm2"] = scalars["final_dot_xT"] = float("nan")
                 for k in series:
-                    if k in _STATE_SERIES:
+                    if k in _FINAL_SERIES:  # no final latent at all
+                        series[k][:] = np.nan
+                    elif k in _STATE_SERIES:
                         series[k][max(fs, 0) :] = np.nan
                     elif k not in _SCHEDULE_SERIES:
                         series[k][fs + 1 :] = np.nan
