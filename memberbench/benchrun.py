@@ -68,6 +68,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
 LATENT_POLICIES = ("auto", "all", "none")
 LABEL_POLICIES = ("own", "side")
+SSCD_RECIPES = ("skew_320", "wen", "membench", "kim")
 # The measured-memorization rule of --mem-rule auto.  Real models: the reference paper's SSCD
 # threshold on the per-prompt mean over seeds.  The bundled model: its VAE caps what any
 # generation can score (a canary image through its own VAE reconstruction reaches only about
@@ -156,6 +157,17 @@ def parse_floats(text: str, what: str) -> list[float]:
     return out
 
 
+def _check_recipe(name: str) -> str:
+    """``--sscd-recipe``: a name of memberbench.metrics.sscd.RECIPES (checked without importing
+    numpy: the names are repeated here and a test keeps them equal)."""
+    if name not in SSCD_RECIPES:
+        raise MemberbenchError(
+            f"unknown --sscd-recipe {name!r}; allowed: {', '.join(SSCD_RECIPES)} (see "
+            "docs/metrics-conventions.md)"
+        )
+    return name
+
+
 def parse_mem_rule(rule: str) -> tuple[str, float, float] | None:
     """``--mem-rule``: ``auto`` (None here: resolved per model), ``sscd>=T`` (per-prompt mean
     SSCD over seeds at least T) or ``rel>=T`` (that mean divided by the prompt's VAE ceiling
@@ -225,6 +237,7 @@ class BenchConfig:
     cache_dir: str | None = None  # None: the default cache; "none": no cache
     latents: str = "auto"
     sscd_model: str | None = None
+    sscd_recipe: str = "skew_320"
     clip: str = "auto"
     clip_pretrained: str | None = None
     n_boot: int = 200
@@ -339,6 +352,7 @@ def make_config(opts: dict[str, Any]) -> BenchConfig:
         cache_dir=o.get("cache_dir"),
         latents=latents,
         sscd_model=o.get("sscd_model"),
+        sscd_recipe=_check_recipe(o.get("sscd_recipe") or "skew_320"),
         clip=o.get("clip") or "auto",
         clip_pretrained=o.get("clip_pretrained"),
         n_boot=positive_int(o["n_boot"], "--n-boot", allow_zero=True),
@@ -423,7 +437,7 @@ class BenchRun:
         if self._sscd is None:
             from memberbench.metrics.sscd import SSCDScorer
 
-            self._sscd = SSCDScorer(model=self.config.sscd_model)
+            self._sscd = SSCDScorer(model=self.config.sscd_model, recipe=self.config.sscd_recipe)
         return self._sscd
 
     @property
@@ -985,6 +999,40 @@ class BenchRun:
                 continue
         self._memo[key] = out
         return out
+
+    def paper_deviation(
+        self, side: str, window: str | int = "all", guidance: float | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """{prompt_id: {"D1", "D2", "W0", "WT"}} with the paper code's conventions (each state
+        fitted on the trajectory's own final latent and x_T; sqrt(abar_t) alignment): needs no
+        training image, so every prompt gets one."""
+        key = ("devpaper", side, window, guidance)
+        if key in self._memo:
+            return self._memo[key]
+        from memberbench.metrics.decomposition import paper_deviation_from_traces
+
+        out: dict[str, dict[str, Any]] = {}
+        for pid, gens in self.ok_gens(side, guidance).items():
+            try:
+                out[pid] = paper_deviation_from_traces([x.trace for x in gens], window=window)
+            except _mbe():
+                continue
+        self._memo[key] = out
+        return out
+
+    def wen_raw(self, side: str, k: int = 1, guidance: float | None = None):
+        """Wen et al.'s convention: ``||out_c - out_u||`` of the UNet's raw output (v for a
+        v-prediction model), mean over the first k steps and over seeds."""
+        from memberbench.metrics.noise_magnitude import raw_output_magnitude
+
+        k = min(k, self.config.steps)
+        pred = getattr(self.adapter, "prediction_type", None) or "epsilon"
+        return self.per_prompt(
+            f"wenraw{k}",
+            side,
+            lambda ts: np.mean([raw_output_magnitude(t, k, pred) for t in ts]),
+            guidance,
+        )
 
     def wen(self, side: str, k: int = 1, guidance: float | None = None, seeds: Any = None):
         from memberbench.metrics.noise_magnitude import text_conditional_magnitude

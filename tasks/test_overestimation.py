@@ -141,6 +141,27 @@ def test_deviation_d1_d2(mb, record_metric, record_series, side):
     )
 
 
+@pytest.mark.parametrize("side", SIDES)
+def test_deviation_paper_code(mb, record_metric, side):
+    """D1/D2 with the paper code's conventions: each state fitted on the trajectory's own final
+    latent and x_T (no training image: every prompt of every set), compared with sqrt(abar) at
+    the timestep that produced the state (docs/metrics-conventions.md)."""
+    dev = mb.paper_deviation(side)
+    if not dev:
+        pytest.skip(f"no {side} trajectory has the final-latent fields")
+    for key, name in (("D1", "d1.paper"), ("D2", "d2.paper")):
+        vals = {p: v[key] for p, v in dev.items()}
+        record_metric(
+            f"{name}{SUFFIX[side]}",
+            mean_stat(list(vals.values()), name),
+            higher_is_better=None,
+            per_prompt=vals,
+            prompt_set=side,
+            description=f"M6, the paper code's convention: {key} on the [x_final, x_T] basis, "
+            "sqrt(abar_t) alignment",
+        )
+
+
 def _pairs(per_side: dict[str, dict[str, float]], sscd_side: dict[str, dict[str, float]], sides):
     xs, ys = [], []
     for side in sides:
@@ -168,6 +189,7 @@ def test_correlation_with_sscd_m7(mb, record_metric):
         "d1": {s: {p: v["D1"] for p, v in mb.deviation(s).items()} for s in sscd},
         "d2": {s: {p: v["D2"] for p, v in mb.deviation(s).items()} for s in sscd},
         "wen": {s: mb.wen(s, 1) for s in sscd},
+        "d1_paper": {s: {p: v["D1"] for p, v in mb.paper_deviation(s).items()} for s in sscd},
     }
     nb = mb.config.n_boot
     for score, per_side in scores.items():

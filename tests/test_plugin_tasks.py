@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_fetch_images import Server
 from test_plugin import _this_checkout, write_prompt_files  # noqa: F401 (autouse fixture)
 
+from memberbench import cli
 from memberbench.results import validate_file
 
 pytest_plugins = ["pytester"]
@@ -138,7 +140,7 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
         "-k",
         "test_detection[wen]",
     )
-    r.assert_outcomes(passed=1, deselected=6)
+    r.assert_outcomes(passed=1, deselected=10)
     m3 = json.loads(out3.read_text())["metrics"]
     expected = np.mean([(wen[a] > wen[b]) + 0.5 * (wen[a] == wen[b]) for a in pos for b in neg])
     assert m3["detect_auc.wen.k1"]["value"] == pytest.approx(expected)
@@ -249,10 +251,6 @@ def test_fetch_images_then_run_scores_every_recovered_row(pytester, tiny_pipelin
     """`memberbench fetch-images` against a local server, then the tasks on its output: SSCD
     (the best match over a row's several images) and D1 on exactly the recovered rows, and the
     coverage line says how many were recovered."""
-    from test_fetch_images import Server
-
-    from memberbench import cli
-
     server = Server()
     try:
         rows = [

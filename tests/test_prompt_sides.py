@@ -313,3 +313,14 @@ def test_measured_labels_explicit_rule(monkeypatch):
     assert run.mem_rule()["why"] == "given with --mem-rule"
     assert run.measured_labels()["memorized"] == {"a": True, "b": True, "c": True}
     assert run.measured_labels()["nonmemorized"] == {"n1": True}
+
+
+def test_sscd_recipe_names_are_the_declared_ones():
+    """The option parser repeats the recipe names so that it imports nothing heavy."""
+    from memberbench.benchrun import SSCD_RECIPES
+    from memberbench.metrics.sscd import RECIPES
+
+    assert tuple(RECIPES) == SSCD_RECIPES
+    assert make_config({"sscd_recipe": "wen"}).sscd_recipe == "wen"
+    with pytest.raises(MemberbenchError, match="unknown --sscd-recipe 'wenn'.*skew_320"):
+        make_config({"sscd_recipe": "wenn"})
