@@ -287,17 +287,16 @@ def tpr_at_fpr(
             f"only {n0} negatives: FPR {fpr} lies below one false positive (1/{n0}), so the "
             "value is interpolated between the ROC's first points"
         )
+    return _tpr_stat(
+        val, se, notes, s, y, lambda a, b: _tpr_at(a, b, fpr, fast=True), n_boot, seed, level
+    )
+
+
+def _tpr_stat(val, se, notes, s, y, point, n_boot: int, seed: int, level: float) -> Stat:
+    """A TPR Stat with the stratified bootstrap CI of ``point(scores, labels)``."""
     lo = hi = NAN
     if n_boot > 0:
-        lo, hi, _, nv = bootstrap_ci(
-            lambda a, b: _tpr_at(a, b, fpr, fast=True),
-            s,
-            y,
-            n_boot=n_boot,
-            seed=seed,
-            level=level,
-            strata=y,
-        )
+        lo, hi, _, nv = bootstrap_ci(point, s, y, n_boot=n_boot, seed=seed, level=level, strata=y)
         if _boot_note(nv, n_boot):
             notes.append(_boot_note(nv, n_boot))
     return Stat(val, se, lo, hi, int(s.size), "", "; ".join(notes))
@@ -347,20 +346,8 @@ def tpr_at_fpr_last_point(
             f"only {n0} negatives: an FPR below {fpr} allows no false positive, so this is the "
             "TPR at zero false positives"
         )
-    lo = hi = NAN
-    if n_boot > 0:
-        lo, hi, _, nv = bootstrap_ci(
-            lambda a, b: _tpr_last_point(a, b, fpr, fast=True),
-            s,
-            y,
-            n_boot=n_boot,
-            seed=seed,
-            level=level,
-            strata=y,
-        )
-        if _boot_note(nv, n_boot):
-            notes.append(_boot_note(nv, n_boot))
-    return Stat(val, se, lo, hi, int(s.size), "", "; ".join(notes))
+    point = lambda a, b: _tpr_last_point(a, b, fpr, fast=True)  # noqa: E731
+    return _tpr_stat(val, se, notes, s, y, point, n_boot, seed, level)
 
 
 def detection(
