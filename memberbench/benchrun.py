@@ -429,6 +429,8 @@ class BenchRun:
     @property
     def mitigation(self) -> Any:
         if self._mitigation is None:
+            from memberbench.mitigations import build_mitigation
+
             self._mitigation = build_mitigation(self.config.mitigation)
         return self._mitigation
 
@@ -480,9 +482,9 @@ class BenchRun:
 
             if choice == "bundled" or (choice == "auto" and self.is_bundled):
                 try:
-                    from memberbench.bundled.clip_scorer import load_bundled_clip
+                    from memberbench.registry import CLIP_SCORERS
 
-                    loaded = load_bundled_clip()
+                    loaded = CLIP_SCORERS.get("bundled")()
                 except Exception as e:  # weights not shipped / corrupted
                     raise Skip(
                         f"no CLIP weights: the bundled CLIP scorer could not be loaded ({e})"
@@ -1172,18 +1174,6 @@ class BenchRun:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
-
-
-def build_mitigation(spec: str) -> Any:
-    from memberbench import mitigations
-
-    builder = getattr(mitigations, "build_mitigation", None)
-    if builder is not None:
-        return builder(spec)
-    from memberbench.registry import MITIGATIONS, parse_spec
-
-    name, params = parse_spec(spec)
-    return MITIGATIONS.get(name)(**params)
 
 
 def environment() -> dict[str, Any]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memberbench.registry import slug  # noqa: F401  (re-exported: leaderboard.slug)
 from memberbench.results import ResultsError, load_results
 
 # (metric, column title) of the headline table
@@ -83,14 +84,6 @@ class Entry:
     @property
     def mitigation_name(self) -> str:
         return str((self.doc.get("mitigation") or {}).get("name") or self.mitigation)
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a model or mitigation spec ("delayed_cfg:start=10" ->
-    "delayed_cfg-start=10")."""
-    s = re.sub(r"[:,/\\ ]+", "-", str(text).strip())
-    s = re.sub(r"[^A-Za-z0-9._=+-]", "", s).strip("-.")
-    return s or "unnamed"
 
 
 def add_run(src: str | Path, root: str | Path = "leaderboard") -> Path:

@@ -302,13 +302,9 @@ def _check_run(config: pytest.Config, run: Any) -> None:
 
     cfg = run.config
     try:
-        from memberbench.adapters import _ensure_builtin
-        from memberbench.registry import MODELS, parse_spec
+        from memberbench.adapters import check_model_spec
 
-        _ensure_builtin()
-        name, _ = parse_spec(cfg.model)
-        if name not in MODELS:
-            raise MODELS.unknown(name)
+        check_model_spec(cfg.model)
         _ = run.mitigation  # builds it: unknown names / parameters are refused here
         from memberbench.sampling.schedulers import check_scheduler_name
 
@@ -616,8 +612,7 @@ def _results_path(config: pytest.Config, run: Any) -> Path:
     p = config.getoption("mb_results")
     if p:
         return Path(p)
-    from memberbench.leaderboard import slug
-    from memberbench.registry import parse_spec
+    from memberbench.registry import parse_spec, slug
 
     model = slug(parse_spec(run.config.model)[0])
     return (

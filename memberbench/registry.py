@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any
@@ -38,6 +39,14 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
                 )
             params[key.strip()] = value.strip()
     return name.strip(), params
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a model or mitigation spec ("delayed_cfg:start=10" ->
+    "delayed_cfg-start=10")."""
+    s = re.sub(r"[:,/\\ ]+", "-", str(text).strip())
+    s = re.sub(r"[^A-Za-z0-9._=+-]", "", s).strip("-.")
+    return s or "unnamed"
 
 
 class Registry:
@@ -105,6 +114,10 @@ MODELS = Registry("model", "memberbench.models")
 MITIGATIONS = Registry("mitigation", "memberbench.mitigations")
 METRICS = Registry("metric", "memberbench.metrics")
 PROMPT_SETS = Registry("prompt set", "memberbench.prompt_sets")
+# Loaders of CLIP utility scorers, ``load() -> (model, preprocess, tokenizer[, describe])``; the
+# bundled model's own scorer is an entry like any other (named, imported on first use).
+CLIP_SCORERS = Registry("CLIP scorer", "memberbench.clip_scorers")
+CLIP_SCORERS.register("bundled", "memberbench.bundled.clip_scorer:load_bundled_clip")
 
 
 def register_model(name: str) -> Callable[[Any], Any]:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -23,15 +22,9 @@ def resolve_mitigation(spec: Any) -> Any:
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
         return None
     if isinstance(spec, str):
-        mit = importlib.import_module("memberbench.mitigations")
-        build = getattr(mit, "build_mitigation", None)
-        if build is not None:
-            spec = build(spec)
-        else:  # pragma: no cover - before the mitigations package had build_mitigation
-            from memberbench.registry import MITIGATIONS, parse_spec
+        from memberbench.mitigations import build_mitigation
 
-            name, params = parse_spec(spec)
-            spec = MITIGATIONS.get(name)(**params)
+        spec = build_mitigation(spec)
     if getattr(spec, "name", None) == "none" and not list(spec.hooks()):
         return None
     return spec

@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     args = ap.parse_args(argv)
 
-    from memberbench.leaderboard import slug
-    from memberbench.registry import parse_spec
+    from memberbench.registry import parse_spec, slug
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
     specs = settings(methods)

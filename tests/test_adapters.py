@@ -12,6 +12,7 @@ import torch
 
 from memberbench.adapters import Adapter, load_adapter, model_card
 from memberbench.adapters.cards import CARDS
+from memberbench.bundled.card import BUNDLED
 from memberbench.registry import MODELS
 from memberbench.types import MemberbenchError
 
@@ -188,7 +189,7 @@ def test_v_prediction_is_converted_to_epsilon(tiny_pipeline_dir):
     pipe.scheduler = DDIMScheduler.from_config(
         pipe.scheduler.config, prediction_type="v_prediction"
     )
-    ad = StableDiffusionAdapter(pipe, CARDS["bundled"], device="cpu")
+    ad = StableDiffusionAdapter(pipe, BUNDLED, device="cpu")
     assert ad.prediction_type == "v_prediction"
     assert ad.make_scheduler().config.prediction_type == "epsilon"
     x = torch.randn(1, 4, 16, 16)

@@ -109,8 +109,8 @@ def test_raw_output_magnitude_equals_v_unet_output(tiny_pipeline_dir):
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from memberbench.adapters.cards import CARDS
     from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
+    from memberbench.bundled.card import BUNDLED
     from memberbench.sampling.sampler import TracedSampler, initial_noise
     from memberbench.types import GenerationRequest
 
@@ -118,7 +118,7 @@ def test_raw_output_magnitude_equals_v_unet_output(tiny_pipeline_dir):
     pipe.scheduler = DDIMScheduler.from_config(
         pipe.scheduler.config, prediction_type="v_prediction"
     )
-    ad = StableDiffusionAdapter(pipe, CARDS["bundled"], device="cpu")
+    ad = StableDiffusionAdapter(pipe, BUNDLED, device="cpu")
     req = GenerationRequest("a red circle", seed=4, steps=3, guidance=7.5)
     (s,) = TracedSampler(ad).sample([req])
     sched = ad.make_scheduler("ddim")

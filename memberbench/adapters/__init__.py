@@ -26,6 +26,7 @@ __all__ = [
     "tensor_fingerprint",
     "load_adapter",
     "model_card",
+    "check_model_spec",
     "StableDiffusionAdapter",
 ]
 
@@ -34,6 +35,16 @@ DEFAULT_MODEL = "bundled"
 
 def _ensure_builtin() -> None:
     import memberbench.adapters.cards  # noqa: F401  (registers the built-in cards)
+
+
+def check_model_spec(spec: str) -> str:
+    """The model name of ``spec`` if it is registered; else the "did you mean" error. Loads
+    nothing."""
+    _ensure_builtin()
+    name, _ = parse_spec(spec or DEFAULT_MODEL)
+    if name not in MODELS:
+        raise MODELS.unknown(name)
+    return name
 
 
 def model_card(spec: str) -> ModelCard | None:

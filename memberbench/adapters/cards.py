@@ -17,32 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from memberbench.adapters.base import Adapter, ModelCard
-from memberbench.bundled.world import SIZE as WORLD_SIZE
 from memberbench.registry import MODELS
 from memberbench.types import MemberbenchError
-
-BUNDLED = ModelCard(
-    name="bundled",
-    repo_id="bundled",
-    revision=None,
-    resolution=WORLD_SIZE,
-    prediction_type="v_prediction",
-    training_data=(
-        "memberbench's synthetic world (memberbench/bundled/world.py): coloured shapes on "
-        "backgrounds, captioned half with and half without the background, plus canary images "
-        "with invented-word captions, duplicated at graded rates (world.DUPLICATION_LEVELS, "
-        "world.CANARIES_PER_LEVEL canaries per level) so memorization severity spans a range; each canary caption also captions world.DECOYS_PER_CANARY ordinary shape images, "
-        "so memorization depends on guidance; 10% caption dropout; SD 1.x training schedule, "
-        "v-prediction like SD 2.x (recipe.json has the details)"
-    ),
-    notes=(
-        f"Trained on CPU by `memberbench train-bundled`; {WORLD_SIZE}x{WORLD_SIZE} RGB, f=4 VAE, "
-        "4x16x16 latents; verified "
-        "against MANIFEST.sha256 on every load (a path= override skips the manifest)."
-    ),
-    defaults={"guidance": 7.5, "steps": 50, "scheduler": "ddim"},
-    prompt_sets={"memorized": "bundled-memorized", "nonmemorized": "bundled-nonmemorized"},
-)
 
 # Webster's SD 1 parquet labels its N rows non-memorized; they stay so (a set's rows keep their
 # own labels), and NeMo's 500 non-memorized LAION prompts are the SD 1.x negatives.
@@ -126,9 +102,7 @@ REALISTIC_VISION = ModelCard(
     },
 )
 
-CARDS: dict[str, ModelCard] = {
-    c.name: c for c in (BUNDLED, SD_14, SD_15, SD_21_BASE, REALISTIC_VISION)
-}
+CARDS: dict[str, ModelCard] = {c.name: c for c in (SD_14, SD_15, SD_21_BASE, REALISTIC_VISION)}
 
 SPEC_KEYS = ("path", "revision", "dtype", "device", "vae")
 
@@ -152,32 +126,33 @@ class CardFactory:
         return f"CardFactory({self.card.name!r})"
 
     def __call__(self, params: dict[str, Any] | None = None) -> Adapter:
-        from memberbench.adapters.stable_diffusion import (
-            StableDiffusionAdapter,
-            parse_device,
-            parse_dtype,
-        )
+        from memberbench.devices import parse_device, parse_dtype
 
         params = dict(params or {})
         _check_keys(self.card.name, params)
         # bad values fail here, before any weights are read
         params["dtype"] = parse_dtype(params.get("dtype"))
         params["device"] = parse_device(params.get("device"))
-        card = self.card
+        return self.load(self.card, params)
+
+    def load(self, card: ModelCard, params: dict[str, Any]) -> Adapter:
+        """Load the weights for already-checked ``params``; cards of other worlds override it."""
+        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
+
         path = params.get("path") or None
         revision = params.get("revision") or card.revision
         vae = params.get("vae", card.defaults.get("vae"))
         if isinstance(vae, str) and vae.lower() in ("", "none", "model"):
             vae = None
-        if card.name == "bundled":
-            return _load_bundled(card, path, params)
         if path:
-            card = _with(card, notes=(card.notes + f" Loaded from local path {path}.").strip())
+            card = with_changes(
+                card, notes=(card.notes + f" Loaded from local path {path}.").strip()
+            )
             return StableDiffusionAdapter.from_pretrained(
                 path, card, device=params.get("device"), dtype=params.get("dtype"), vae=vae
             )
         if revision != card.revision:
-            card = _with(card, revision=revision)
+            card = with_changes(card, revision=revision)
         return StableDiffusionAdapter.from_pretrained(
             card.repo_id,
             card,
@@ -188,37 +163,21 @@ class CardFactory:
         )
 
 
-def _with(card: ModelCard, **changes: Any) -> ModelCard:
+def with_changes(card: ModelCard, **changes: Any) -> ModelCard:
+    """A copy of ``card`` with some fields replaced."""
     from dataclasses import replace
 
     return replace(card, **changes)
 
 
-def _load_bundled(card: ModelCard, path: str | None, params: dict[str, Any]) -> Adapter:
-    from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
-    from memberbench.bundled import WEIGHTS_DIR, verify_manifest
-
-    if path:
-        card = _with(card, notes=card.notes + f" Loaded from {path} (manifest not checked).")
-        src = path
-    else:
-        model_dir = WEIGHTS_DIR / "model"
-        if not model_dir.is_dir():
-            raise MemberbenchError(
-                f"the bundled model is not in {model_dir}: the package installation is "
-                "incomplete or the weights were not built yet. Reinstall memberbench, rebuild "
-                "them with `memberbench train-bundled`, or point at a copy with "
-                "--model bundled:path=/dir/with/model_index.json"
-            )
-        digest = verify_manifest(WEIGHTS_DIR, subdir="model")
-        card = _with(card, revision=f"manifest-sha256:{digest[:16]}")
-        src = str(model_dir)
-    return StableDiffusionAdapter.from_pretrained(
-        src, card, device=params.get("device"), dtype=params.get("dtype")
-    )
+# The bundled model is an application on top of the library: its card and loader live in
+# memberbench/bundled/card.py and are registered here by name only, imported on first use.
+BUNDLED_ENTRY = "memberbench.bundled.card:FACTORY"
 
 
 def register_builtin_cards() -> None:
+    if "bundled" not in MODELS:
+        MODELS.register("bundled", BUNDLED_ENTRY)
     for name, card in CARDS.items():
         if name not in MODELS:
             MODELS.register(name, CardFactory(card))

@@ -18,46 +18,9 @@ import numpy as np
 import torch
 
 from memberbench.adapters.base import Adapter, ModelCard, tensor_fingerprint
+from memberbench.devices import DTYPE_NAMES, parse_device, parse_dtype
 from memberbench.sampling import schedulers as _sched
 from memberbench.types import MemberbenchError
-
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def parse_dtype(value: Any) -> torch.dtype:
-    """'fp32' / 'fp16' / 'bf16' (or float32, float16, half, bfloat16, a torch.dtype); None -> fp32."""
-    if value is None or value == "":
-        return torch.float32
-    if isinstance(value, torch.dtype):
-        if value in DTYPE_NAMES:
-            return value
-    elif isinstance(value, str) and value.strip().lower().replace("torch.", "") in DTYPES:
-        return DTYPES[value.strip().lower().replace("torch.", "")]
-    raise MemberbenchError(f"dtype must be one of fp32, fp16, bf16; got {value!r}")
-
-
-def parse_device(value: Any) -> torch.device:
-    """'cpu', 'cuda', 'cuda:1', 'mps' (or a torch.device); None -> cuda if available, else cpu."""
-    if value is None or value == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, TypeError):
-        raise MemberbenchError(
-            f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps'; got {value!r}"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MemberbenchError(f"device {value!r} requested but CUDA is not available; use cpu")
-    return dev
 
 
 class StableDiffusionAdapter(Adapter):

@@ -222,7 +222,7 @@ def _by_kind(prompts: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _load(path: Path) -> dict[str, Any]:
+def load_evidence(path: Path) -> dict[str, Any]:
     from memberbench.types import MemberbenchError
 
     try:
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     from memberbench.types import MemberbenchError
 
     try:
-        data = _load(args.from_json) if args.from_json else collect(args)
+        data = load_evidence(args.from_json) if args.from_json else collect(args)
     except MemberbenchError as e:
         print(f"memberbench evidence: error: {e}", file=sys.stderr)
         return 2

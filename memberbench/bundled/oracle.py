@@ -130,10 +130,10 @@ def table(res: dict[str, Any], measured: dict[str, float] | None = None) -> str:
 
 
 def _measured_from_evidence(path: Path, guidance: str = "7.5") -> dict[str, float]:
-    from memberbench.bundled.evidence import _load
+    from memberbench.bundled.evidence import load_evidence
     from memberbench.types import MemberbenchError
 
-    data = _load(path)
+    data = load_evidence(path)
     if guidance not in data["guidance"]:
         raise MemberbenchError(
             f"{path} has no guidance {guidance} run (it has {', '.join(data['guidance'])}): "

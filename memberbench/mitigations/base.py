@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from memberbench.sampling.hooks import SamplerState, StepHook
+from memberbench.sampling.hooks import SamplerState, StepHook, count_unet_evals  # noqa: F401  (re-exported)
 from memberbench.types import GenerationRequest, MemberbenchError, stable_hash
 
 META_KEY = "meta"  # state.extra[META_KEY]: {key: list with one value per sample of the batch}
@@ -197,19 +197,6 @@ class Mitigation:
 
 
 # --- helpers for hooks -------------------------------------------------------------------------
-
-
-def count_unet_evals(state: SamplerState, n: Any, rows: torch.Tensor | None = None) -> None:
-    """Add ``n`` UNet evaluations to ``state.unet_evals`` (all samples, or the ``rows`` mask /
-    index tensor).  ``n`` may be a number or a (B,) tensor."""
-    if state.unet_evals is None:
-        state.unet_evals = torch.zeros(len(state.requests), dtype=torch.long)
-    add = torch.as_tensor(n, dtype=state.unet_evals.dtype, device=state.unet_evals.device)
-    if add.ndim == 0:
-        add = add.expand(state.unet_evals.shape)
-    if rows is not None:
-        add = torch.where(rows.to(state.unet_evals.device).bool(), add, torch.zeros_like(add))
-    state.unet_evals += add
 
 
 def record_meta(state: SamplerState, key: str, values: Any) -> None:

@@ -71,3 +71,16 @@ class StepHook:
 
     def after_step(self, state: SamplerState, i: int, t: torch.Tensor) -> None:
         """Called after update i; may change ``state.latents`` in place."""
+
+
+def count_unet_evals(state: SamplerState, n: Any, rows: torch.Tensor | None = None) -> None:
+    """Add ``n`` UNet evaluations to ``state.unet_evals`` (all samples, or the ``rows`` mask /
+    index tensor).  ``n`` may be a number or a (B,) tensor."""
+    if state.unet_evals is None:
+        state.unet_evals = torch.zeros(len(state.requests), dtype=torch.long)
+    add = torch.as_tensor(n, dtype=state.unet_evals.dtype, device=state.unet_evals.device)
+    if add.ndim == 0:
+        add = add.expand(state.unet_evals.shape)
+    if rows is not None:
+        add = torch.where(rows.to(state.unet_evals.device).bool(), add, torch.zeros_like(add))
+    state.unet_evals += add

@@ -45,9 +45,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from memberbench.metrics.decomposition import decompose_batch
 from memberbench.sampling import schedulers as _sched
-from memberbench.sampling.hooks import SamplerState, StepHook
+from memberbench.sampling import series as _series
+from memberbench.sampling.hooks import SamplerState, StepHook, count_unet_evals
+from memberbench.sampling.projection import decompose_batch
 from memberbench.types import BRANCHES, GenerationRequest, MemberbenchError, Sample, Trace
 
 # state.extra[HOOK_META_KEY] = {key: [one value per sample]}: copied into Sample.meta[key]
@@ -57,52 +58,16 @@ HOOK_META_KEY = "meta"
 # Bump whenever the sampler's numerics or trace contents change: it is part of the cache key.
 SAMPLER_VERSION = "2"  # 2: latent_dot_final, final_norm2, final_dot_xT
 
-# per-step series that need no reference latent
-BASE_SERIES = (
-    "timestep",
-    "abar_t",
-    "abar_next",
-    "guidance",
-    *(f"eps_{b}_norm" for b in BRANCHES),
-    "eps_diff_norm",
-    *(f"eps_{b}_dot_xT" for b in BRANCHES),
-    *(f"x0_{b}_norm" for b in BRANCHES),
-    "latent_norm",
-    "latent_dot_xT",
-    "latent_dot_final",
-)
-# series recorded only when a reference (training) latent x is given
-REF_SERIES = (
-    *(f"eps_{b}_dot_x" for b in BRANCHES),
-    *(f"x0_{b}_dot_x" for b in BRANCHES),
-    *(f"x0_{b}_err" for b in BRANCHES),
-    "latent_dot_x",
-    "w0",
-    "wT",
-    "resid_rms",
-)
-# the order in which the loop computes them: per prediction, per state; [without x, with x]
-_PRED = (
-    "guidance",
-    *(f"eps_{b}_norm" for b in BRANCHES),
-    "eps_diff_norm",
-    *(f"eps_{b}_dot_xT" for b in BRANCHES),
-    *(f"x0_{b}_norm" for b in BRANCHES),
-)
-_PRED_X = (
-    *(f"eps_{b}_dot_x" for b in BRANCHES),
-    *(f"x0_{b}_dot_x" for b in BRANCHES),
-    *(f"x0_{b}_err" for b in BRANCHES),
-)
-PRED_SERIES = (_PRED, _PRED + _PRED_X)
-STATE_SERIES = (
-    ("latent_norm", "latent_dot_xT"),
-    ("latent_norm", "latent_dot_xT", "latent_dot_x", "w0", "wT", "resid_rms"),
-)
-_STATE_SERIES = frozenset(("latent_norm", "latent_dot_xT", "latent_dot_x", "w0", "wT", "resid_rms"))
-# series that need the final state: meaningless for a failed sample (NaN throughout)
-_FINAL_SERIES = frozenset(("latent_dot_final",))
-_SCHEDULE_SERIES = frozenset(("timestep", "abar_t", "abar_next"))
+# the per-step series, their kinds and which need a reference latent: memberbench/sampling/series.py
+BASE_SERIES = _series.BASE_SERIES
+REF_SERIES = _series.REF_SERIES
+
+
+def _put(rec: torch.Tensor, packer: _series.Packer, kind: str, i: Any, vals: dict) -> None:
+    """Write the (B,) values of one step's ``kind`` series into ``rec``, by name."""
+    ks = packer.check(kind, vals)
+    rows = [packer.col[k] for k in ks]
+    rec[rows, i] = torch.stack([vals[k].to(rec.dtype) for k in ks])
 
 
 def _settings_key(r: GenerationRequest) -> tuple:
@@ -139,13 +104,6 @@ def _latent_shape(adapter: Any, r: GenerationRequest) -> tuple[int, int, int]:
             f"model {adapter.name!r} supports only its native resolution; leave height/width unset"
         )
     return tuple(fn(r.height, r.width))
-
-
-def _count(state: SamplerState, add: torch.Tensor) -> None:
-    """Add per-sample UNet evaluations to ``state.unet_evals`` in place (hooks add theirs too)."""
-    if state.unet_evals is None:
-        state.unet_evals = torch.zeros(len(state.requests), dtype=torch.long)
-    state.unet_evals += add.to(state.unet_evals.device, state.unet_evals.dtype)
 
 
 def _jsonable(v: Any) -> Any:
@@ -193,7 +151,7 @@ class TracedSampler:
         if dtype is None:
             self.dtype = getattr(adapter, "dtype", torch.float32)
         else:
-            from memberbench.adapters.stable_diffusion import parse_dtype
+            from memberbench.devices import parse_dtype
 
             self.dtype = parse_dtype(dtype)
 
@@ -303,18 +261,24 @@ class TracedSampler:
             X = torch.stack(rows).to(dev)
 
         # --- trace buffers ----------------------------------------------------------------------
-        names_series = list(BASE_SERIES) + (list(REF_SERIES) if X is not None else [])
-        col = {k: j for j, k in enumerate(names_series)}
-        rec = torch.full((len(names_series), T, B), float("nan"), dtype=torch.float64, device=dev)
-        rec[col["timestep"]] = torch.as_tensor(
-            [float(t) for t in timesteps], dtype=torch.float64, device=dev
-        )[:, None]
-        rec[col["abar_t"]] = abar_t.to(dev)[:, None]
-        rec[col["abar_next"]] = abar_next.to(dev)[:, None]
+        packer = _series.Packer(with_reference=X is not None)
+        col = packer.col
+        rec = torch.full((len(packer.names), T, B), float("nan"), dtype=torch.float64, device=dev)
+        _put(
+            rec,
+            packer,
+            "schedule",
+            slice(None),
+            {
+                "timestep": torch.as_tensor(
+                    [float(t) for t in timesteps], dtype=torch.float64, device=dev
+                )[:, None].expand(T, B),
+                "abar_t": abar_t.to(dev, torch.float64)[:, None].expand(T, B),
+                "abar_next": abar_next.to(dev, torch.float64)[:, None].expand(T, B),
+            },
+        )
 
         xT = (latents.to(torch.float64) * vp0).reshape(B, d)
-        pred_idx = torch.tensor([col[k] for k in PRED_SERIES[X is not None]], device=dev)
-        state_idx = torch.tensor([col[k] for k in STATE_SERIES[X is not None]], device=dev)
         # states 1..T of the batch (VP form, fp64), for the dots with the final state
         states = torch.zeros((B, T, d), dtype=torch.float64, device=dev)
 
@@ -334,7 +298,7 @@ class TracedSampler:
             inp = sched.scale_model_input(inp, t)
             eps = adapter.predict_noise(inp.to(unet_dtype), t, emb)
             eps_u, eps_c = eps.chunk(2)
-            _count(state, 2 * alive.to(torch.long))
+            count_unet_evals(state, 2 * alive.to(torch.long))
 
             g = state.guidance
             for h in self.hooks:
@@ -358,17 +322,18 @@ class TracedSampler:
             V = torch.cat([E, (xin - (1.0 - a) ** 0.5 * E) / a**0.5], 1)  # eps_b, x0_hat_b
             dots = torch.bmm(V, basis)  # (B, 6, 1 or 2): <., x_T> (and <., x>)
             sq = V.pow(2).sum(2)  # (B, 6)
-            parts = [
-                g.to(torch.float64)[:, None],
-                sq[:, :3].sqrt(),
-                (E[:, 1] - E[:, 0]).norm(dim=1, keepdim=True),
-                dots[:, :3, 0],
-                sq[:, 3:].sqrt(),
-            ]
+            pv = {"guidance": g.to(torch.float64), "eps_diff_norm": (E[:, 1] - E[:, 0]).norm(dim=1)}
+            for j, br in enumerate(BRANCHES):
+                pv[f"eps_{br}_norm"] = sq[:, j].sqrt()
+                pv[f"eps_{br}_dot_xT"] = dots[:, j, 0]
+                pv[f"x0_{br}_norm"] = sq[:, 3 + j].sqrt()
             if X is not None:  # ||x - x0_hat||^2 = ||x0_hat||^2 - 2 <x0_hat, x> + ||x||^2
                 err = (sq[:, 3:] - 2.0 * dots[:, 3:, 1] + x_norm2[:, None]).clamp_min(0.0)
-                parts += [dots[:, :3, 1], dots[:, 3:, 1], err]
-            rec[pred_idx, i] = torch.cat(parts, 1).T
+                for j, br in enumerate(BRANCHES):
+                    pv[f"eps_{br}_dot_x"] = dots[:, j, 1]
+                    pv[f"x0_{br}_dot_x"] = dots[:, 3 + j, 1]
+                    pv[f"x0_{br}_err"] = err[:, j]
+            _put(rec, packer, "prediction", i, pv)
 
             latents = sched.step(eps_g.to(latents.dtype), t, latents, **kw, return_dict=False)[0]
             state.latents = latents
@@ -389,16 +354,19 @@ class TracedSampler:
                 state.latents = latents
                 L = torch.where(alive.view(-1, 1), L, torch.zeros_like(L))
             ldots = torch.bmm(L[:, None, :], basis)[:, 0]  # (B, 1 or 2)
-            parts = [L.pow(2).sum(1, keepdim=True).sqrt(), ldots[:, :1]]
+            sv = {"latent_norm": L.pow(2).sum(1).sqrt(), "latent_dot_xT": ldots[:, 0]}
             if X is not None:
                 w0, wT, rr = decompose_batch(L, X, xT)
-                parts += [ldots[:, 1:], torch.stack([w0, wT, rr], 1).to(dev)]
-            rec[state_idx, i] = torch.cat(parts, 1).T
+                sv.update(
+                    latent_dot_x=ldots[:, 1], w0=w0.to(dev), wT=wT.to(dev), resid_rms=rr.to(dev)
+                )
+            _put(rec, packer, "state", i, sv)
             states[:, i] = L
 
         # --- the final-latent basis: <x_i, x_final>, ||x_final||^2, <x_final, x_T> ------------
         x_fin = states[:, -1]
-        rec[col["latent_dot_final"]] = torch.bmm(states, x_fin[:, :, None])[:, :, 0].T
+        final_dots = torch.bmm(states, x_fin[:, :, None])[:, :, 0].T  # (T, B)
+        _put(rec, packer, "final", slice(None), {"latent_dot_final": final_dots})
         scal_fin2 = (x_fin * x_fin).sum(1).cpu().numpy()
         scal_finxT = (x_fin * xT).sum(1).cpu().numpy()
         full = None
@@ -426,7 +394,7 @@ class TracedSampler:
         samples = []
         img_pos = {b: k for k, b in enumerate(ok_idx)}
         for b, r in enumerate(reqs):
-            series_names = BASE_SERIES if not has_ref[b] else names_series
+            series_names = BASE_SERIES if not has_ref[b] else packer.names
             series = {k: rec_np[col[k], :, b].copy() for k in series_names}
             scalars = {
                 "xT_norm2": float(scal_xT[b]),
@@ -441,12 +409,9 @@ class TracedSampler:
             if fs is not None:  # nothing from the failure on is meaningful
                 scalars["final_norm2"] = scalars["final_dot_xT"] = float("nan")
                 for k in series:
-                    if k in _FINAL_SERIES:  # no final latent at all
-                        series[k][:] = np.nan
-                    elif k in _STATE_SERIES:
-                        series[k][max(fs, 0) :] = np.nan
-                    elif k not in _SCHEDULE_SERIES:
-                        series[k][fs + 1 :] = np.nan
+                    cut = _series.masked_from(_series.BY_NAME[k].kind, fs)
+                    if cut is not None:
+                        series[k][cut] = np.nan
             trace = Trace(series=series, scalars=scalars)
             if full is not None:
                 self.record_latents_dir.mkdir(parents=True, exist_ok=True)
