@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from memberbench.io import atomic_open
 from memberbench.sampling.sampler import SAMPLER_VERSION
 from memberbench.types import GenerationRequest, Sample, Trace, stable_hash
 
@@ -154,17 +154,8 @@ class GenerationCache:
         header["sha256"] = _digest(header, arrays)
         blob = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, __header__=blob, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_open(path, "wb") as f:  # temp beside it, fsync, os.replace; umask mode
+            np.savez(f, __header__=blob, **arrays)
         self.writes += 1
         return path
 

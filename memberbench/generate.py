@@ -219,9 +219,10 @@ def write_sample(out: Path, stem: str, sample: Any, images: bool = True, rank: i
     if images and sample.image is not None:
         from PIL import Image
 
-        tmp = out / f".{stem}.{os.getpid()}.png"
-        Image.fromarray(sample.image).save(tmp)
-        os.replace(tmp, out / f"{stem}.png")
+        from memberbench.io import atomic_open
+
+        with atomic_open(out / f"{stem}.png", "wb") as f:
+            Image.fromarray(sample.image).save(f, format="PNG")
     rec = {
         "request": sample.request.to_dict(),
         "status": sample.status,

@@ -73,17 +73,21 @@ followed (the per-prompt path is only checked to be a plain relative file name).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+# atomic_write_text is re-exported for older callers: the one atomic writer is memberbench.io
+from memberbench.io import (  # noqa: F401
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_temps,
+    replace,
+)
 from memberbench.types import MemberbenchError
 
 SCHEMA = "memberbench.results"
@@ -116,6 +120,7 @@ def _from_1(doc: dict[str, Any]) -> dict[str, Any]:
 # from_version + 1}.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_1}
 MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_DEPTH = 32
 PER_PROMPT_SUFFIX = ".prompts.jsonl"
 
 REQUIRED_TOP = (
@@ -177,57 +182,98 @@ def dumps(obj: Any, indent: int | None = 1) -> str:
     return json.dumps(to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: temp file in the same folder, fsync, replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def per_prompt_path(results_path: str | Path) -> Path:
     p = Path(results_path)
     stem = p.name[:-5] if p.name.endswith(".json") else p.name
     return p.with_name(stem + PER_PROMPT_SUFFIX)
 
 
+def staged_per_prompt_path(results_path: str | Path, name: str, sha256: str) -> Path:
+    """Where a pair commit keeps the JSONL named ``name`` with digest ``sha256`` until it is
+    renamed to ``name`` (hidden, beside the JSON)."""
+    return Path(results_path).with_name(f".{name}.{sha256[:16]}.staged")
+
+
+def per_prompt_file(results_path: str | Path, doc: Mapping[str, Any]) -> Path | None:
+    """The per-prompt JSONL that belongs to the run record ``doc`` read from ``results_path``:
+    the staged copy of an interrupted pair commit when there is one for ``doc``'s sha256, else
+    the file named by ``per_prompt.path``; None when there is none (or the name is not a plain
+    file name)."""
+    pp = doc.get("per_prompt")
+    if not isinstance(pp, Mapping):
+        return None
+    name, sha = pp.get("path"), pp.get("sha256")
+    if not isinstance(name, str) or not _plain_name(name):
+        return None
+    if isinstance(sha, str) and sha:
+        staged = staged_per_prompt_path(results_path, name, sha)
+        if staged.is_file():
+            return staged
+    p = Path(results_path).with_name(name)
+    return p if p.is_file() else None
+
+
 def write_results(
     path: str | Path, doc: dict[str, Any], prompt_rows: Iterable[Mapping[str, Any]] = ()
 ) -> Path:
-    """Write the per-prompt JSONL, then the run record naming it, each atomically.
+    """Write the run record and its per-prompt JSONL as one **pair commit**.
 
     ``doc`` is validated first; a document that does not match the schema is a bug and raises
-    ResultsError before anything is written.
+    ResultsError before anything is written.  Then:
+
+    1. the JSONL is written (atomically) under a hidden staged name that carries its sha256;
+    2. the JSON, which records that sha256, is written atomically over ``path``: the commit
+       point;
+    3. the staged JSONL is renamed to its final name; older staged files are removed.
+
+    A reader (:func:`per_prompt_file`, :func:`load_per_prompt`, :func:`validate_file`) takes the
+    JSONL whose sha256 the JSON records: the staged one when step 3 has not happened yet.  So
+    whatever moment the process dies at, readers see the old pair (death before step 2) or the
+    new pair (after it), never a new JSONL beside an old JSON; the next write to ``path``
+    tidies what an interrupted one left.
     """
     path = Path(path)
     lines = [json.dumps(to_jsonable(r), allow_nan=False, sort_keys=True) for r in prompt_rows]
-    body = "".join(line + "\n" for line in lines)
+    body = "".join(line + "\n" for line in lines).encode("utf-8")
     jl = per_prompt_path(path)
+    sha = hashlib.sha256(body).hexdigest()
     doc = dict(doc)
-    doc["per_prompt"] = {
-        "path": jl.name,
-        "sha256": hashlib.sha256(body.encode()).hexdigest(),
-        "rows": len(lines),
-    }
+    doc["per_prompt"] = {"path": jl.name, "sha256": sha, "rows": len(lines)}
     doc = to_jsonable(doc)
     errors = validate(doc)
     if errors:
         raise ResultsError(
             "refusing to write an invalid results document: " + "; ".join(errors[:5])
         )
-    atomic_write_text(jl, body)
-    atomic_write_text(path, dumps(doc) + "\n")
+    staged = staged_per_prompt_path(path, jl.name, sha)
+    atomic_write_bytes(staged, body)  # 1
+    try:
+        atomic_write_text(path, dumps(doc) + "\n")  # 2: the commit point
+    except BaseException:
+        if not _refers_to(path, sha):  # the old record stands: its JSONL is untouched
+            staged.unlink(missing_ok=True)
+        raise
+    replace(staged, jl)  # 3
+    _tidy(path, jl.name)
     return path
+
+
+def _refers_to(path: Path, sha: str) -> bool:
+    try:
+        doc = json.loads(path.read_bytes())
+        return doc["per_prompt"]["sha256"] == sha
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return False
+
+
+def _tidy(path: Path, jl_name: str) -> None:
+    """Remove staged JSONLs of ``jl_name`` left by interrupted commits, and old temp files."""
+    prefix = f".{jl_name}."
+    for p in path.parent.iterdir():
+        n = p.name
+        if n.startswith(prefix) and n.endswith(".staged") and len(n) == len(prefix) + 16 + 7:
+            p.unlink(missing_ok=True)
+    remove_stale_temps(path.parent)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +290,10 @@ def parse_json_text(text: str, where: str = "results file") -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError) as e:
         raise ResultsError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ResultsError(
+            f"{where}: nested too deeply to read (limit {MAX_DEPTH} levels)"
+        ) from None
 
 
 def read_json_file(path: str | Path) -> Any:
@@ -309,16 +359,17 @@ def load_results(path: str | Path, *, check: bool = True) -> dict[str, Any]:
 
 
 def load_per_prompt(results_path: str | Path, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The per-prompt rows beside a results file (empty list if the file is absent)."""
-    pp = doc.get("per_prompt") or {}
-    name = pp.get("path")
-    if not isinstance(name, str) or not _plain_name(name):
+    """The per-prompt rows of a results file (empty list if it has none); the JSONL is the one
+    :func:`per_prompt_file` picks, so an interrupted pair commit is read consistently."""
+    p = per_prompt_file(results_path, doc)
+    if p is None:
         return []
-    p = Path(results_path).with_name(name)
-    if not p.is_file():
-        return []
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ResultsError(f"{p}: not UTF-8 text (byte {e.start})") from None
     rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             row = parse_json_text(line, f"{p}:{i}")
             if isinstance(row, dict):
@@ -383,6 +434,106 @@ def _need(errors: list[str], obj: Any, where: str, keys: dict[str, tuple[str, ..
             )
 
 
+def _is_count(x: Any) -> bool:
+    return _is_num(x) and x >= 0 and int(x) == x
+
+
+def _optional(
+    errors: list[str], obj: Any, where: str, keys: dict[str, tuple[Callable[[Any], bool], str]]
+) -> None:
+    """Type checks of documented keys that may be absent: ``keys``: {key: (test, what)}."""
+    if not isinstance(obj, dict):
+        return
+    for k, (test, what) in keys.items():
+        if k in obj and not test(obj[k]):
+            errors.append(f"{where}.{k} must be {what}, got {_kind(obj[k])} ({obj[k]!r:.60})")
+
+
+def _num_or_null(x: Any) -> bool:
+    return x is None or _is_num(x)
+
+
+def _numeric_array(x: Any, depth: int = 0) -> bool:
+    """A JSON array whose items are numbers, nulls or (nested) such arrays."""
+    if not isinstance(x, list) or depth > 4:
+        return False
+    return all(_num_or_null(v) or _numeric_array(v, depth + 1) for v in x)
+
+
+_RUN_OPTIONAL = {
+    "duration_s": ((lambda x: _is_num(x) and x >= 0), "a number >= 0 (seconds)"),
+    "generation_s": ((lambda x: _is_num(x) and x >= 0), "a number >= 0 (seconds)"),
+    "images_generated": (_is_count, "an integer >= 0"),
+    "selected_tests": (_is_count, "an integer >= 0"),
+    "exitstatus": ((lambda x: _is_num(x) and int(x) == x), "an integer"),
+    "profile": ((lambda x: isinstance(x, str)), "a string"),
+    "command": (
+        (lambda x: isinstance(x, list) and all(isinstance(v, str) for v in x)),
+        "a list of strings",
+    ),
+    "outcomes": (
+        (lambda x: isinstance(x, dict) and all(_is_count(v) for v in x.values())),
+        "an object of integer counts >= 0",
+    ),
+    "skipped": (
+        (
+            lambda x: (
+                isinstance(x, list)
+                and all(
+                    isinstance(v, dict)
+                    and isinstance(v.get("test"), str)
+                    and isinstance(v.get("reason"), str)
+                    for v in x
+                )
+            )
+        ),
+        "a list of {test, reason} strings",
+    ),
+    "compared_with": ((lambda x: x is None or isinstance(x, str)), "a string or null"),
+}
+_SAMPLING_OPTIONAL = {
+    "eta": (_num_or_null, "a number or null"),
+    "guidance_sweep": (
+        (lambda x: isinstance(x, list) and all(_is_num(v) for v in x)),
+        "a list of numbers",
+    ),
+    "sweep_seeds": (
+        (lambda x: isinstance(x, list) and all(_is_count(v) for v in x)),
+        "a list of integers >= 0",
+    ),
+    "batch_size": ((lambda x: _is_count(x) and x >= 1), "an integer >= 1"),
+}
+_PROMPT_SET_OPTIONAL = {
+    "n_with_image": (_is_count, "an integer >= 0"),
+    "limit": ((lambda x: x is None or _is_count(x)), "an integer >= 0 or null"),
+    "source": ((lambda x: x is None or isinstance(x, str)), "a string or null"),
+}
+# run outcomes that mean some task did not pass
+FAILED_OUTCOMES = ("failed", "error", "errors")
+
+
+def run_failures(doc: Any) -> list[str]:
+    """Why a (schema-valid) run record is a failed or unfinished run, or [] for a clean one:
+    ``run.status`` other than "complete", failed / errored tasks, a non-zero exit status."""
+    run = doc.get("run") if isinstance(doc, dict) else None
+    if not isinstance(run, dict):
+        return []
+    out = []
+    if run.get("status") != "complete":
+        out.append(f"run.status is {run.get('status')!r}, not 'complete'")
+    outcomes = run.get("outcomes")
+    if isinstance(outcomes, dict):
+        bad = {k: v for k, v in outcomes.items() if k in FAILED_OUTCOMES and _is_num(v) and v > 0}
+        if bad:
+            out.append(
+                "tasks did not pass: " + ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
+            )
+    es = run.get("exitstatus")
+    if _is_num(es) and es != 0:
+        out.append(f"pytest exit status {int(es)}")
+    return out
+
+
 def validate_metric(name: str, m: Any) -> list[str]:
     errors: list[str] = []
     where = f"metrics[{name!r}]"
@@ -425,8 +576,8 @@ def validate(doc: Any) -> list[str]:
     errors: list[str] = []
     if not isinstance(doc, dict):
         return [f"the top level must be an object, got {_kind(doc)}"]
-    if _depth(doc) > 32:
-        return ["nesting deeper than 32 levels"]
+    if _depth(doc) > MAX_DEPTH:
+        return [f"nesting deeper than {MAX_DEPTH} levels"]
     missing = [k for k in REQUIRED_TOP if k not in doc]
     if missing:
         errors.append(f"missing top-level keys: {', '.join(missing)}")
@@ -448,6 +599,7 @@ def validate(doc: Any) -> list[str]:
                 "status": ("string",),
             },
         )
+        _optional(errors, doc["run"], "run", _RUN_OPTIONAL)
     if "model" in doc:
         _need(
             errors,
@@ -479,6 +631,7 @@ def validate(doc: Any) -> list[str]:
             bad = [x for x in s["seeds"] if not (_is_num(x) and int(x) == x and x >= 0)]
             if bad or not s["seeds"]:
                 errors.append("sampling.seeds must be a non-empty list of non-negative integers")
+        _optional(errors, s, "sampling", _SAMPLING_OPTIONAL)
     if "mitigation" in doc:
         _need(
             errors,
@@ -498,6 +651,7 @@ def validate(doc: Any) -> list[str]:
                     f"prompt_sets.{side}",
                     {"name": ("string",), "content_hash": ("string",), "n": ("number",)},
                 )
+                _optional(errors, d, f"prompt_sets.{side}", _PROMPT_SET_OPTIONAL)
     if "sscd" in doc:
         _need(
             errors,
@@ -523,6 +677,13 @@ def validate(doc: Any) -> list[str]:
         for name, s in series.items():
             if not isinstance(s, dict):
                 errors.append(f"series[{name!r}] must be an object, got {_kind(s)}")
+                continue
+            for k, v in s.items():
+                if not (_num_or_null(v) or _numeric_array(v)):
+                    errors.append(
+                        f"series[{name!r}].{k} must be a number, null or an array of numbers, "
+                        f"got {_kind(v)} ({v!r:.60})"
+                    )
     pp = doc.get("per_prompt")
     if pp is not None:
         _need(
@@ -560,27 +721,45 @@ def _check_per_prompt(path: Path, doc: dict[str, Any]) -> list[str]:
     pp = doc.get("per_prompt")
     if not isinstance(pp, dict):
         return []
-    jl = path.with_name(pp["path"])
-    if not jl.is_file():
+    jl = per_prompt_file(path, doc)
+    if jl is None:
         return []  # the run record alone is still a valid submission
     data = jl.read_bytes()
+    name = pp["path"]
     errors = []
     if hashlib.sha256(data).hexdigest() != pp["sha256"]:
-        errors.append(f"{jl.name}: sha256 does not match per_prompt.sha256 (file was changed)")
+        errors.append(
+            f"{name}: sha256 does not match per_prompt.sha256 (the file was changed, or it "
+            "belongs to another run record)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return [*errors, f"{name}: not UTF-8 text (byte {e.start})"]
     rows = 0
-    for i, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         rows += 1
         try:
             row = json.loads(line, parse_constant=_reject_constant)
         except ValueError as e:
-            errors.append(f"{jl.name}:{i}: not valid JSON ({e})")
+            errors.append(f"{name}:{i}: not valid JSON ({e})")
             continue
-        if not isinstance(row, dict) or not isinstance(row.get("prompt_id"), str):
-            errors.append(f"{jl.name}:{i}: each line must be an object with a prompt_id")
+        except RecursionError:
+            errors.append(f"{name}:{i}: nested deeper than {MAX_DEPTH} levels")
+            continue
+        if _depth(row) > MAX_DEPTH:
+            errors.append(f"{name}:{i}: nested deeper than {MAX_DEPTH} levels")
+        elif not isinstance(row, dict) or not isinstance(row.get("prompt_id"), str):
+            errors.append(f"{name}:{i}: each line must be an object with a prompt_id")
+        elif "metrics" in row and not isinstance(row["metrics"], dict):
+            errors.append(f"{name}:{i}: metrics must be an object, got {_kind(row['metrics'])}")
+        if len(errors) > 50:
+            errors.append(f"{name}: stopped after 50 problems")
+            return errors
     if rows != pp["rows"]:
-        errors.append(f"{jl.name}: {rows} rows, but per_prompt.rows says {pp['rows']}")
+        errors.append(f"{name}: {rows} rows, but per_prompt.rows says {pp['rows']}")
     return errors
 
 

@@ -58,7 +58,7 @@ def test_roundtrip(tmp_path, status):
     assert got.meta["note"] == [1, 2] and got.meta["cached"] is True
     assert got.trace["w0"].dtype == np.float64
     assert len(c) == 1 and "k" * 32 in c and c.stats()["hits"] == 1
-    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".part"))]
 
 
 def test_key_covers_everything_that_determines_output(monkeypatch):
@@ -137,7 +137,7 @@ def test_concurrent_writers_and_readers(tmp_path):
         assert p.exitcode == 0
     assert c.stats()["corrupt"] == 0
     assert sorted(c.keys()) == [f"{i:032d}" for i in range(3)]
-    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".part"))]
 
 
 # ------------------------------------------------------------------------------------------

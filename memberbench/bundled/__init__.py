@@ -11,9 +11,10 @@ The shipped files live in ``memberbench/bundled/weights/``:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from memberbench.io import atomic_write_text
+from memberbench.io import file_sha256 as _file_sha256
 from memberbench.types import MemberbenchError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -21,11 +22,7 @@ MANIFEST = "MANIFEST.sha256"
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _file_sha256(path)
 
 
 def _files(root: Path) -> list[Path]:
@@ -40,7 +37,7 @@ def write_manifest(root: str | Path) -> Path:
     root = Path(root)
     lines = [f"{file_sha256(p)}  {p.relative_to(root).as_posix()}" for p in _files(root)]
     out = root / MANIFEST
-    out.write_text("\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from memberbench.bundled.world import World, build_world
+from memberbench.types import MemberbenchError
 
 SD_SCHEDULE = {
     "num_train_timesteps": 1000,
@@ -364,9 +365,13 @@ def train_unet(
         if checkpoint_dir is not None and done % checkpoint_every == 0:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             state = {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}
-            torch.save(state, checkpoint_dir / "latest.pt.tmp")
-            (checkpoint_dir / "latest.pt.tmp").replace(checkpoint_dir / "latest.pt")
-            (checkpoint_dir / "latest.json").write_text(json.dumps({"step": done, "loss": ema}))
+            from memberbench.io import atomic_open, atomic_write_text
+
+            with atomic_open(checkpoint_dir / "latest.pt") as f:
+                torch.save(state, f)
+            atomic_write_text(
+                checkpoint_dir / "latest.json", json.dumps({"step": done, "loss": ema})
+            )
     if averaged is not None:
         unet, text_encoder = averaged
     unet.eval()
@@ -408,6 +413,28 @@ def save_pipeline(
             shutil.copy(tokenizer_src / name, out / "tokenizer" / name)
 
 
+def load_weights(path: str | Path, what: str = "weights file") -> dict[str, Any]:
+    """A state dict read with ``torch.load(weights_only=True)``: tensors and plain containers
+    only, so a file carrying pickled code is refused instead of run.  Errors are one-line
+    MemberbenchErrors naming ``what`` and the file."""
+    import pickle
+
+    p = Path(path)
+    if not p.is_file():
+        raise MemberbenchError(f"{what} {p}: no such file")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MemberbenchError(
+            f"{what} {p}: not a plain weights file (a torch state dict of tensors); memberbench "
+            f"loads weights only and refuses anything else ({first})"
+        ) from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise MemberbenchError(f"{what} {p}: not a state dict (a mapping of names to tensors)")
+    return state
+
+
 def train_bundled(
     out: str | Path,
     seed: int = 0,
@@ -447,6 +474,8 @@ def train_bundled(
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
+    # read (weights only) before anything is written, so a bad file leaves nothing behind
+    vae_state = load_weights(vae_from, "--vae-from") if vae_from else None
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -461,7 +490,14 @@ def train_bundled(
     t0 = time.perf_counter()
     if vae_from:
         vae = make_vae()
-        vae.load_state_dict(torch.load(vae_from, map_location="cpu"))
+        try:
+            vae.load_state_dict(vae_state)
+        except RuntimeError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise MemberbenchError(
+                f"--vae-from {vae_from}: not a state dict of the bundled VAE "
+                f"({str(e).splitlines()[0][:200]}); pass the vae.pt of an earlier run"
+            ) from None
         vae.eval()
         latents = standardize_latents(
             vae, images_to_tensor(np.stack([i.image for i in world.train]))

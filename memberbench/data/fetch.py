@@ -61,6 +61,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from memberbench.data.prompts import URL_COLUMNS, PromptRecord, PromptSet, image_sha256
+from memberbench.io import atomic_write_bytes, file_sha256, remove_stale_temps
 from memberbench.types import MemberbenchError
 
 SOURCES = ("url", "local-dir", "hf-dataset", "url-template")
@@ -659,28 +660,11 @@ class UrlTemplateSource:
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(
-        prefix=TEMP_PREFIX + path.name + ".", suffix=".part", dir=path.parent
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` atomically (:func:`memberbench.io.atomic_write_bytes`)."""
+    atomic_write_bytes(path, data, mkdir=False)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha256_file = file_sha256
 
 
 def _remove_stale_temps(out: Path) -> int:
@@ -690,8 +674,9 @@ def _remove_stale_temps(out: Path) -> int:
             continue
         for p in folder.iterdir():
             if p.name.startswith(TEMP_PREFIX) and p.name.endswith(".part") and p.is_file():
-                p.unlink()
+                p.unlink()  # left by an older memberbench
                 n += 1
+        n += remove_stale_temps(folder, min_age_s=0)  # the caller holds the folder's lock
     return n
 
 

@@ -23,7 +23,6 @@ ground-truth images").
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -169,11 +168,9 @@ def model_family_of(path: str | Path | None) -> str:
 
 @lru_cache(maxsize=16)
 def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from memberbench.io import file_sha256 as _file_sha256
+
+    return _file_sha256(path)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -1,0 +1,179 @@
+"""The one place memberbench writes a file atomically (standard library only).
+
+Every file memberbench writes for later reading (results, cache entries, traces, fetched images,
+manifests, the leaderboard README) goes through :func:`atomic_open` / :func:`atomic_write_bytes`
+/ :func:`atomic_write_text`:
+
+1. the data go to a temporary file in the **same folder** (so the final rename cannot cross a
+   file system), named ``.<name>.mbtmp-<pid>-<random>.part`` (:func:`is_temp_name`);
+2. the temporary file is created with mode ``0o666`` and ``O_EXCL``, so the kernel applies the
+   process umask exactly as for a plain ``open(path, "w")`` (not ``mkstemp``'s ``0600``);
+3. it is flushed and ``fsync``-ed, then ``os.replace``-d onto the final name, then the folder is
+   ``fsync``-ed so the rename itself survives a power cut;
+4. on any failure (an exception, including KeyboardInterrupt, raised while writing, syncing or
+   renaming) the temporary file is removed and the final name is untouched.
+
+A reader therefore sees either the old complete file or the new complete file, never a part.
+A process killed with SIGKILL cannot run step 4: it leaves a temporary file, which
+:func:`remove_stale_temps` removes later (only those older than ``min_age_s``, so that a
+concurrent writer's temporary file is not pulled from under it).
+
+:func:`file_sha256` is the one sha256-of-a-file helper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TEMP_MARK = ".mbtmp-"
+TEMP_SUFFIX = ".part"
+_TEMP_RE = re.compile(r"^\..*\.mbtmp-\d+-[0-9a-f]{8}\.part$")
+# keep the temporary name within the usual 255-byte limit
+_MAX_STEM = 180
+
+
+def temp_path(path: str | Path) -> Path:
+    """A fresh temporary name beside ``path`` (not created)."""
+    p = Path(path)
+    stem = p.name[:_MAX_STEM]
+    return p.with_name(f".{stem}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file name made by :func:`temp_path`."""
+    return bool(_TEMP_RE.match(name))
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """``fsync`` a folder (makes a rename in it durable); a no-op where unsupported."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace(src: str | Path, dst: str | Path) -> None:
+    """``os.replace(src, dst)`` then ``fsync`` of the destination folder."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | Path, mode: str = "wb", *, encoding: str = "utf-8", mkdir: bool = True
+) -> Iterator[IO[Any]]:
+    """``with atomic_open(path) as f: f.write(...)``: ``path`` appears complete when the block
+    ends without an exception, and is untouched (no temporary file left) when it raises."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    final = Path(path)
+    if mkdir:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        if mode == "w":
+            f: IO[Any] = os.fdopen(fd, "w", encoding=encoding, newline="")
+        else:
+            f = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, mkdir: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see the module docstring); returns ``path``."""
+    with atomic_open(path, "wb", mkdir=mkdir) as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(
+    path: str | Path, text: str, *, encoding: str = "utf-8", mkdir: bool = True
+) -> Path:
+    """Write ``text`` to ``path`` atomically (newlines written as given); returns ``path``."""
+    return atomic_write_bytes(path, text.encode(encoding), mkdir=mkdir)
+
+
+def remove_stale_temps(folder: str | Path, *, min_age_s: float = 3600.0) -> int:
+    """Remove :func:`temp_path` files in ``folder`` (not below it) last modified at least
+    ``min_age_s`` seconds ago; returns how many were removed.  ``min_age_s=0`` removes all:
+    only for a folder the caller holds a lock on."""
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    now = time.time()
+    n = 0
+    for p in root.iterdir():
+        if not is_temp_name(p.name):
+            continue
+        try:
+            st = p.lstat()
+            if not p.is_file() or p.is_symlink() or now - st.st_mtime < min_age_s:
+                continue
+            p.unlink()
+            n += 1
+        except FileNotFoundError:  # removed by someone else meanwhile
+            continue
+    return n
+
+
+def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def writable_file_target(path: str | Path) -> str | None:
+    """Why ``path`` cannot be written as a regular file by :func:`atomic_write_bytes`, or None
+    when it can: checked by creating (and removing) a temporary file beside it, the way the
+    real write will.  Creates missing parent folders."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{p} is a folder; name a file"
+    if p.exists() and not p.is_file():
+        return f"{p} exists and is not a regular file"
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create the folder {p.parent} ({e.strerror or e})"
+    if not p.parent.is_dir():
+        return f"{p.parent} is not a folder"
+    tmp = temp_path(p)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        return f"cannot write in {p.parent} ({e.strerror or e})"
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    return None
