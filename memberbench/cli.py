@@ -4,8 +4,12 @@ Subcommands (each imports what it needs only when run)::
 
     memberbench run [PYTEST/PLUGIN OPTIONS...]   the benchmark: `pytest tasks/` with the options
     memberbench generate ...                     images + traces for prompts (memberbench.generate)
-    memberbench validate FILE [FILE...]          check results files against the schema
-    memberbench leaderboard [--root DIR] [--add FILE]  add a run; rebuild README.md and figures
+    memberbench validate FILE [FILE...] [--allow-failed]
+                                                 check results files against the schema (a
+                                                 failed run is flagged and exits 1)
+    memberbench leaderboard [--root DIR] [--add FILE]... [--replace] [--allow-failed]
+                                                 add runs (all or none); rebuild README.md
+                                                 and figures
     memberbench compare BASELINE CURRENT [--fail SPEC] [--force]
                                                  compare two results files (regression check)
     memberbench train-bundled --out DIR ...      retrain the bundled model
@@ -94,7 +98,7 @@ def cmd_evidence(argv: Sequence[str]) -> int:
 
 
 def cmd_validate(ns: argparse.Namespace) -> int:
-    from memberbench.results import validate_file
+    from memberbench.results import run_failures, validate_file
 
     status = 0
     for f in ns.files:
@@ -104,21 +108,41 @@ def cmd_validate(ns: argparse.Namespace) -> int:
             print(f"{f}: INVALID")
             for e in errors:
                 print(f"  - {e}")
+            continue
+        n = len(doc.get("metrics") or {})
+        summary = (
+            f"schema_version {doc['schema_version']}, model {doc['model']['name']}, "
+            f"mitigation {doc['mitigation']['spec']}, {n} metrics"
+        )
+        failures = run_failures(doc)
+        if failures:
+            if not ns.allow_failed:
+                status = 1
+            print(f"{f}: FAILED RUN ({summary})")
+            for e in failures:
+                print(f"  - {e}")
+            if not ns.allow_failed:
+                print("  (the schema is fine; pass --allow-failed to accept failed runs)")
         else:
-            n = len(doc.get("metrics") or {})
-            print(
-                f"{f}: ok (schema_version {doc['schema_version']}, model {doc['model']['name']}, "
-                f"mitigation {doc['mitigation']['spec']}, {n} metrics)"
-            )
+            print(f"{f}: ok ({summary})")
     return status
 
 
 def cmd_leaderboard(ns: argparse.Namespace) -> int:
-    from memberbench.leaderboard import add_run, build
+    from memberbench.leaderboard import add_runs, build
 
-    for f in ns.add or ():
-        print(f"added {f} as {add_run(f, ns.root)}")
-    readme, errors, entries = build(ns.root, figures=not ns.no_figures)
+    if ns.add:
+        added, readme, errors, entries = add_runs(
+            ns.add,
+            ns.root,
+            replace=ns.replace,
+            allow_failed=ns.allow_failed,
+            figures=not ns.no_figures,
+        )
+        for src, dst in added:
+            print(f"added {src} as {dst}")
+    else:
+        readme, errors, entries = build(ns.root, figures=not ns.no_figures)
     print(f"wrote {readme} ({len(entries)} runs)")
     for e in errors:
         print(f"invalid: {e}", file=sys.stderr)
@@ -253,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check results files against the schema")
     v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument(
+        "--allow-failed",
+        action="store_true",
+        help="accept runs whose tasks failed or errored (they are still listed)",
+    )
 
     lb = sub.add_parser("leaderboard", help="rebuild leaderboard/README.md and figures")
     lb.add_argument(
@@ -264,7 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FILE",
         help="first copy this results file (validated, with its per-prompt JSONL) to "
-        "results/<model>/<mitigation>.json; repeatable",
+        "results/<model>/<mitigation>.json; repeatable: all files are validated and the "
+        "leaderboard is built in a temporary folder before anything is written",
+    )
+    lb.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --add: replace a row (model x mitigation) that is already there",
+    )
+    lb.add_argument(
+        "--allow-failed",
+        action="store_true",
+        help="with --add: accept runs whose tasks failed or errored",
     )
 
     c = sub.add_parser("compare", help="compare a results file against a baseline results file")

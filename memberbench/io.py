@@ -154,26 +154,32 @@ def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
 
 
 def writable_file_target(path: str | Path) -> str | None:
-    """Why ``path`` cannot be written as a regular file by :func:`atomic_write_bytes`, or None
-    when it can: checked by creating (and removing) a temporary file beside it, the way the
-    real write will.  Creates missing parent folders."""
+    """Why :func:`atomic_write_bytes` could not write ``path``, or None when it can.
+
+    Nothing is left behind: where the folder exists, a temporary file is created and removed
+    in it (the way the real write starts); where it does not, the nearest existing ancestor
+    must be a folder the process may create entries in."""
     p = Path(path)
     if p.is_dir():
         return f"{p} is a folder; name a file"
     if p.exists() and not p.is_file():
         return f"{p} exists and is not a regular file"
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return f"cannot create the folder {p.parent} ({e.strerror or e})"
-    if not p.parent.is_dir():
-        return f"{p.parent} is not a folder"
-    tmp = temp_path(p)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as e:
-        return f"cannot write in {p.parent} ({e.strerror or e})"
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
+    parent = p.parent
+    if parent.is_dir():
+        tmp = temp_path(p)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as e:
+            return f"cannot create files in {parent} ({e.strerror or e})"
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return None
+    anc = parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        return f"{anc} is not a folder, so {parent} cannot be created"
+    if not os.access(anc, os.W_OK | os.X_OK):
+        return f"cannot create {parent}: {anc} is not writable"
     return None

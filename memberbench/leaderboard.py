@@ -86,23 +86,130 @@ class Entry:
         return str((self.doc.get("mitigation") or {}).get("name") or self.mitigation)
 
 
-def add_run(src: str | Path, root: str | Path = "leaderboard") -> Path:
-    """Validate a results file and copy it, with its per-prompt JSONL, to
-    ``root/results/<model>/<mitigation>.json`` (the per-prompt link is rewritten)."""
-    from memberbench.results import load_per_prompt, validate_file, write_results
+@dataclass
+class Addition:
+    """One validated submission: where it goes and what is written there."""
 
-    errors, doc = validate_file(src)
-    if errors:
-        raise ResultsError(f"{src}: not added, it does not validate: " + "; ".join(errors[:5]))
-    rows = load_per_prompt(src, doc)
-    dst = (
-        Path(root)
-        / "results"
-        / slug(doc["model"]["name"])
-        / f"{slug(doc['mitigation']['spec'])}.json"
-    )
-    doc = {k: v for k, v in doc.items() if k != "per_prompt"}
-    return write_results(dst, doc, rows)
+    src: Path
+    rel: Path  # results/<model>/<mitigation>.json, relative to the leaderboard root
+    doc: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
+def plan_additions(
+    srcs: Sequence[str | Path],
+    root: str | Path = "leaderboard",
+    *,
+    replace: bool = False,
+    allow_failed: bool = False,
+) -> list[Addition]:
+    """Validate every submission (schema, per-prompt JSONL, a clean run unless
+    ``allow_failed``) and work out its row; raise one ResultsError listing every problem.
+    Reads only: nothing is written."""
+    from memberbench.results import load_per_prompt, run_failures, validate_file
+
+    problems: list[str] = []
+    plans: list[Addition] = []
+    seen: dict[Path, Path] = {}
+    for src in map(Path, srcs):
+        errors, doc = validate_file(src)
+        if errors:
+            problems.append(f"{src} does not validate: " + "; ".join(errors[:5]))
+            continue
+        failures = run_failures(doc)
+        if failures and not allow_failed:
+            problems.append(
+                f"{src} is a failed run ({'; '.join(failures)}); fix the run, or pass "
+                "--allow-failed to add it anyway"
+            )
+            continue
+        try:
+            rows = load_per_prompt(src, doc)
+        except ResultsError as e:
+            problems.append(str(e))
+            continue
+        rel = (
+            Path("results") / slug(doc["model"]["name"]) / f"{slug(doc['mitigation']['spec'])}.json"
+        )
+        if rel in seen:
+            problems.append(f"{seen[rel]} and {src} are both the row {rel}; add one of them")
+            continue
+        seen[rel] = src
+        if (Path(root) / rel).exists() and not replace:
+            problems.append(
+                f"{Path(root) / rel} already exists (model {doc['model']['name']}, mitigation "
+                f"{doc['mitigation']['spec']}); pass --replace to replace that row"
+            )
+            continue
+        doc = {k: v for k, v in doc.items() if k != "per_prompt"}
+        plans.append(Addition(src, rel, doc, rows))
+    if problems:
+        raise ResultsError("not added, nothing was written: " + " | ".join(problems))
+    return plans
+
+
+def _commit(add: Addition, root: str | Path) -> Path:
+    from memberbench.results import write_results
+
+    return write_results(Path(root) / add.rel, add.doc, add.rows)  # a pair commit
+
+
+def add_run(
+    src: str | Path,
+    root: str | Path = "leaderboard",
+    *,
+    replace: bool = False,
+    allow_failed: bool = False,
+) -> Path:
+    """Validate a results file and copy it, with its per-prompt JSONL, to
+    ``root/results/<model>/<mitigation>.json`` (the per-prompt link is rewritten).  An
+    existing row is replaced only with ``replace``; a failed run is refused unless
+    ``allow_failed``.  Does not rebuild the README (:func:`add_runs` does)."""
+    (add,) = plan_additions([src], root, replace=replace, allow_failed=allow_failed)
+    return _commit(add, root)
+
+
+def add_runs(
+    srcs: Sequence[str | Path],
+    root: str | Path = "leaderboard",
+    *,
+    replace: bool = False,
+    allow_failed: bool = False,
+    figures: bool = True,
+) -> tuple[list[tuple[Path, Path]], Path, list[str], list[Entry]]:
+    """Add several submissions all or none, then rebuild: ``(added (src, dst) pairs, readme,
+    errors, entries)`` of :func:`build`.
+
+    Every input is validated first (:func:`plan_additions`); then the leaderboard with the new
+    rows is built in a temporary folder outside ``root``.  Only when that works is anything
+    under ``root`` written: each row by a pair commit, then the README and figures.  Any
+    problem raises ResultsError naming it, with ``root`` unchanged."""
+    import shutil
+    import tempfile
+
+    root = Path(root)
+    plans = plan_additions(srcs, root, replace=replace, allow_failed=allow_failed)
+    with tempfile.TemporaryDirectory(prefix="memberbench-leaderboard-") as tmp:
+        stage = Path(tmp) / "leaderboard"
+        stage.mkdir()
+        if (root / "results").is_dir():
+            shutil.copytree(root / "results", stage / "results", symlinks=True)
+        for add in plans:
+            _commit(add, stage)
+        try:
+            _, errors, _ = build(stage, figures=figures)
+        except Exception as e:  # noqa: BLE001 - any crash of the build refuses the submission
+            raise ResultsError(
+                f"not added, nothing was written: the leaderboard does not build with "
+                f"{', '.join(str(a.src) for a in plans)} ({type(e).__name__}: {e})"
+            ) from None
+        new = [str(stage / a.rel) for a in plans]
+        bad = [e for e in errors if any(e.startswith(n) for n in new)]
+        if bad:
+            raise ResultsError("not added, nothing was written: " + " | ".join(bad))
+    added = [(a.src, _commit(a, root)) for a in plans]
+    readme, errors, entries = build(root, figures=figures)
+    return added, readme, errors, entries
 
 
 def collect(results_dir: str | Path) -> tuple[list[Entry], list[str]]:

@@ -238,6 +238,7 @@ class Recorder:
         self.identity_diffs: list[str] = []
         self.results_path: Path | None = None
         self.saved_path: Path | None = None
+        self.write_failed = False
         self.write_error: str | None = None
         self.started = datetime.now(UTC)
 
@@ -297,10 +298,30 @@ def _activate(config: pytest.Config) -> Any:
     return run
 
 
+def _check_results_writable(config: pytest.Config, run: Any) -> None:
+    """Refuse, before any work, a results path that the end of the run could not write."""
+    from memberbench.io import writable_file_target
+    from memberbench.results import per_prompt_path
+
+    path = _results_path(config, run)
+    targets = [("--results", path), ("--results", per_prompt_path(path))]
+    if config.getoption("mb_save"):
+        targets.append(("--mb-save", _storage(config) / f"{config.getoption('mb_save')}.json"))
+    for opt, target in targets:
+        why = writable_file_target(target)
+        if why:
+            raise pytest.UsageError(
+                f"{opt}: cannot write {target} ({why}); pass a file path in a folder you can "
+                "write to"
+            )
+
+
 def _check_run(config: pytest.Config, run: Any) -> None:
     from memberbench.types import MemberbenchError
 
     cfg = run.config
+    if not config.option.collectonly:
+        _check_results_writable(config, run)
     try:
         from memberbench.adapters import check_model_spec
 
@@ -712,6 +733,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 rec.saved_path = write_results(_storage(config) / f"{name}.json", doc, rows)
         except Exception as e:  # report, do not crash the session summary
             rec.write_error = f"could not write results: {type(e).__name__}: {e}"
+            rec.write_failed = True
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a run without results
     finally:
         run.close()
 
@@ -794,4 +818,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if rec.saved_path:
         tr.write_line(f"saved baseline: {rec.saved_path}")
     if rec.write_error:
-        tr.write_line(rec.write_error, yellow=True)
+        if rec.write_failed:
+            tr.write_line(rec.write_error, red=True)
+        else:
+            tr.write_line(rec.write_error, yellow=True)
