@@ -7,9 +7,13 @@ A run writes two files side by side (``--results PATH``, default
 * ``PATH`` with ``.json`` replaced by ``.prompts.jsonl`` -- the **per-prompt records**, one JSON
   object per line, so any number in a table can be traced to the prompts behind it.
 
-Both are written only at the end of a session, each atomically (a temporary file in the same
-folder, fsync, ``os.replace``), the JSONL first; the JSON names the JSONL and its sha256.  An
-interrupted run (Ctrl-C) writes neither and leaves earlier files untouched.
+Both are written only at the end of a session, as one **pair commit** (:func:`write_results`):
+the JSONL under a hidden staged name carrying its sha256, then the JSON (which records that
+sha256) as the commit point, then the JSONL renamed into place; each write is atomic
+(:mod:`memberbench.io`: temp file in the same folder, fsync, ``os.replace``, mode from the
+umask).  Readers take the JSONL whose sha256 the JSON records (:func:`per_prompt_file`), so a
+run killed at any moment leaves the old pair or the new one, never a mix.  An interrupted run
+(Ctrl-C) writes neither and leaves earlier files untouched.
 
 Schema, version 1 (``"schema": "memberbench.results"``, ``"schema_version": 1``)
 --------------------------------------------------------------------------------
