@@ -187,8 +187,18 @@ def add_runs(
     import shutil
     import tempfile
 
+    from memberbench.io import writable_file_target
+    from memberbench.results import per_prompt_path
+
     root = Path(root)
     plans = plan_additions(srcs, root, replace=replace, allow_failed=allow_failed)
+    targets = [root / "README.md"]
+    for add in plans:
+        targets += [root / add.rel, per_prompt_path(root / add.rel)]
+    for t in targets:
+        why = writable_file_target(t)
+        if why:
+            raise ResultsError(f"not added, nothing was written: cannot write {t} ({why})")
     with tempfile.TemporaryDirectory(prefix="memberbench-leaderboard-") as tmp:
         stage = Path(tmp) / "leaderboard"
         stage.mkdir()

@@ -526,3 +526,13 @@ def test_repo_has_no_unsafe_torch_load():
         for i, line in enumerate(src.read_text().splitlines(), 1):
             if "torch.load(" in line and "weights_only=True" not in line:
                 pytest.fail(f"{src.relative_to(pkg)}:{i}: {line.strip()}")
+
+
+def test_add_to_an_unwritable_root_is_one_line_and_writes_nothing(tmp_path, capsys):
+    sub = _sub(tmp_path, "guidance-scale:scale=3")
+    (tmp_path / "afile").write_text("x")
+    root = tmp_path / "afile" / "lb"
+    assert main(["leaderboard", "--root", str(root), "--no-figures", "--add", str(sub)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not added, nothing was written: cannot write" in err
+    assert (tmp_path / "afile").read_text() == "x"
