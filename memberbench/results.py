@@ -512,6 +512,19 @@ _PROMPT_SET_OPTIONAL = {
     "limit": ((lambda x: x is None or _is_count(x)), "an integer >= 0 or null"),
     "source": ((lambda x: x is None or isinstance(x, str)), "a string or null"),
 }
+_STR = ((lambda x: isinstance(x, str)), "a string")
+_MODEL_OPTIONAL = {"dtype": _STR, "device": _STR}
+_MITIGATION_OPTIONAL = {
+    "config": ((lambda x: isinstance(x, dict)), "an object"),
+    "citation": _STR,
+}
+_SSCD_OPTIONAL = {
+    "backend": _STR,
+    "thresholds": (
+        (lambda x: isinstance(x, list) and all(_is_num(v) for v in x)),
+        "a list of numbers",
+    ),
+}
 # run outcomes that mean some task did not pass
 FAILED_OUTCOMES = ("failed", "error", "errors")
 
@@ -618,6 +631,7 @@ def validate(doc: Any) -> list[str]:
                 "revision": ("string", "null"),
             },
         )
+        _optional(errors, doc["model"], "model", _MODEL_OPTIONAL)
     if "sampling" in doc:
         _need(
             errors,
@@ -643,6 +657,7 @@ def validate(doc: Any) -> list[str]:
             "mitigation",
             {"spec": ("string",), "name": ("string",), "fingerprint": ("string",)},
         )
+        _optional(errors, doc["mitigation"], "mitigation", _MITIGATION_OPTIONAL)
     if "prompt_sets" in doc:
         ps = doc["prompt_sets"]
         if not isinstance(ps, dict) or not ps:
@@ -663,6 +678,7 @@ def validate(doc: Any) -> list[str]:
             "sscd",
             {"recipe": ("string",), "model_sha256": ("string",), "model": ("string",)},
         )
+        _optional(errors, doc["sscd"], "sscd", _SSCD_OPTIONAL)
     if "environment" in doc and not isinstance(doc["environment"], dict):
         errors.append(f"environment must be an object, got {_kind(doc['environment'])}")
     if "clip" in doc and doc["clip"] is not None and not isinstance(doc["clip"], dict):

@@ -315,6 +315,9 @@ def _write_doc(path: Path, doc: dict, jsonl: bytes | None = None) -> Path:
         (lambda d: d["sampling"].update(batch_size=0), "sampling.batch_size must be"),
         (lambda d: d["sampling"].update(guidance_sweep=[1, "x"]), "sampling.guidance_sweep"),
         (lambda d: d["prompt_sets"]["memorized"].update(n_with_image=1.5), "n_with_image"),
+        (lambda d: d["sscd"].update(thresholds=["0.5"]), "sscd.thresholds must be"),
+        (lambda d: d["mitigation"].update(config=[1]), "mitigation.config must be"),
+        (lambda d: d["model"].update(dtype=32), "model.dtype must be"),
     ],
 )
 def test_validate_checks_documented_field_types(tmp_path, mutate, message):
