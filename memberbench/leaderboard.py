@@ -31,43 +31,15 @@ from typing import Any
 from memberbench.registry import slug  # noqa: F401  (re-exported: leaderboard.slug)
 from memberbench.results import ResultsError, load_results
 
-# (metric, column title) of the headline table
-HEADLINE: tuple[tuple[str, str], ...] = (
-    ("sscd_mean", "SSCD"),
-    ("mem_rate_0.5", "mem@0.5"),
-    ("mem_rate_0.75", "mem@0.75"),
-    ("d1", "D1"),
-    ("d2", "D2"),
-    ("detect_auc.wen.k1", "AUC Wen@1"),
-    ("detect_auc.d1.k50", "AUC D1"),
-    ("corr_pearson.d1_sscd", "r(D1, SSCD)"),
-    ("clip_score", "CLIP mem"),
-    ("clip_score.nonmem", "CLIP non-mem"),
-    ("unet_evals_per_image", "UNet evals/img"),
-    ("wall_s_per_image", "s/img"),
-)
-# detection against measured labels is "detect_<stat>.<score>.k<k>" (set labels:
-# "detect_<stat>_set..."); a fourth part names a memorized group
-POOLED_DETECTION = re.compile(r"^detect_(auc|tpr1)\.[A-Za-z0-9_]+\.k\d+$")
-# per-group AUCs shown in the table "Detection by group": the headline detectors' windows
-GROUP_DETECTION = re.compile(r"^detect_auc\.(wen\.k1|d1\.k5)\.")
-OVERESTIMATION = (
-    "k_pair_g",
-    "k_pair_g.nonmem",
-    "k_traj_g",
-    "k_traj_g.nonmem",
-    "d1",
-    "d1.nonmem",
-    "d1.ddim_ideal",
-    "d1.early",
-    "d2",
-    "d2.nonmem",
-    "corr_pearson.d1_sscd",
-    "corr_spearman.d1_sscd",
-    "corr_pearson.d2_sscd",
-    "corr_pearson.wen_sscd",
-    "corr_pearson.d1_sscd.pooled",
-)
+# Which metric shows in which table comes from the metrics' declarations
+# (memberbench.metrics.declare: headline columns, section placements); this module names none.
+
+
+def headline_columns() -> list[tuple[str, str]]:
+    """(metric, column title) of the headline table, in the declared order."""
+    from memberbench.metrics.declare import headlines
+
+    return [(h.key, h.title) for h in headlines("leaderboard")]
 
 
 @dataclass
@@ -517,6 +489,27 @@ is the memorized set; `.nonmem` the non-memorized set; `.dup=N`, `.g=G`, `.early
 """
 
 
+def section_lines(entries: Sequence[Entry]) -> list[str]:
+    """The declared sections (:func:`memberbench.metrics.declare.sections`), each a table of the
+    recorded metrics that the declarations place in it."""
+    from memberbench.metrics.declare import section_columns, sections
+
+    lines: list[str] = []
+    recorded = {n for e in entries for n in e.metrics}
+    for sec in sections():
+        cols = section_columns(sec.id, recorded)
+        if not cols and not sec.always:
+            continue
+        lines += [f"## {sec.title}", ""]
+        if sec.intro:
+            lines += [sec.intro, ""]
+        rows = entries
+        if sec.rows == "having":
+            rows = [e for e in entries if any(n in e.metrics for n in cols)]
+        lines += [metric_table(rows, [(n, n) for n in cols]), ""]
+    return lines
+
+
 def build(
     root: str | Path = "leaderboard", *, figures: bool = True
 ) -> tuple[Path, list[str], list[Entry]]:
@@ -546,7 +539,7 @@ def build(
     if not entries:
         lines += ["_No results submitted yet._", ""]
     else:
-        lines += ["## Headline", "", metric_table(entries, HEADLINE), ""]
+        lines += ["## Headline", "", metric_table(entries, headline_columns()), ""]
         lines += ["### Runs", ""]
         from tabulate import tabulate
 
@@ -588,48 +581,7 @@ def build(
             ),
             "",
         ]
-        det = sorted({n for e in entries for n in e.metrics if POOLED_DETECTION.match(n)})
-        if det:
-            lines += [
-                "## Detection (prompts measured memorized vs not, both sets pooled)",
-                "",
-                "Labels are measured on each run's own generations (the rule under `labels` in "
-                "its results file); runs of schema version 1 have only the set-label variant "
-                "(`detect_auc_set.*`, in their results files).",
-                "",
-            ]
-            lines += [metric_table(entries, [(n, n) for n in det]), ""]
-        det_groups = sorted(
-            {n for e in entries for n in e.metrics if GROUP_DETECTION.match(n)}, key=_natural
-        )
-        if det_groups:
-            lines += [
-                "## Detection by group (each memorized group vs all non-memorized prompts)",
-                "",
-            ]
-            having = [e for e in entries if any(n in e.metrics for n in det_groups)]
-            lines += [metric_table(having, [(n, n) for n in det_groups]), ""]
-        lines += ["## Overestimation and the schedule decomposition", ""]
-        lines += [metric_table(entries, [(n, n) for n in OVERESTIMATION]), ""]
-        groups = sorted(
-            {
-                n
-                for e in entries
-                for n in e.metrics
-                if re.match(r"^(sscd_mean|mem_rate_0\.5)\.dup=", n)
-            },
-            key=_natural,
-        )
-        if groups:
-            lines += ["## Memorization by duplication level", ""]
-            lines += [metric_table(entries, [(n, n) for n in groups]), ""]
-        sweep = sorted(
-            {n for e in entries for n in e.metrics if re.match(r"^(sscd_mean|d1)\.g=", n)},
-            key=_natural,
-        )
-        if sweep:
-            lines += ["## Guidance sweep (M8)", ""]
-            lines += [metric_table(entries, [(n, n) for n in sweep]), ""]
+        lines += section_lines(entries)
         if figures:
             figs = []
             for e in entries:

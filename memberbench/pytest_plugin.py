@@ -57,7 +57,7 @@ Options (group "memberbench"; each also has an ``--mb-`` prefixed alias, e.g. ``
 Fixtures: ``mb`` (session; the :class:`memberbench.benchrun.BenchRun`: adapter, prompt sets,
 memoized generations and per-prompt quantities), ``mb_config``, ``mb_adapter``, ``mb_sscd``,
 ``mb_cache``, ``mb_guidance`` (parametrized over ``--sweep``), and the function-scoped recorders
-``record_metric(name, value_or_Stat, *, higher_is_better, stderr=, n=, ci=, per_prompt=,
+``record_metric(name, value_or_Stat, *, stderr=, n=, ci=, per_prompt=,
 prompt_set=, ...)``, ``record_per_prompt(name, {prompt_id: value}, prompt_set=)`` and
 ``record_series(name, data)``.  Each metric is recorded by exactly one test: the one that fails
 when ``--mb-compare-fail`` finds it outside its tolerance.
@@ -128,22 +128,6 @@ _PREFIXED_ONLY: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("mb-compare", "mb_compare", "compare with baseline NAME or a results file PATH", {}),
     ("mb-compare-fail", "mb_compare_fail", "tolerances, e.g. 'sscd_mean:10%%,clip_score:2se'", {}),
     ("mb-force", "mb_force", "compare even if the setups differ", {"action": "store_true"}),
-)
-HEADLINE = (
-    "sscd_mean",
-    "mem_rate_0.5",
-    "mem_rate_0.75",
-    "sscd_mean.nonmem",
-    "d1",
-    "d1.nonmem",
-    "d2",
-    "corr_pearson.d1_sscd",
-    "detect_auc.wen.k1",
-    "detect_auc.d1.k5",
-    "clip_score",
-    "clip_score.nonmem",
-    "unet_evals_per_image",
-    "wall_s_per_image",
 )
 
 
@@ -466,6 +450,9 @@ def mb_cache(mb: Any) -> Any:
     return mb.cache
 
 
+_DECLARED: Any = object()  # record_metric's default: the direction comes from the declaration
+
+
 def _family(node: pytest.Item) -> str:
     stem = Path(str(getattr(node, "path", node.nodeid.split("::")[0]))).stem
     return stem.removeprefix("test_")
@@ -473,12 +460,15 @@ def _family(node: pytest.Item) -> str:
 
 @pytest.fixture
 def record_metric(request: pytest.FixtureRequest) -> Any:
-    """``record_metric(name, value, *, higher_is_better, stderr=None, n=None, ci=None,
-    per_prompt=None, prompt_set=None, unit="", description="", note="")``.
+    """``record_metric(name, value, *, stderr=None, n=None, ci=None, per_prompt=None,
+    prompt_set=None, unit="", description="", note="")``.
 
-    ``value`` is a number or a :class:`memberbench.metrics.stats.Stat` (its stderr, CI, n,
-    reason and note are used unless given).  ``higher_is_better``: True / False, or None for a
-    quantity without a better direction.  ``per_prompt``: {prompt_id: value} (a number or a
+    ``name`` must match exactly one declaration (:mod:`memberbench.metrics.declare`): the
+    better direction, and the unit and description where not given, come from it; an
+    undeclared name is an error.  (``higher_is_better=`` may still be passed: it must then
+    agree with the declaration.)  ``value`` is a number or a
+    :class:`memberbench.metrics.stats.Stat` (its stderr, CI, n, reason and note are used unless
+    given).  ``per_prompt``: {prompt_id: value} (a number or a
     list, e.g. per seed) written to the per-prompt JSONL under this metric's name, for the set
     ``prompt_set`` ("memorized" or "nonmemorized"; default: "nonmemorized" if the name has
     ``.nonmem``, else "memorized").
@@ -492,7 +482,7 @@ def record_metric(request: pytest.FixtureRequest) -> Any:
         name: str,
         value: Any,
         *,
-        higher_is_better: bool | None,
+        higher_is_better: Any = _DECLARED,
         stderr: Any = None,
         n: int | None = None,
         ci: tuple[Any, Any] | None = None,
@@ -503,13 +493,21 @@ def record_metric(request: pytest.FixtureRequest) -> Any:
         note: str = "",
         reason: str = "",
     ) -> dict[str, Any]:
+        from memberbench.metrics.declare import lookup
         from memberbench.results import metric_entry
         from memberbench.types import MemberbenchError
 
         if not isinstance(name, str) or not name or any(c in name for c in ",: \t\n"):
             raise MemberbenchError(f"bad metric name {name!r}: no ',', ':' or spaces")
-        if higher_is_better not in (True, False, None):
-            raise MemberbenchError("higher_is_better must be True, False or None")
+        decl = lookup(name)
+        if higher_is_better is not _DECLARED and higher_is_better != decl.higher_is_better:
+            raise MemberbenchError(
+                f"metric {name!r}: recorded with higher_is_better={higher_is_better!r} but "
+                f"declared ({decl.module}) with {decl.higher_is_better!r}; drop the argument"
+            )
+        higher_is_better = decl.higher_is_better
+        unit = unit or decl.unit
+        description = description or decl.description
         if hasattr(value, "value") and hasattr(value, "stderr"):  # a Stat
             st = value
             stderr = st.stderr if stderr is None else stderr
@@ -781,10 +779,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if rec.metrics:
         from tabulate import tabulate
 
+        from memberbench.metrics.declare import headlines
+
         verbose = config.get_verbosity() > 0
-        names = [n for n in rec.metrics if verbose or n in HEADLINE]
+        order = [h.key for h in headlines("summary")]
+        names = [n for n in rec.metrics if verbose or n in order]
         rows = []
-        for n in sorted(names, key=lambda x: (HEADLINE.index(x) if x in HEADLINE else 99, x)):
+        for n in sorted(names, key=lambda x: (order.index(x) if x in order else len(order), x)):
             m = rec.metrics[n]
             arrow = {True: "↑", False: "↓"}.get(m["higher_is_better"], "")
             v = m["value"]

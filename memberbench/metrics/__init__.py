@@ -14,12 +14,21 @@ diversity.py           M5 collapse / diversity               latent_diversity, s
 decomposition.py       M6 W0/WT, D1, D2                      d1, d2
 clip_score.py          utility                               clip_score
 stats.py               AUC, TPR@FPR, Pearson/Spearman, CIs   (functions)
+detection.py           detection statistics                  (declarations)
+cost.py                UNet evaluations, wall time           (declarations)
+declare.py             the declaration registry              (declare, metric, detector)
 =====================  ====================================  ===========================
+
+Every recorded metric is declared once (:mod:`memberbench.metrics.declare`): its module declares
+its names, direction, description, leaderboard placement and, where the formula is its own, its
+compute function; ``docs/adding-a-metric.md`` shows how to add one.
 """
 
 from memberbench.metrics import (  # noqa: F401  (import registers the metrics)
     clip_score,
+    cost,
     decomposition,
+    detection,
     diversity,
     noise_magnitude,
     overestimation,

@@ -180,3 +180,20 @@ class ClipScorer(Metric):
     def __call__(self, images: Any, texts: Sequence[str] | str) -> Stat:
         """Mean CLIP score over the pairs, with its standard error."""
         return mean_stat(self.score(images, texts), what=self.name)
+
+
+# --------------------------------------------------------------------------------------------
+# declarations (tasks/test_utility.py records them)
+
+from memberbench.metrics.declare import Headline, declare  # noqa: E402
+
+declare(
+    "clip_score",
+    family="utility",
+    higher_is_better=True,
+    description="CLIP score (100 * cos, clipped at 0), mean over seeds, mean over prompts",
+    headline=(
+        Headline("clip_score", "CLIP mem", 80),
+        Headline("clip_score.nonmem", "CLIP non-mem", 90),
+    ),
+)

@@ -470,3 +470,89 @@ class D2(_Deviation):
 
     name = "d2"
     _index = 1
+
+
+def noise_suppression(trace: Trace, first_k: int = 1) -> float:
+    """Image-free overestimation score of one trajectory: how far the initial noise's share of
+    the latent, by projection on x_T alone, falls below the schedule's sqrt(1 - abar), summed
+    over the first k states: ``-sum_{i<=k} (<x_i, x_T> / ||x_T||^2 - sqrt(1 - abar_i))`` (an
+    image-free D2)."""
+    trace.require(["latent_dot_xT", "xT_norm2", "abar_next"], why="noise suppression")
+    wt = np.asarray(trace.series["latent_dot_xT"][:first_k]) / float(trace.scalars["xT_norm2"])
+    ref = np.sqrt(1.0 - np.asarray(trace.series["abar_next"][:first_k], dtype=np.float64))
+    return -float((wt - ref).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# declarations (tasks/test_overestimation.py, tasks/test_detection.py, the sweep record them)
+
+from memberbench.metrics.declare import Headline, Placement, declare, detector  # noqa: E402
+
+declare(
+    "d1",
+    keys=("d1[.ddim_ideal][.early][.nonmem]", "d1.g={g}[.nonmem]"),
+    family="overestimation",
+    higher_is_better=False,
+    needs_training_image=True,
+    description="M6: D1, the training image's share of the latent above the schedule, summed "
+    "over the states (.ddim_ideal: against the DDIM-ideal schedule; .early: first 10 states)",
+    sections=(
+        Placement("overestimation", ("d1", "d1.nonmem", "d1.ddim_ideal", "d1.early"), rank=30),
+        Placement("guidance_sweep", ("d1.g={g}[.nonmem]",)),
+    ),
+    headline=(
+        Headline("d1", "D1", 40),
+        Headline("d1.nonmem", "D1 non-mem", 45, leaderboard=False),
+    ),
+)
+declare(
+    "d2",
+    keys=("d2[.ddim_ideal][.early][.nonmem]", "d2.g={g}[.nonmem]"),
+    family="overestimation",
+    higher_is_better=False,
+    needs_training_image=True,
+    description="M6: D2, the initial noise's share of the latent below the schedule, summed "
+    "over the states (qualifiers as for d1)",
+    sections=(Placement("overestimation", ("d2", "d2.nonmem"), rank=40),),
+    headline=(Headline("d2", "D2", 50),),
+)
+for _key in ("D1", "D2"):
+    declare(
+        f"{_key.lower()}.paper",
+        family="overestimation",
+        higher_is_better=None,
+        description=f"M6, the paper code's convention: {_key} on the [x_final, x_T] basis, "
+        "sqrt(abar_t) alignment (image-free)",
+    )
+
+
+@detector(
+    "nsupp",
+    description="noise suppression: the initial noise's share of the latent (projection on "
+    "x_T) below sqrt(1 - abar), summed over the first k states (image-free)",
+)
+def nsupp_scores(mb: Any, side: str, k: int) -> dict[str, float]:
+    k = min(k, mb.config.steps)
+    return mb.per_prompt(
+        f"nsupp{k}", side, lambda ts: float(np.mean([noise_suppression(t, k) for t in ts]))
+    )
+
+
+@detector(
+    "d1_paper",
+    description="D1 of the first k states with the paper code's conventions (each state fitted "
+    "on the trajectory's own final latent and x_T): image-free",
+)
+def d1_paper_scores(mb: Any, side: str, k: int) -> dict[str, float]:
+    return {p: v["D1"] for p, v in mb.paper_deviation(side, window=k).items()}
+
+
+@detector(
+    "d1",
+    description="D1 over the first k states against each prompt's training image (an oracle "
+    "score: it needs the training image)",
+    needs_training_image=True,
+)
+def d1_scores(mb: Any, side: str, k: int) -> dict[str, float]:
+    mb.require_images(side)
+    return {p: v["D1"] for p, v in mb.deviation(side, window=k).items()}

@@ -129,3 +129,61 @@ class SeedSimilarity(Metric):
             why = "needs at least 2 seeds" if len(e) < 2 else "an embedding is zero"
             return Stat.nan(f"{self.name}: {why}", n=len(e))
         return Stat(v, n=len(e))
+
+
+# --------------------------------------------------------------------------------------------
+# declarations with their compute functions (tasks/test_diversity.py records them)
+
+from memberbench.metrics.declare import metric  # noqa: E402
+
+
+@metric(
+    "seed_sscd",
+    family="diversity",
+    higher_is_better=False,
+    description="M5: mean pairwise SSCD between the final images of different seeds",
+)
+def seed_sscd(mb: Any, side: str) -> dict[str, float]:
+    """{prompt_id: mean pairwise SSCD of its seeds' final images} (prompts with >= 2)."""
+    out = {}
+    for pid, gens in mb.ok_gens(side).items():
+        emb = [g.sscd_emb for g in gens if g.sscd_emb is not None]
+        if len(emb) >= 2:
+            out[pid] = mean_pairwise_similarity(np.stack(emb))
+    return out
+
+
+@metric(
+    "latent_l2",
+    family="diversity",
+    higher_is_better=True,
+    description="M5: mean pairwise L2 between the final latents of different seeds",
+)
+def latent_l2(mb: Any, side: str) -> dict[str, float]:
+    """{prompt_id: mean pairwise L2 of its seeds' final latents} (prompts with >= 2)."""
+    out = {}
+    for pid, gens in mb.ok_gens(side).items():
+        lat = [g.final_latent for g in gens if g.final_latent is not None]
+        if len(lat) >= 2:
+            out[pid] = float(pairwise_l2_by_state(np.stack(lat)[:, None])[0])
+    return out
+
+
+@metric(
+    "collapse_early",
+    family="diversity",
+    higher_is_better=True,
+    description="M5: pairwise L2 of the seeds' latents at 20% of the steps / pairwise L2 of "
+    "their initial noises (needs full latents, --mb-latents)",
+)
+def collapse_profiles(mb: Any, side: str) -> tuple[dict[str, np.ndarray], int]:
+    """({prompt_id: pairwise L2 per state 0..T}, prompts without full latents)."""
+    curves, missing = {}, 0
+    for pid, gens in mb.ok_gens(side).items():
+        lats = [mb.latents_of(g) for g in gens]
+        if any(x is None for x in lats):
+            missing += 1
+            continue
+        if len(lats) >= 2:
+            curves[pid] = pairwise_l2_by_state(np.stack(lats))
+    return curves, missing

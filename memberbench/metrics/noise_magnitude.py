@@ -143,3 +143,43 @@ class RawOutputMagnitude(TraceMetric):
                 "branch there, so the raw-output magnitude is undefined"
             )
         return ""
+
+
+# --------------------------------------------------------------------------------------------
+# declarations (tasks/test_detection.py, tasks/test_guidance_sweep.py record them)
+
+from memberbench.metrics.declare import declare, detector  # noqa: E402
+
+declare(
+    "wen",
+    keys=("wen.k{k}[.g={g}][.nonmem]",),
+    family="detection",
+    higher_is_better=False,
+    description="M4: Wen's ||eps_c - eps_u|| over the first k steps, mean over seeds",
+)
+declare(
+    "wen_raw",
+    keys=("wen_raw.k{k}[.nonmem]",),
+    family="detection",
+    higher_is_better=False,
+    description="M4, Wen et al.'s convention: ||out_c - out_u|| of the UNet's raw output (v for "
+    "a v-prediction model) over the first k steps, mean over seeds",
+)
+
+
+@detector(
+    "wen",
+    description="Wen et al.'s text-conditional noise magnitude ||eps_c - eps_u||, mean over the "
+    "first k steps (image-free)",
+)
+def wen_scores(mb: Any, side: str, k: int) -> dict[str, float]:
+    return mb.wen(side, k)
+
+
+@detector(
+    "wen_raw",
+    description="Wen's magnitude on the UNet's raw output, as Wen et al.'s code takes it (v for "
+    "a v-prediction model)",
+)
+def wen_raw_scores(mb: Any, side: str, k: int) -> dict[str, float]:
+    return mb.wen_raw(side, k)

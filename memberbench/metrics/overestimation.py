@@ -325,3 +325,43 @@ class TrajectoryK(TraceMetric):
         if not trace.scalars.get("x_norm2", 0.0) > 0:
             return "the training latent x is zero: k undefined"
         return ""
+
+
+# --------------------------------------------------------------------------------------------
+# declarations (tasks/test_overestimation.py, tasks/test_guidance_sweep.py record them)
+
+from memberbench.metrics.declare import Placement, declare  # noqa: E402
+
+declare(
+    "k_pair_g",
+    family="overestimation",
+    higher_is_better=False,
+    needs_training_image=True,
+    description="M2: guided k_g = <x0_hat_g, x>/||x||^2 at the training pair, mean over noises",
+    sections=(Placement("overestimation", ("k_pair_g", "k_pair_g.nonmem"), rank=10),),
+)
+for _b in ("c", "u"):
+    declare(
+        f"k_pair_{_b}",
+        family="overestimation",
+        higher_is_better=None,
+        needs_training_image=True,
+        description=f"M2: k_{_b} = <x0_hat_{_b}, x>/||x||^2 at the training pair (a reference "
+        "branch: no better direction)",
+    )
+declare(
+    "m2_loss_ratio_gc",
+    family="overestimation",
+    higher_is_better=False,
+    needs_training_image=True,
+    description="M2: guided / conditional training loss at the first sampling timestep",
+)
+declare(
+    "k_traj_g",
+    keys=("k_traj_g[.nonmem]", "k_traj_g.g={g}[.nonmem]"),
+    family="overestimation",
+    higher_is_better=False,
+    needs_training_image=True,
+    description="M3: k_i(g) along the trajectory, mean over the first 10 steps and seeds",
+    sections=(Placement("overestimation", ("k_traj_g", "k_traj_g.nonmem"), rank=20),),
+)

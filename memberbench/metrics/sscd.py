@@ -552,3 +552,59 @@ def embed_in_batches(scorer: SSCDScorer, images: Iterable[np.ndarray]) -> np.nda
     if buf:
         outs.append(scorer.embed(buf))
     return np.concatenate(outs, 0) if outs else np.zeros((0, scorer.embedding_dim), np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# declarations (tasks/test_memorization.py, tasks/test_guidance_sweep.py record them)
+
+from memberbench.metrics.declare import Headline, Placement, declare  # noqa: E402
+
+_SSCD_FAMILY = dict(family="memorization", higher_is_better=False, needs_training_image=True)
+declare(
+    "sscd_mean",
+    keys=("sscd_mean[.nonmem]", "sscd_mean.g={g}[.nonmem]", "sscd_mean.{group}"),
+    description="M1: SSCD to the training image, mean over seeds, mean over prompts",
+    sections=(
+        Placement("duplication", ("sscd_mean.dup={group}",)),
+        Placement("guidance_sweep", ("sscd_mean.g={g}[.nonmem]",)),
+    ),
+    headline=(
+        Headline("sscd_mean", "SSCD", 10),
+        Headline("sscd_mean.nonmem", "SSCD non-mem", 35, leaderboard=False),
+    ),
+    **_SSCD_FAMILY,
+)
+declare(
+    "sscd_max",
+    description="M1: SSCD to the training image, max over seeds, mean over prompts",
+    **_SSCD_FAMILY,
+)
+declare(
+    "mem_rate_0.5",
+    keys=("mem_rate_0.5[.nonmem]", "mem_rate_0.5.g={g}[.nonmem]", "mem_rate_0.5.{group}"),
+    description="M1: fraction of generations with SSCD >= 0.5 (mean over prompts)",
+    sections=(Placement("duplication", ("mem_rate_0.5.dup={group}",)),),
+    headline=(Headline("mem_rate_0.5", "mem@0.5", 20),),
+    **_SSCD_FAMILY,
+)
+declare(
+    "mem_rate_0.75",
+    keys=("mem_rate_0.75[.nonmem]", "mem_rate_0.75.{group}"),
+    description="M1: fraction of generations with SSCD >= 0.75 (mean over prompts)",
+    headline=(Headline("mem_rate_0.75", "mem@0.75", 30),),
+    **_SSCD_FAMILY,
+)
+declare(
+    "sscd_ceiling",
+    keys=("sscd_ceiling",),
+    family="memorization",
+    higher_is_better=None,
+    needs_training_image=True,
+    description="SSCD of each training image to its own VAE reconstruction",
+)
+declare(
+    "sscd_rel_mean",
+    keys=("sscd_rel_mean",),
+    description="per-prompt mean SSCD divided by its VAE-reconstruction ceiling",
+    **_SSCD_FAMILY,
+)

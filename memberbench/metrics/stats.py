@@ -445,3 +445,33 @@ def pearson(x: Any, y: Any, **kw: Any) -> Stat:
 
 def spearman(x: Any, y: Any, **kw: Any) -> Stat:
     return correlation(x, y, "spearman", **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# declarations (tasks/test_overestimation.py records the M7 correlations)
+
+from memberbench.metrics.declare import Headline, Placement, declare  # noqa: E402
+
+declare(
+    "corr",
+    keys=("corr_{method}.{quantity}_sscd[.pooled]",),
+    family="overestimation",
+    higher_is_better=None,
+    needs_training_image=True,
+    description="M7: Pearson / Spearman correlation of a per-prompt quantity with per-prompt "
+    "mean SSCD over the memorized set's prompts (.pooled: both sets); CI: bootstrap",
+    sections=(
+        Placement(
+            "overestimation",
+            (
+                "corr_pearson.d1_sscd",
+                "corr_spearman.d1_sscd",
+                "corr_pearson.d2_sscd",
+                "corr_pearson.wen_sscd",
+                "corr_pearson.d1_sscd.pooled",
+            ),
+            rank=50,
+        ),
+    ),
+    headline=(Headline("corr_pearson.d1_sscd", "r(D1, SSCD)", 70),),
+)

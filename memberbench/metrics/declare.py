@@ -1,0 +1,433 @@
+"""Declarations: every metric and every detection score is declared once, here or in its module.
+
+A declaration says what a metric *is*: its name, family, better direction, description, whether
+it needs the prompts' training images, the recorded names (keys) it covers, where it shows in
+the leaderboard (sections, headline columns) and, where the formula is the metric's own, the
+function that computes it from the session's memoized products (the ``mb`` fixture, a
+:class:`memberbench.benchrun.BenchRun`).  Everything else reads the declarations:
+
+* ``record_metric`` (the pytest plugin) takes the better direction from the declaration of the
+  name it records; an undeclared name is an error;
+* ``memberbench leaderboard`` builds its headline table and its sections from them;
+* the terminal summary shows the declared headline metrics.
+
+Recorded names carry qualifiers (``sscd_mean.dup=256``, ``d1.g=3.nonmem``,
+``detect_auc.wen.k1``): a declaration lists key *templates*, literal text with ``[...]`` for an
+optional part and ``{placeholder}`` for a variable one (see :data:`PLACEHOLDERS`; ``{score}`` is
+any declared detector).  Every recorded name must match the templates of exactly one
+declaration.
+
+::
+
+    from memberbench.metrics.declare import Headline, Placement, metric
+
+    @metric(
+        name="seed_sscd",
+        keys=("seed_sscd[.nonmem]",),
+        family="diversity",
+        higher_is_better=False,
+        description="mean pairwise SSCD between the final images of different seeds",
+        headline=(Headline("seed_sscd", "seed SSCD", rank=85),),
+    )
+    def seed_sscd(mb, side):  # {prompt_id: value}
+        ...
+
+``docs/adding-a-metric.md`` walks through adding one end to end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memberbench.types import MemberbenchError
+
+# what a {placeholder} in a key template stands for (regular expressions)
+PLACEHOLDERS: dict[str, str] = {
+    "g": r"\d+(?:\.\d+)?",  # a guidance scale: .g=7.5
+    "k": r"\d+",  # a window of the first k steps: .k5
+    "group": r"[A-Za-z0-9=._+-]+",  # a group of the memorized set: dup=256, MV
+    "method": r"pearson|spearman",  # a correlation
+    "quantity": r"[A-Za-z0-9_]+",  # a per-prompt quantity: d1, d2, wen, d1_paper
+    # "score": the declared detectors' names, filled in at match time
+}
+SIDE_SUFFIX = ".nonmem"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A headline column: the recorded ``key``, its column ``title``, its position (``rank``,
+    ascending, over all declarations) and where it shows: the leaderboard's headline table
+    and / or the terminal summary of a run."""
+
+    key: str
+    title: str
+    rank: float
+    leaderboard: bool = True
+    summary: bool = True
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Columns of a leaderboard section: the recorded keys matching ``keys`` (templates).  In a
+    section ordered "declared", columns go by ``rank`` (over all declarations), then by the
+    order of ``keys``."""
+
+    section: str
+    keys: tuple[str, ...]
+    rank: float = 0.0
+
+
+@dataclass(frozen=True)
+class Section:
+    """A leaderboard section (a table after the headline).  ``order``: "declared" (placement
+    ranks), "sorted" (by name) or "natural" (numbers compared as numbers); ``rows``: "all" runs
+    or only those "having" one of its columns; ``always``: shown even with no column."""
+
+    id: str
+    title: str
+    rank: float
+    intro: str = ""
+    order: str = "natural"
+    rows: str = "all"
+    always: bool = False
+
+
+@dataclass(frozen=True)
+class Declaration:
+    name: str
+    keys: tuple[str, ...]
+    family: str
+    higher_is_better: bool | None
+    description: str
+    needs_training_image: bool = False
+    placements: tuple[Placement, ...] = ()
+    headline: tuple[Headline, ...] = ()
+    compute: Callable[..., Any] | None = field(default=None, compare=False)
+    unit: str = ""
+    module: str = ""
+
+    def matches(self, key: str) -> bool:
+        return any(_regex(t).fullmatch(key) for t in self.keys)
+
+    def placed(self, section: str, key: str) -> tuple[float, int] | None:
+        """(rank, template index) of ``key`` in ``section``, or None when not placed there."""
+        for p in self.placements:
+            if p.section != section:
+                continue
+            for i, t in enumerate(p.keys):
+                if _regex(t).fullmatch(key):
+                    return (p.rank, i)
+        return None
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A per-prompt detection score (higher = more likely memorized): ``compute(mb, side, k)``
+    gives {prompt_id: score} over the first k sampling steps.  The detection task scores every
+    declared detector; ``{score}`` in a key template stands for any of their names."""
+
+    name: str
+    description: str
+    needs_training_image: bool
+    compute: Callable[..., dict[str, float]] = field(compare=False)
+    module: str = ""
+
+
+_METRICS: dict[str, Declaration] = {}
+_DETECTORS: dict[str, Detector] = {}
+_SECTIONS: dict[str, Section] = {}
+_REGEX_CACHE: dict[str, re.Pattern[str]] = {}
+_LOOKUP_CACHE: dict[str, tuple[Declaration, ...]] = {}
+
+
+def _invalidate() -> None:
+    _REGEX_CACHE.clear()
+    _LOOKUP_CACHE.clear()
+
+
+def _placeholder(name: str, template: str) -> str:
+    if name == "score":
+        names = sorted(_DETECTORS, key=len, reverse=True)
+        return "|".join(re.escape(n) for n in names) or r"(?!)"
+    if name not in PLACEHOLDERS:
+        raise MemberbenchError(
+            f"key template {template!r}: unknown placeholder {{{name}}}; use one of "
+            + ", ".join("{" + p + "}" for p in [*PLACEHOLDERS, "score"])
+        )
+    return PLACEHOLDERS[name]
+
+
+def _regex(template: str) -> re.Pattern[str]:
+    """A key template as a regular expression: ``[...]`` optional, ``{name}`` a placeholder."""
+    rx = _REGEX_CACHE.get(template)
+    if rx is not None:
+        return rx
+    out, depth, i = [], 0, 0
+    while i < len(template):
+        c = template[i]
+        if c == "{":
+            j = template.find("}", i)
+            if j < 0:
+                raise MemberbenchError(f"key template {template!r}: '{{' without '}}'")
+            out.append(f"(?:{_placeholder(template[i + 1 : j], template)})")
+            i = j + 1
+            continue
+        if c == "[":
+            depth += 1
+            out.append("(?:")
+        elif c == "]":
+            depth -= 1
+            if depth < 0:
+                raise MemberbenchError(f"key template {template!r}: ']' without '['")
+            out.append(")?")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    if depth:
+        raise MemberbenchError(f"key template {template!r}: '[' without ']'")
+    rx = re.compile("".join(out))
+    _REGEX_CACHE[template] = rx
+    return rx
+
+
+def _check_new(registry: dict[str, Any], kind: str, name: str, module: str) -> None:
+    old = registry.get(name)
+    if old is not None and old.module != module:
+        raise MemberbenchError(
+            f"{kind} {name!r} declared twice (in {old.module} and in {module}); declare it once"
+        )
+
+
+def declare(
+    name: str,
+    *,
+    family: str,
+    higher_is_better: bool | None,
+    description: str,
+    keys: Sequence[str] | None = None,
+    needs_training_image: bool = False,
+    sections: Iterable[Placement] = (),
+    headline: Iterable[Headline] = (),
+    compute: Callable[..., Any] | None = None,
+    unit: str = "",
+    module: str | None = None,
+) -> Declaration:
+    """Declare a metric (see the module docstring); ``keys`` defaults to ``name`` and
+    ``name.nonmem``.  Declaring a name again from the same module (a re-import) replaces it."""
+    if higher_is_better not in (True, False, None):
+        raise MemberbenchError(f"metric {name!r}: higher_is_better must be True, False or None")
+    if not name or any(c in name for c in ",: \t\n"):
+        raise MemberbenchError(f"bad metric name {name!r}: no ',', ':' or spaces")
+    if module is None:
+        module = getattr(compute, "__module__", None) or _caller_module()
+    _check_new(_METRICS, "metric", name, module)
+    decl = Declaration(
+        name=name,
+        keys=tuple(keys) if keys else (f"{name}[{SIDE_SUFFIX}]",),
+        family=family,
+        higher_is_better=higher_is_better,
+        description=description,
+        needs_training_image=needs_training_image,
+        placements=tuple(sections),
+        headline=tuple(headline),
+        compute=compute,
+        unit=unit,
+        module=module,
+    )
+    for t in decl.keys + tuple(k for p in decl.placements for k in p.keys):
+        _regex(t)  # a malformed template fails here, at declaration time
+    for p in decl.placements:
+        for t in p.keys:
+            if not decl.matches(_example(t)):
+                raise MemberbenchError(
+                    f"metric {name!r}: section key {t!r} is not one of its keys {decl.keys}"
+                )
+    for h in decl.headline:
+        if not decl.matches(h.key):
+            raise MemberbenchError(
+                f"metric {name!r}: headline key {h.key!r} is not one of its keys {decl.keys}"
+            )
+    _METRICS[name] = decl
+    _invalidate()
+    return decl
+
+
+def metric(name: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator form of :func:`declare`: the decorated function is the metric's ``compute``
+    (called by its task with the session's ``mb`` and the task's parameters)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.declaration = declare(name, compute=fn, module=fn.__module__, **kw)  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+def detector(
+    name: str, *, description: str, needs_training_image: bool = False
+) -> Callable[[Callable[..., dict[str, float]]], Callable[..., dict[str, float]]]:
+    """Declare a detection score: the decorated ``fn(mb, side, k) -> {prompt_id: score}``."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise MemberbenchError(f"bad detector name {name!r}: letters, digits and '_' only")
+
+    def wrap(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+        _check_new(_DETECTORS, "detector", name, fn.__module__)
+        _DETECTORS[name] = Detector(name, description, needs_training_image, fn, fn.__module__)
+        _invalidate()
+        fn.detector = _DETECTORS[name]  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+def section(
+    id: str,  # noqa: A002 - the section's id
+    title: str,
+    rank: float,
+    **kw: Any,
+) -> Section:
+    _SECTIONS[id] = Section(id, title, rank, **kw)
+    return _SECTIONS[id]
+
+
+def forget(name: str) -> None:
+    """Remove a metric or detector declaration (tests that declare toy ones clean up)."""
+    _METRICS.pop(name, None)
+    _DETECTORS.pop(name, None)
+    _invalidate()
+
+
+def _caller_module() -> str:
+    import sys
+
+    f = sys._getframe(2)
+    return str(f.f_globals.get("__name__", "?"))
+
+
+def _example(template: str) -> str:
+    """A key the template matches (placeholders filled), for declaration-time checks."""
+    fill = {"g": "1", "k": "1", "group": "x", "method": "pearson", "quantity": "x"}
+    out = re.sub(r"\[|\]", "", template)
+    for p, v in fill.items():
+        out = out.replace("{" + p + "}", v)
+    return out.replace("{score}", next(iter(_DETECTORS), "x"))
+
+
+# --------------------------------------------------------------------------------------------
+# reading the declarations
+
+
+def _load() -> None:
+    import memberbench.metrics  # noqa: F401  (importing the package declares the metrics)
+
+
+def declarations() -> list[Declaration]:
+    _load()
+    return list(_METRICS.values())
+
+
+def detectors() -> list[Detector]:
+    _load()
+    return list(_DETECTORS.values())
+
+
+def get_detector(name: str) -> Detector:
+    _load()
+    if name not in _DETECTORS:
+        raise MemberbenchError(
+            f"unknown detector {name!r}; declared: {', '.join(sorted(_DETECTORS))}"
+        )
+    return _DETECTORS[name]
+
+
+def sections() -> list[Section]:
+    _load()
+    return sorted(_SECTIONS.values(), key=lambda s: s.rank)
+
+
+def matching(key: str) -> tuple[Declaration, ...]:
+    _load()
+    hit = _LOOKUP_CACHE.get(key)
+    if hit is None:
+        hit = tuple(d for d in _METRICS.values() if d.matches(key))
+        _LOOKUP_CACHE[key] = hit
+    return hit
+
+
+def find(key: str) -> Declaration | None:
+    """The declaration of a recorded name, or None (undeclared, or ambiguous)."""
+    hit = matching(key)
+    return hit[0] if len(hit) == 1 else None
+
+
+def lookup(key: str) -> Declaration:
+    """The declaration of a recorded name; a clear error when none or several match."""
+    hit = matching(key)
+    if len(hit) == 1:
+        return hit[0]
+    if not hit:
+        raise MemberbenchError(
+            f"metric {key!r} is not declared: declare it once with "
+            "memberbench.metrics.declare.metric(...) in its metric module, with a key template "
+            "that matches this name (docs/adding-a-metric.md)"
+        )
+    raise MemberbenchError(
+        f"metric {key!r} matches several declarations ({', '.join(d.name for d in hit)}); "
+        "make their key templates disjoint"
+    )
+
+
+def headlines(where: str) -> list[Headline]:
+    """The headline columns of the ``"leaderboard"`` or the ``"summary"``, in rank order."""
+    out = [h for d in declarations() for h in d.headline if getattr(h, where)]
+    return sorted(out, key=lambda h: h.rank)
+
+
+def section_columns(section_id: str, keys: Iterable[str]) -> list[str]:
+    """The recorded ``keys`` placed in a section, in the section's order."""
+    from memberbench.leaderboard import _natural
+
+    sec = {s.id: s for s in sections()}[section_id]
+    placed: dict[str, tuple[float, int]] = {}
+    for k in set(keys):
+        d = find(k)
+        where = d.placed(section_id, k) if d is not None else None
+        if where is not None:
+            placed[k] = where
+    if sec.order == "sorted":
+        return sorted(placed)
+    if sec.order == "declared":
+        return sorted(placed, key=lambda k: (*placed[k], _natural(k)))
+    return sorted(placed, key=_natural)
+
+
+# --------------------------------------------------------------------------------------------
+# the leaderboard's sections (the metrics place their keys in them)
+
+section(
+    "detection",
+    "Detection (prompts measured memorized vs not, both sets pooled)",
+    10,
+    intro="Labels are measured on each run's own generations (the rule under `labels` in its "
+    "results file); runs of schema version 1 have only the set-label variant "
+    "(`detect_auc_set.*`, in their results files).",
+    order="sorted",
+)
+section(
+    "detection_by_group",
+    "Detection by group (each memorized group vs all non-memorized prompts)",
+    20,
+    rows="having",
+)
+section(
+    "overestimation",
+    "Overestimation and the schedule decomposition",
+    30,
+    order="declared",
+    always=True,
+)
+section("duplication", "Memorization by duplication level", 40)
+section("guidance_sweep", "Guidance sweep (M8)", 50)
