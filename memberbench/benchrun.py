@@ -1048,23 +1048,6 @@ class BenchRun:
             seeds,
         )
 
-    def noise_suppression(self, side: str, k: int = 1, guidance: float | None = None):
-        """Image-free overestimation score: the initial noise's share of the latent, by
-        projection on x_T alone, below the schedule's sqrt(1 - abar), summed over the first k
-        states: ``-sum_{i<=k} (<x_i, x_T> / ||x_T||^2 - sqrt(1 - abar_i))``."""
-        k = min(k, self.config.steps)
-
-        def fn(traces: list[Any]) -> float:
-            vals = []
-            for t in traces:
-                t.require(["latent_dot_xT", "xT_norm2", "abar_next"], why="noise suppression")
-                wt = np.asarray(t.series["latent_dot_xT"][:k]) / float(t.scalars["xT_norm2"])
-                ref = np.sqrt(1.0 - np.asarray(t.series["abar_next"][:k], dtype=np.float64))
-                vals.append(-float((wt - ref).sum()))
-            return float(np.mean(vals))
-
-        return self.per_prompt(f"nsupp{k}", side, fn, guidance)
-
     def k_trajectory(self, side: str, guidance: float | None = None, seeds: Any = None):
         from memberbench.metrics.overestimation import TrajectoryK
 

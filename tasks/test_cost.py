@@ -75,26 +75,17 @@ def test_cost_per_image(mb, record_metric):
     record_metric(
         "unet_evals_per_image",
         mean_stat([s.unet_evals for s in ok], "unet_evals"),
-        higher_is_better=False,
-        unit="evaluations",
-        description="UNet forward evaluations per image (2 per step for plain CFG)",
     )
     record_metric(
         "wall_s_per_image",
         total / len(reqs),
-        higher_is_better=False,
         n=len(reqs),
-        unit="s",
         note=f"{len(reqs)} images in {total:.2f} s, batch size {mb.config.batch_size}; one "
         "timed batch, so no standard error",
-        description="wall time per image (generation only, this machine)",
     )
     record_metric(
         "images_per_s",
         len(reqs) / total if total > 0 else float("nan"),
-        higher_is_better=True,
         n=len(reqs),
-        unit="images/s",
-        description="throughput of the cost batch",
     )
     assert np.all([s.unet_evals > 0 for s in ok]), "samples report no UNet evaluations"

@@ -41,6 +41,7 @@ import numpy as np
 import pytest
 
 from memberbench.benchrun import DETECTION_WINDOWS, SIDES, SUFFIX
+from memberbench.metrics.declare import detectors, get_detector
 from memberbench.metrics.stats import (
     mean_stat,
     roc_auc,
@@ -50,7 +51,7 @@ from memberbench.metrics.stats import (
 )
 
 pytestmark = pytest.mark.memberbench
-SCORES = ("wen", "wen_raw", "nsupp", "d1_paper", "d1")
+SCORES = tuple(d.name for d in detectors())  # every declared detector
 
 
 def _windows(steps: int) -> list[int]:
@@ -58,16 +59,7 @@ def _windows(steps: int) -> list[int]:
 
 
 def _scores(mb, score: str, side: str, k: int) -> dict[str, float]:
-    if score == "wen":
-        return mb.wen(side, k)
-    if score == "wen_raw":
-        return mb.wen_raw(side, k)
-    if score == "d1_paper":
-        return {p: v["D1"] for p, v in mb.paper_deviation(side, window=k).items()}
-    if score == "nsupp":
-        return mb.noise_suppression(side, k)
-    mb.require_images(side)
-    return {p: v["D1"] for p, v in mb.deviation(side, window=k).items()}
+    return get_detector(score).compute(mb, side, k)
 
 
 def _labelled(pos, neg) -> tuple[np.ndarray, np.ndarray]:
@@ -85,21 +77,18 @@ def _record_roc(record_metric, record_series, variant: str, score_k: str, pos, n
     record_metric(
         f"detect_auc{stat}.{score_k}",
         auc,
-        higher_is_better=True,
         prompt_set="both",
         description=f"ROC AUC of {score_k}, {what}",
     )
     record_metric(
         f"detect_tpr1{stat}.{score_k}",
         tpr_at_fpr(s, y, 0.01, n_boot=nb, seed=0),
-        higher_is_better=True,
         prompt_set="both",
         description=f"TPR at 1% FPR (interpolated) of {score_k}, {what}",
     )
     record_metric(
         f"detect_tpr1_wen{stat}.{score_k}",
         tpr_at_fpr_last_point(s, y, 0.01, n_boot=nb, seed=0),
-        higher_is_better=True,
         prompt_set="both",
         description=f"TPR at the last ROC point below 1% FPR (Wen et al.'s) of {score_k}, {what}",
     )
@@ -176,7 +165,6 @@ def test_detection_set_labels(mb, record_metric, record_series, score):
             record_metric(
                 f"detect_auc.{score}.k{k}.{group}",
                 roc_auc(*_labelled(gs, neg.values()), n_boot=nb, seed=0),
-                higher_is_better=True,
                 prompt_set="both",
                 description=(
                     f"ROC AUC of {score} over the first {k} steps, memorized prompts of group "
@@ -192,7 +180,6 @@ def test_noise_magnitude_m4(mb, record_metric):
             record_metric(
                 f"wen_raw.k1{SUFFIX[side]}",
                 mean_stat(list(raw.values()), "wen_raw"),
-                higher_is_better=False,
                 per_prompt=raw,
                 prompt_set=side,
                 description="M4, Wen et al.'s convention: ||out_c - out_u|| of the UNet's raw "
@@ -204,7 +191,6 @@ def test_noise_magnitude_m4(mb, record_metric):
         record_metric(
             f"wen.k1{SUFFIX[side]}",
             mean_stat(list(vals.values()), "wen"),
-            higher_is_better=False,
             per_prompt=vals,
             prompt_set=side,
             description="M4: Wen's ||eps_c - eps_u|| at the first step, mean over seeds",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from memberbench.benchrun import SIDES, SUFFIX
-from memberbench.metrics.diversity import mean_pairwise_similarity, pairwise_l2_by_state
+from memberbench.metrics.diversity import collapse_profiles, latent_l2, seed_sscd
 from memberbench.metrics.stats import mean_stat
 
 pytestmark = pytest.mark.memberbench
@@ -27,14 +27,7 @@ def _need_seeds(mb) -> None:
 @pytest.mark.parametrize("side", SIDES)
 def test_seed_diversity(mb, record_metric, side):
     _need_seeds(mb)
-    sim, l2 = {}, {}
-    for pid, gens in mb.ok_gens(side).items():
-        emb = [g.sscd_emb for g in gens if g.sscd_emb is not None]
-        if len(emb) >= 2:
-            sim[pid] = mean_pairwise_similarity(np.stack(emb))
-        lat = [g.final_latent for g in gens if g.final_latent is not None]
-        if len(lat) >= 2:
-            l2[pid] = float(pairwise_l2_by_state(np.stack(lat)[:, None])[0])
+    sim, l2 = seed_sscd(mb, side), latent_l2(mb, side)
     if not sim and not l2:
         pytest.skip(f"no {side} prompt has two successful generations")
     sfx = SUFFIX[side]
@@ -42,39 +35,26 @@ def test_seed_diversity(mb, record_metric, side):
         record_metric(
             f"seed_sscd{sfx}",
             mean_stat(list(sim.values()), "seed_sscd"),
-            higher_is_better=False,
             per_prompt=sim,
             prompt_set=side,
-            description="M5: mean pairwise SSCD between the final images of different seeds",
         )
     if l2:
         record_metric(
             f"latent_l2{sfx}",
             mean_stat(list(l2.values()), "latent_l2"),
-            higher_is_better=True,
             per_prompt=l2,
             prompt_set=side,
-            description="M5: mean pairwise L2 between the final latents of different seeds",
         )
 
 
 @pytest.mark.parametrize("side", SIDES)
 def test_collapse_profile(mb, record_metric, record_series, side):
     _need_seeds(mb)
-    curves, early = [], {}
     T = mb.config.steps
     i_early = max(1, round(0.2 * T))
-    missing = 0
-    for pid, gens in mb.ok_gens(side).items():
-        lats = [mb.latents_of(g) for g in gens]
-        if any(x is None for x in lats):
-            missing += 1
-            continue
-        if len(lats) < 2:
-            continue
-        d = pairwise_l2_by_state(np.stack(lats))  # states 0..T
-        curves.append(d)
-        early[pid] = float(d[i_early] / d[0]) if d[0] > 0 else float("nan")
+    profiles, missing = collapse_profiles(mb, side)
+    curves = list(profiles.values())
+    early = {p: float(d[i_early] / d[0]) if d[0] > 0 else float("nan") for p, d in profiles.items()}
     if not curves:
         pytest.skip(
             "full latents were not recorded (--mb-latents none, over the auto size limit, or "
@@ -83,7 +63,6 @@ def test_collapse_profile(mb, record_metric, record_series, side):
     record_metric(
         f"collapse_early{SUFFIX[side]}",
         mean_stat(list(early.values()), "collapse_early"),
-        higher_is_better=True,
         per_prompt=early,
         prompt_set=side,
         description=f"M5: pairwise L2 at state {i_early} / pairwise L2 of the initial noises",

@@ -32,7 +32,6 @@ def test_guidance_sweep(mb, record_metric, mb_guidance):
                 record_metric(
                     f"{name}{tag}{sfx}",
                     mean_stat([d[key] for d in per.values()], name),
-                    higher_is_better=False,
                     prompt_set=side,
                     description=f"M8: {name} at guidance {g:g}",
                 )
@@ -41,7 +40,6 @@ def test_guidance_sweep(mb, record_metric, mb_guidance):
                 record_metric(
                     f"{name}{tag}{sfx}",
                     mean_stat([v[key] for v in dev.values()], name),
-                    higher_is_better=False,
                     prompt_set=side,
                     description=f"M8: {key} (sqrt(abar) schedule) at guidance {g:g}",
                 )
@@ -49,7 +47,6 @@ def test_guidance_sweep(mb, record_metric, mb_guidance):
             record_metric(
                 f"k_traj_g{tag}{sfx}",
                 mean_stat(list(kt.values()), "k_traj_g"),
-                higher_is_better=False,
                 prompt_set=side,
                 description=f"M8: trajectory k_i(g), first 10 steps, at guidance {g:g}",
             )
@@ -57,7 +54,6 @@ def test_guidance_sweep(mb, record_metric, mb_guidance):
         record_metric(
             f"wen.k1{tag}{sfx}",
             mean_stat(list(wen.values()), "wen"),
-            higher_is_better=False,
             prompt_set=side,
             description=f"M8: Wen's ||eps_c - eps_u|| at step 1, guidance {g:g}",
         )

@@ -37,7 +37,6 @@ def _record_summary(record_metric, summary, side: str, suffix: str, ids=None) ->
         record_metric(
             name + suffix,
             mean_stat(list(vals.values()), name),
-            higher_is_better=False,
             per_prompt=vals if ids is None else None,
             prompt_set=side,
             description=DESCRIPTIONS[name],
@@ -86,7 +85,6 @@ def test_sscd_by_group(mb, record_metric):
             record_metric(
                 f"{name}.{group}",
                 mean_stat([summary.per_prompt[p][key] for p in ids], name),
-                higher_is_better=False,
                 prompt_set="memorized",
                 description=f"{DESCRIPTIONS[name]}; prompts of group {group!r}",
             )
@@ -105,7 +103,6 @@ def test_sscd_ceiling(mb, record_metric):
     record_metric(
         "sscd_ceiling",
         mean_stat(list(ceiling.values()), "sscd_ceiling"),
-        higher_is_better=None,
         per_prompt=ceiling,
         prompt_set="memorized",
         description="SSCD of each training image to its own VAE reconstruction",
@@ -120,7 +117,6 @@ def test_sscd_ceiling(mb, record_metric):
         record_metric(
             "sscd_rel_mean",
             mean_stat(list(rel.values()), "sscd_rel_mean"),
-            higher_is_better=False,
             per_prompt=rel,
             prompt_set="memorized",
             description="per-prompt mean SSCD divided by its VAE-reconstruction ceiling",

@@ -35,12 +35,11 @@ def test_training_pair_m2(mb, record_metric, record_series, side):
     if not res:
         pytest.skip(f"no {side} prompt with a training image for M2")
     sfx = SUFFIX[side]
-    for b, hib in (("g", False), ("c", None), ("u", None)):
+    for b in ("g", "c", "u"):
         vals = {p: float(r.k[b].mean()) for p, r in res.items()}
         record_metric(
             f"k_pair_{b}{sfx}",
             mean_stat(list(vals.values()), f"k_pair_{b}"),
-            higher_is_better=hib,
             per_prompt=vals,
             prompt_set=side,
             description=f"M2: k_{b} = <x0_hat_{b}, x>/||x||^2 at the training pair, first "
@@ -50,10 +49,8 @@ def test_training_pair_m2(mb, record_metric, record_series, side):
     record_metric(
         f"m2_loss_ratio_gc{sfx}",
         mean_stat(list(ratio.values()), "m2_loss_ratio_gc"),
-        higher_is_better=False,
         per_prompt=ratio,
         prompt_set=side,
-        description="M2: guided / conditional training loss at the first sampling timestep",
     )
     first = next(iter(res.values()))
     record_series(
@@ -76,10 +73,8 @@ def test_trajectory_k_m3(mb, record_metric, record_series, side):
     record_metric(
         f"k_traj_g{SUFFIX[side]}",
         mean_stat(list(vals.values()), "k_traj_g"),
-        higher_is_better=False,
         per_prompt=vals,
         prompt_set=side,
-        description="M3: k_i(g) along the trajectory, mean over the first 10 steps and seeds",
     )
     curves = [
         np.mean([trajectory_k(g.trace, "g") for g in gens], 0)
@@ -111,7 +106,6 @@ def test_deviation_d1_d2(mb, record_metric, record_series, side):
                 record_metric(
                     f"{name}{sq}{wq}{sfx}",
                     mean_stat(list(vals.values()), name),
-                    higher_is_better=False,
                     per_prompt=vals if (sq, wq) == ("", "") else None,
                     prompt_set=side,
                     description=f"M6: {key} against {schedule}, {window} states",
@@ -154,7 +148,6 @@ def test_deviation_paper_code(mb, record_metric, side):
         record_metric(
             f"{name}{SUFFIX[side]}",
             mean_stat(list(vals.values()), name),
-            higher_is_better=None,
             per_prompt=vals,
             prompt_set=side,
             description=f"M6, the paper code's convention: {key} on the [x_final, x_T] basis, "
@@ -202,7 +195,6 @@ def test_correlation_with_sscd_m7(mb, record_metric):
                 record_metric(
                     f"corr_{method}.{score}_sscd{sfx}",
                     correlation(x, y, method, n_boot=nb, seed=0),
-                    higher_is_better=None,
                     prompt_set="memorized" if sfx == "" else "both",
                     description=f"M7: {method} correlation over {over} of {score} with "
                     "per-prompt mean SSCD; CI: bootstrap over prompts",

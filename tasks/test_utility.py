@@ -49,8 +49,6 @@ def test_clip_score(mb, record_metric, side):
     record_metric(
         f"clip_score{SUFFIX[side]}",
         mean_stat(list(vals.values()), "clip_score"),
-        higher_is_better=True,
         per_prompt=vals,
         prompt_set=side,
-        description="CLIP score (100 * cos, clipped at 0), mean over seeds, mean over prompts",
     )

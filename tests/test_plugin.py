@@ -31,14 +31,21 @@ TASK = textwrap.dedent(
     import json, os
     from pathlib import Path
 
+    from memberbench.metrics.declare import Headline, declare
+
     VALUES = json.loads(Path(os.environ["MB_TEST_VALUES"]).read_text())
+    # toy metrics, declared once: the direction comes from here, m_a is a headline metric
+    declare("m_a", family="task", higher_is_better=False, description="toy a",
+            headline=(Headline("m_a", "A", rank=0),))
+    declare("m_b", family="task", higher_is_better=True, description="toy b")
+    declare("m_z", family="task", higher_is_better=False, description="toy z")
 
     def test_a(record_metric):
-        record_metric("m_a", VALUES["m_a"], higher_is_better=False, stderr=0.01, n=3,
+        record_metric("m_a", VALUES["m_a"], stderr=0.01, n=3,
                       per_prompt={"mem0": VALUES["m_a"]})
 
     def test_b(record_metric, record_series):
-        record_metric("m_b", VALUES["m_b"], higher_is_better=True, stderr=0.5, n=3)
+        record_metric("m_b", VALUES["m_b"], stderr=0.5, n=3)
         record_series("curve", {"x": [1, 2], "y": [0.5, 0.25]})
 
     def test_skips(record_metric):
@@ -108,6 +115,16 @@ def _preimport():
 
     for name in HEAVY:
         importlib.import_module(name)
+
+
+@pytest.fixture(autouse=True)
+def _forget_toy_metrics():
+    """The in-process runs declare TASK's toy metrics in this process: forget them after."""
+    yield
+    from memberbench.metrics.declare import forget
+
+    for name in ("m_a", "m_b", "m_z"):
+        forget(name)
 
 
 @pytest.fixture
@@ -274,6 +291,37 @@ def test_duplicate_metric_name_is_an_error(bench, pytester):
     r = bench()
     r.assert_outcomes(passed=2, failed=1, skipped=1)
     r.stdout.fnmatch_lines(["*metric 'm_a' recorded twice*exactly one test*"])
+
+
+def test_summary_shows_the_declared_headline(bench, pytester):
+    """m_a is declared a headline metric, m_b is not: the summary shows m_a (with its declared
+    direction) and, with -v, both."""
+    r = bench()
+    out = r.stdout.str()
+    r.stdout.fnmatch_lines(["*metrics (headline; -v shows all 2):*", "m_a ↓*0.5*± 0.01*3*"])
+    assert "m_b" not in out.split("metrics (headline")[1]
+    r = bench("-v")
+    r.stdout.fnmatch_lines(["metrics:", "m_a ↓*0.5*", "m_b ↑*10*± 0.5*3*"])
+
+
+def test_undeclared_metric_or_other_direction_is_an_error(bench, pytester):
+    pytester.makepyfile(
+        test_undeclared="""
+        def test_u(record_metric):
+            record_metric("m_undeclared", 1.0)
+
+        def test_v(record_metric):
+            record_metric("m_z", 1.0, higher_is_better=True)
+        """
+    )
+    r = bench()
+    r.assert_outcomes(passed=2, failed=2, skipped=1)
+    r.stdout.fnmatch_lines(
+        [
+            "*metric 'm_undeclared' is not declared: declare it once with*",
+            "*metric 'm_z': recorded with higher_is_better=True but declared*with False*",
+        ]
+    )
 
 
 def test_interrupt_writes_nothing_and_keeps_earlier_results(bench, pytester):
