@@ -49,6 +49,13 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
     errors, doc = validate_file(out)
     assert errors == []
     m = doc["metrics"]
+    # every metric the real tasks record matches exactly one declaration, with its direction
+    from memberbench.metrics.declare import matching
+
+    for name, entry in m.items():
+        decls = matching(name)
+        assert len(decls) == 1, (name, [d.name for d in decls])
+        assert entry["higher_is_better"] == decls[0].higher_is_better, name
     for name in (
         "sscd_mean",
         "sscd_max",

@@ -1,0 +1,235 @@
+"""Metric and detector declarations (memberbench/metrics/declare.py): recorded names match
+exactly one declaration, the leaderboard's tables come from the declarations (the committed
+rows regenerate the committed README byte for byte), and a toy metric declared in this test
+module reaches the leaderboard without any other file changing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from memberbench import leaderboard as L
+from memberbench.metrics import declare as D
+from memberbench.metrics.decomposition import noise_suppression
+from memberbench.types import MemberbenchError, Trace
+
+REPO = Path(__file__).resolve().parents[1]
+BOARD = REPO / "leaderboard"
+
+
+def _committed_docs() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((BOARD / "results").glob("*/*.json"))]
+
+
+def test_every_committed_metric_matches_exactly_one_declaration():
+    """Every name in every committed results file (none.json: 169 of them) has exactly one
+    declaration, and the declared direction is the one the run recorded."""
+    docs = _committed_docs()
+    assert len(docs) >= 23
+    names = {n: m for doc in docs for n, m in doc["metrics"].items()}
+    assert len(json.loads((BOARD / "results/bundled/none.json").read_text())["metrics"]) == 169
+    for name, entry in names.items():
+        hit = D.matching(name)
+        assert [d.name for d in hit] != [], name
+        assert len(hit) == 1, (name, [d.name for d in hit])
+        assert hit[0].higher_is_better == entry["higher_is_better"], name
+
+
+@pytest.mark.parametrize(
+    "key, decl",
+    [
+        ("sscd_mean", "sscd_mean"),
+        ("sscd_mean.g=7.5.nonmem", "sscd_mean"),
+        ("sscd_mean.dup=256", "sscd_mean"),
+        ("mem_rate_0.75.MV", "mem_rate_0.75"),
+        ("d1.ddim_ideal.early.nonmem", "d1"),
+        ("d1.paper.nonmem", "d1.paper"),
+        ("detect_auc.wen_raw.k5.dup=16", "detect_auc"),
+        ("detect_tpr1_wen_set.d1_paper.k50", "detect_tpr1_wen_set"),
+        ("corr_spearman.d1_paper_sscd.pooled", "corr"),
+        ("wen.k1.g=3.nonmem", "wen"),
+        ("k_pair_u.nonmem", "k_pair_u"),
+    ],
+)
+def test_qualified_names_find_their_declaration(key, decl):
+    assert D.lookup(key).name == decl
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["sscd_mean2", "d1.late", "detect_auc.nosuch.k1", "detect_auc.wen.kx", "corr_kendall.d1_sscd"],
+)
+def test_undeclared_names_are_refused_with_the_fix(key):
+    assert D.matching(key) == ()
+    with pytest.raises(MemberbenchError, match="is not declared: declare it once with.*adding-a"):
+        D.lookup(key)
+
+
+def test_malformed_declarations_fail_when_declared():
+    bad = dict(family="toy", higher_is_better=False, description="toy")
+    with pytest.raises(MemberbenchError, match=r"unknown placeholder \{nope\}; use one of \{g\}"):
+        D.declare("toy_x", keys=("toy_x.{nope}",), **bad)
+    with pytest.raises(MemberbenchError, match=r"'\[' without '\]'"):
+        D.declare("toy_x", keys=("toy_x[.nonmem",), **bad)
+    with pytest.raises(MemberbenchError, match="section key 'toy_y' is not one of its keys"):
+        D.declare("toy_x", sections=(D.Placement("overestimation", ("toy_y",)),), **bad)
+    with pytest.raises(MemberbenchError, match="headline key 'toy_x.k1' is not one of its keys"):
+        D.declare("toy_x", headline=(D.Headline("toy_x.k1", "X", 1),), **bad)
+    with pytest.raises(MemberbenchError, match="higher_is_better must be True, False or None"):
+        D.declare("toy_x", family="toy", higher_is_better="up", description="toy")
+    with pytest.raises(MemberbenchError, match="declared twice"):
+        D.declare("sscd_mean", **bad)  # declared in memberbench.metrics.sscd already
+    assert D.find("toy_x") is None and D.lookup("sscd_mean").module == "memberbench.metrics.sscd"
+
+
+def test_overlapping_declarations_are_reported():
+    try:
+        D.declare(
+            "toy_overlap",
+            keys=("sscd_max.nonmem",),
+            family="t",
+            higher_is_better=False,
+            description="overlaps sscd_max",
+        )
+        with pytest.raises(MemberbenchError, match=r"matches several declarations \(sscd_max, "):
+            D.lookup("sscd_max.nonmem")
+        assert D.find("sscd_max.nonmem") is None
+    finally:
+        D.forget("toy_overlap")
+    assert D.lookup("sscd_max.nonmem").name == "sscd_max"
+
+
+def test_detectors_are_declared_with_their_compute():
+    names = [d.name for d in D.detectors()]
+    assert sorted(names) == ["d1", "d1_paper", "nsupp", "wen", "wen_raw"]
+    assert D.get_detector("d1").needs_training_image
+    assert not D.get_detector("nsupp").needs_training_image
+    with pytest.raises(MemberbenchError, match="unknown detector 'nope'; declared: d1, d1_paper"):
+        D.get_detector("nope")
+
+
+def test_noise_suppression_by_hand():
+    """-sum_{i<=k} (<x_i, x_T>/||x_T||^2 - sqrt(1 - abar_i)) on numbers chosen by hand."""
+    t = Trace(
+        series={"latent_dot_xT": [8.0, 4.0, 2.0], "abar_next": [0.36, 0.64, 0.84]},
+        scalars={"xT_norm2": 10.0},
+    )
+    # shares 0.8, 0.4, 0.2 against sqrt(1 - abar) = 0.8, 0.6, 0.4
+    assert noise_suppression(t, 1) == pytest.approx(0.0)
+    assert noise_suppression(t, 2) == pytest.approx(0.2)
+    assert noise_suppression(t, 3) == pytest.approx(0.4)
+    with pytest.raises(MemberbenchError, match="xT_norm2"):
+        noise_suppression(Trace(series={"latent_dot_xT": [1.0], "abar_next": [0.5]}), 1)
+
+
+def test_headline_order_and_places():
+    board = [(h.key, h.title) for h in D.headlines("leaderboard")]
+    assert board[:5] == [
+        ("sscd_mean", "SSCD"),
+        ("mem_rate_0.5", "mem@0.5"),
+        ("mem_rate_0.75", "mem@0.75"),
+        ("d1", "D1"),
+        ("d2", "D2"),
+    ]
+    assert board[-2:] == [("unet_evals_per_image", "UNet evals/img"), ("wall_s_per_image", "s/img")]
+    summary = [h.key for h in D.headlines("summary")]
+    assert "sscd_mean.nonmem" in summary and "sscd_mean.nonmem" not in dict(board)
+    assert "detect_auc.d1.k50" in dict(board) and "detect_auc.d1.k50" not in summary
+
+
+def _strip_figures(text: str) -> str:
+    """The README without its "## Figures" section (built here without drawing them)."""
+    if "## Figures\n" not in text:
+        return text
+    head, rest = text.split("## Figures\n", 1)
+    return head + rest[rest.index("## All metrics per run") :]
+
+
+def test_committed_leaderboard_regenerates_byte_identically(tmp_path):
+    """The committed rows, built by the declarations, give the committed README exactly."""
+    shutil.copytree(BOARD / "results", tmp_path / "results")
+    readme, errors, entries = L.build(tmp_path, figures=False)
+    assert errors == [] and len(entries) >= 23
+    assert readme.read_text() == _strip_figures((BOARD / "README.md").read_text())
+
+
+def test_a_toy_metric_reaches_the_leaderboard_from_its_declaration(tmp_path):
+    """Declared here (its own file), recorded in a run: it gets a headline column at its rank
+    and a column in the section it names, with its direction; nothing else changes."""
+    src = BOARD / "results" / "bundled" / "none.json"
+    before_dir = tmp_path / "before"
+    (before_dir / "results" / "bundled").mkdir(parents=True)
+    doc = json.loads(src.read_text())
+    doc.pop("per_prompt", None)
+    doc["metrics"]["toy_sharpness"] = {
+        "value": 0.125,
+        "stderr": 0.5,
+        "n": 7,
+        "higher_is_better": True,
+        "family": "toy",
+        "test": "tests/test_toy.py::test_toy",
+    }
+    (before_dir / "results" / "bundled" / "none.json").write_text(json.dumps(doc))
+    readme_before = L.build(before_dir, figures=False)[0].read_text()
+    assert "| toy_sharpness ↑" in readme_before  # only in "All metrics per run"
+    assert "sharp ↑" not in readme_before
+    try:
+        D.declare(
+            "toy_sharpness",
+            keys=("toy_sharpness",),
+            family="toy",
+            higher_is_better=True,
+            description="a toy metric",
+            sections=(D.Placement("overestimation", ("toy_sharpness",), rank=15),),
+            headline=(D.Headline("toy_sharpness", "sharp", rank=45),),
+        )
+        text = L.build(before_dir, figures=False)[0].read_text()
+    finally:
+        D.forget("toy_sharpness")
+    headline = text.split("## Headline")[1].split("###")[0].splitlines()
+    header = headline[2]
+    assert header.index("D1 ↓") < header.index("sharp ↑") < header.index("D2 ↓")
+    none_row = next(r for r in headline if r.startswith("| bundled | none "))
+    assert "0.125 ± 0.5 (7)" in none_row
+    over = text.split("## Overestimation and the schedule decomposition")[1].split("## ")[0]
+    over_header = over.strip().splitlines()[0]
+    assert over_header.index("k_pair_g.nonmem") < over_header.index("toy_sharpness ↑")
+    assert over_header.index("toy_sharpness ↑") < over_header.index("k_traj_g ↓")
+    # forgotten again, the metric leaves both tables: the declaration alone put it there
+    assert L.build(before_dir, figures=False)[0].read_text() == readme_before
+
+
+def test_section_order_kinds():
+    keys = ["sscd_mean.dup=256", "sscd_mean.dup=16", "mem_rate_0.5.dup=4", "d1.g=10", "d1.g=3"]
+    assert D.section_columns("duplication", keys) == [
+        "mem_rate_0.5.dup=4",
+        "sscd_mean.dup=16",
+        "sscd_mean.dup=256",
+    ]
+    assert D.section_columns("guidance_sweep", keys) == ["d1.g=3", "d1.g=10"]
+    over = ["corr_pearson.d1_sscd.pooled", "d2", "k_pair_g", "d1.early", "corr_spearman.d1_sscd"]
+    assert D.section_columns("overestimation", over + ["d1.g=3", "nope"]) == [
+        "k_pair_g",
+        "d1.early",
+        "d2",
+        "corr_spearman.d1_sscd",
+        "corr_pearson.d1_sscd.pooled",
+    ]
+    det = [
+        "detect_tpr1.wen.k1",
+        "detect_auc.wen.k5",
+        "detect_auc.wen.k1.dup=4",
+        "detect_tpr1_wen.wen.k1",
+    ]
+    assert D.section_columns("detection", det) == ["detect_auc.wen.k5", "detect_tpr1.wen.k1"]
+    assert D.section_columns("detection_by_group", det) == ["detect_auc.wen.k1.dup=4"]
+    assert [s.id for s in D.sections()] == [
+        "detection",
+        "detection_by_group",
+        "overestimation",
+        "duplication",
+        "guidance_sweep",
+    ]
