@@ -6,8 +6,12 @@ module reaches the leaderboard without any other file changing."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
+import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,14 +25,18 @@ BOARD = REPO / "leaderboard"
 
 
 def _committed_docs() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((BOARD / "results").glob("*/*.json"))]
+    """Every committed results file, as stored and as read (schema 1 names renamed)."""
+    from memberbench.results import load_results
+
+    paths = sorted((BOARD / "results").glob("*/*.json"))
+    return [json.loads(p.read_text()) for p in paths] + [load_results(p) for p in paths]
 
 
 def test_every_committed_metric_matches_exactly_one_declaration():
     """Every name in every committed results file (none.json: 169 of them) has exactly one
     declaration, and the declared direction is the one the run recorded."""
     docs = _committed_docs()
-    assert len(docs) >= 23
+    assert len(docs) >= 46
     names = {n: m for doc in docs for n, m in doc["metrics"].items()}
     assert len(json.loads((BOARD / "results/bundled/none.json").read_text())["metrics"]) == 169
     for name, entry in names.items():
@@ -233,3 +241,59 @@ def test_section_order_kinds():
         "duplication",
         "guidance_sweep",
     ]
+
+
+def _board_with(root: Path, extra: dict[str, dict]) -> Path:
+    """A leaderboard folder holding the bundled none.json with ``extra`` metrics added."""
+    doc = json.loads((BOARD / "results" / "bundled" / "none.json").read_text())
+    doc.pop("per_prompt", None)
+    doc["metrics"].update(extra)
+    (root / "results" / "bundled").mkdir(parents=True)
+    (root / "results" / "bundled" / "none.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_the_worked_example_of_adding_a_metric_runs(tmp_path, monkeypatch):
+    """docs/adding-a-metric.md's three blocks: the module declares the metric, its test passes,
+    the task records both sets' means (stand-in mb / record_metric), and the leaderboard puts
+    the result where the declaration says."""
+    text = (REPO / "docs" / "adding-a-metric.md").read_text()
+    blocks = dict(re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", text, re.S))
+    assert sorted(blocks) == ["module", "task", "test"]
+    mod = types.ModuleType("memberbench.metrics.nsupp_mean")
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    try:
+        exec(compile(blocks["module"], "adding-a-metric.md (module)", "exec"), mod.__dict__)
+        assert D.lookup("nsupp.k1.nonmem").higher_is_better is False
+        assert D.find("nsupp.k2.memorized") is None
+        test_ns: dict = {}
+        exec(compile(blocks["test"], "adding-a-metric.md (test)", "exec"), test_ns)
+        test_ns["test_nsupp_mean_by_hand"]()
+        task_ns: dict = {}
+        exec(compile(blocks["task"], "adding-a-metric.md (task)", "exec"), task_ns)
+        shares = {"memorized": {"p1": [6.0, 7.0], "p2": [8.0]}, "nonmemorized": {"q1": [9.0]}}
+
+        def per_prompt(name, side, fn):
+            return {p: fn([test_ns["trace"](x) for x in xs]) for p, xs in shares[side].items()}
+
+        mb = SimpleNamespace(config=SimpleNamespace(steps=50), per_prompt=per_prompt)
+        recorded: dict = {}
+        for side in ("memorized", "nonmemorized"):
+            task_ns["test_nsupp_mean"](mb, lambda n, v, **kw: recorded.update({n: (v, kw)}), side)
+        assert sorted(recorded) == ["nsupp.k1", "nsupp.k1.nonmem"]
+        mem = recorded["nsupp.k1"][0]  # prompts 0.15 and 0 (see the doc's test)
+        assert (mem.value, mem.stderr, mem.n) == pytest.approx((0.075, 0.075, 2))
+        assert recorded["nsupp.k1.nonmem"][0].value == pytest.approx(-0.1)  # -(0.9 - 0.8)
+        assert recorded["nsupp.k1"][1]["per_prompt"] == pytest.approx({"p1": 0.15, "p2": 0.0})
+        entry = {"value": 0.075, "stderr": 0.075, "n": 2, "higher_is_better": False}
+        root = _board_with(tmp_path, {"nsupp.k1": entry, "nsupp.k1.nonmem": entry})
+        text = L.build(root, figures=False)[0].read_text()
+    finally:
+        D.forget("nsupp")
+    header = text.split("## Headline")[1].strip().splitlines()[0]
+    # (the committed run is of schema 1: no measured-label AUC, so CLIP follows)
+    assert header.index("D2 ↓") < header.index("nsupp@1 ↓") < header.index("CLIP mem ↑")
+    over = text.split("## Overestimation and the schedule decomposition")[1].strip()
+    over_header = over.splitlines()[0]
+    assert over_header.index("d2.nonmem ↓") < over_header.index("| nsupp.k1 ↓")
+    assert over_header.index("nsupp.k1.nonmem ↓") < over_header.index("corr_pearson.d1_sscd")

@@ -21,8 +21,12 @@ declare.py             the declaration registry              (declare, metric, d
 
 Every recorded metric is declared once (:mod:`memberbench.metrics.declare`): its module declares
 its names, direction, description, leaderboard placement and, where the formula is its own, its
-compute function; ``docs/adding-a-metric.md`` shows how to add one.
+compute function; ``docs/adding-a-metric.md`` shows how to add one.  Every module of this
+package is imported with it (a new metric file needs no line here).
 """
+
+import importlib as _importlib
+import pkgutil as _pkgutil
 
 from memberbench.metrics import (  # noqa: F401  (import registers the metrics)
     clip_score,
@@ -36,6 +40,9 @@ from memberbench.metrics import (  # noqa: F401  (import registers the metrics)
 )
 from memberbench.metrics.base import Metric, TraceMetric
 from memberbench.metrics.stats import Stat
+
+for _m in _pkgutil.iter_modules(__path__):  # the rest: a new metric module declares itself
+    _importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = [
     "Metric",
