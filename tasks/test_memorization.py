@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from memberbench.metrics.sscd import sscd_rel_mean
 from memberbench.metrics.stats import mean_stat
 
 pytestmark = pytest.mark.memberbench
@@ -107,12 +108,7 @@ def test_sscd_ceiling(mb, record_metric):
         prompt_set="memorized",
         description="SSCD of each training image to its own VAE reconstruction",
     )
-    summary = mb.sscd("memorized")
-    rel = {
-        p: d["mean"] / ceiling[p]
-        for p, d in summary.per_prompt.items()
-        if p in ceiling and ceiling[p] > 0
-    }
+    rel = sscd_rel_mean(mb, "memorized")
     if rel:
         record_metric(
             "sscd_rel_mean",

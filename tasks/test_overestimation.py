@@ -22,7 +22,7 @@ import pytest
 
 from memberbench.benchrun import SIDES, SUFFIX
 from memberbench.metrics.decomposition import schedule_reference
-from memberbench.metrics.overestimation import trajectory_k
+from memberbench.metrics.overestimation import k_pair, m2_loss_ratio_gc, trajectory_k
 from memberbench.metrics.stats import correlation, mean_stat
 
 pytestmark = pytest.mark.memberbench
@@ -36,7 +36,7 @@ def test_training_pair_m2(mb, record_metric, record_series, side):
         pytest.skip(f"no {side} prompt with a training image for M2")
     sfx = SUFFIX[side]
     for b in ("g", "c", "u"):
-        vals = {p: float(r.k[b].mean()) for p, r in res.items()}
+        vals = k_pair(mb, side, b)
         record_metric(
             f"k_pair_{b}{sfx}",
             mean_stat(list(vals.values()), f"k_pair_{b}"),
@@ -45,7 +45,7 @@ def test_training_pair_m2(mb, record_metric, record_series, side):
             description=f"M2: k_{b} = <x0_hat_{b}, x>/||x||^2 at the training pair, first "
             f"{len(next(iter(res.values())).timesteps)} timesteps, mean over noises",
         )
-    ratio = {p: float(r.loss["g"][0].mean() / r.loss["c"][0].mean()) for p, r in res.items()}
+    ratio = m2_loss_ratio_gc(mb, side)
     record_metric(
         f"m2_loss_ratio_gc{sfx}",
         mean_stat(list(ratio.values()), "m2_loss_ratio_gc"),

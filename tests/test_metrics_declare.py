@@ -297,3 +297,35 @@ def test_the_worked_example_of_adding_a_metric_runs(tmp_path, monkeypatch):
     over_header = over.splitlines()[0]
     assert over_header.index("d2.nonmem ↓") < over_header.index("| nsupp.k1 ↓")
     assert over_header.index("nsupp.k1.nonmem ↓") < over_header.index("corr_pearson.d1_sscd")
+
+
+def test_moved_compute_functions_by_hand():
+    """The per-prompt formulas that moved out of the tasks, on a stand-in mb."""
+    import numpy as np
+
+    from memberbench.metrics.diversity import latent_l2, seed_sscd
+    from memberbench.metrics.overestimation import k_pair, m2_loss_ratio_gc
+    from memberbench.metrics.sscd import sscd_rel_mean
+
+    pair = SimpleNamespace(
+        k={"g": np.array([[1.0, 3.0]]), "c": np.array([[0.5, 0.5]])},
+        loss={"g": np.array([[2.0, 4.0], [9.0, 9.0]]), "c": np.array([[1.0, 2.0], [1.0, 1.0]])},
+    )
+    e1, e2 = np.array([1.0, 0.0]), np.array([0.6, 0.8])
+    gens = [
+        SimpleNamespace(sscd_emb=e1, final_latent=np.zeros((2, 2))),
+        SimpleNamespace(sscd_emb=e2, final_latent=np.full((2, 2), 1.5)),
+        SimpleNamespace(sscd_emb=None, final_latent=None),
+    ]
+    mb = SimpleNamespace(
+        training_pair=lambda side: {"p": pair},
+        sscd=lambda side: SimpleNamespace(per_prompt={"p": {"mean": 0.3}, "q": {"mean": 0.2}}),
+        sscd_ceiling=lambda side: {"p": 0.6, "q": 0.0},
+        ok_gens=lambda side: {"p": gens, "lonely": gens[:1]},
+    )
+    assert k_pair(mb, "memorized", "g") == {"p": 2.0}
+    assert k_pair(mb, "memorized", "c") == {"p": 0.5}
+    assert m2_loss_ratio_gc(mb, "memorized") == {"p": pytest.approx(3.0 / 1.5)}  # first timestep
+    assert sscd_rel_mean(mb) == {"p": pytest.approx(0.5)}  # q: zero ceiling, left out
+    assert seed_sscd(mb, "memorized") == {"p": pytest.approx(0.6)}  # cos(e1, e2)
+    assert latent_l2(mb, "memorized") == {"p": pytest.approx(3.0)}  # ||1.5 * ones(4)||

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from memberbench.metrics.base import Metric
+from memberbench.metrics.declare import Headline, declare
 from memberbench.metrics.stats import Stat, mean_stat
 from memberbench.registry import register_metric
 from memberbench.types import MemberbenchError
@@ -185,7 +186,6 @@ class ClipScorer(Metric):
 # --------------------------------------------------------------------------------------------
 # declarations (tasks/test_utility.py records them)
 
-from memberbench.metrics.declare import Headline, declare  # noqa: E402
 
 declare(
     "clip_score",

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from memberbench.metrics.base import TraceMetric
+from memberbench.metrics.declare import Headline, Placement, declare, detector
 from memberbench.registry import register_metric
 from memberbench.sampling.projection import decompose_batch
 from memberbench.types import MemberbenchError, Trace
@@ -486,7 +487,6 @@ def noise_suppression(trace: Trace, first_k: int = 1) -> float:
 # --------------------------------------------------------------------------------------------
 # declarations (tasks/test_overestimation.py, tasks/test_detection.py, the sweep record them)
 
-from memberbench.metrics.declare import Headline, Placement, declare, detector  # noqa: E402
 
 declare(
     "d1",

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from memberbench.metrics.base import Metric
+from memberbench.metrics.declare import metric
 from memberbench.metrics.stats import Stat
 from memberbench.registry import register_metric
 from memberbench.types import MemberbenchError
@@ -133,8 +134,6 @@ class SeedSimilarity(Metric):
 
 # --------------------------------------------------------------------------------------------
 # declarations with their compute functions (tasks/test_diversity.py records them)
-
-from memberbench.metrics.declare import metric  # noqa: E402
 
 
 @metric(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from memberbench.metrics.base import TraceMetric, series
+from memberbench.metrics.declare import declare, detector
 from memberbench.registry import register_metric
 from memberbench.types import BRANCHES, MemberbenchError, Trace
 
@@ -148,7 +149,6 @@ class RawOutputMagnitude(TraceMetric):
 # --------------------------------------------------------------------------------------------
 # declarations (tasks/test_detection.py, tasks/test_guidance_sweep.py record them)
 
-from memberbench.metrics.declare import declare, detector  # noqa: E402
 
 declare(
     "wen",

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from memberbench.metrics.base import Metric, TraceMetric, scalar, series
+from memberbench.metrics.declare import Placement, declare, metric
 from memberbench.metrics.stats import Stat, mean_stat
 from memberbench.registry import register_metric
 from memberbench.types import BRANCHES, MemberbenchError, Trace
@@ -330,7 +331,11 @@ class TrajectoryK(TraceMetric):
 # --------------------------------------------------------------------------------------------
 # declarations (tasks/test_overestimation.py, tasks/test_guidance_sweep.py record them)
 
-from memberbench.metrics.declare import Placement, declare  # noqa: E402
+
+def k_pair(mb: Any, side: str, branch: str) -> dict[str, float]:
+    """{prompt_id: M2's k of one branch at the training pair, mean over timesteps and noises}."""
+    return {p: float(r.k[branch].mean()) for p, r in mb.training_pair(side).items()}
+
 
 declare(
     "k_pair_g",
@@ -339,6 +344,7 @@ declare(
     needs_training_image=True,
     description="M2: guided k_g = <x0_hat_g, x>/||x||^2 at the training pair, mean over noises",
     sections=(Placement("overestimation", ("k_pair_g", "k_pair_g.nonmem"), rank=10),),
+    compute=k_pair,
 )
 for _b in ("c", "u"):
     declare(
@@ -348,14 +354,23 @@ for _b in ("c", "u"):
         needs_training_image=True,
         description=f"M2: k_{_b} = <x0_hat_{_b}, x>/||x||^2 at the training pair (a reference "
         "branch: no better direction)",
+        compute=k_pair,
     )
-declare(
+
+
+@metric(
     "m2_loss_ratio_gc",
     family="overestimation",
     higher_is_better=False,
     needs_training_image=True,
     description="M2: guided / conditional training loss at the first sampling timestep",
 )
+def m2_loss_ratio_gc(mb: Any, side: str) -> dict[str, float]:
+    """{prompt_id: guided / conditional training loss at the first timestep, mean over noises}."""
+    res = mb.training_pair(side)
+    return {p: float(r.loss["g"][0].mean() / r.loss["c"][0].mean()) for p, r in res.items()}
+
+
 declare(
     "k_traj_g",
     keys=("k_traj_g[.nonmem]", "k_traj_g.g={g}[.nonmem]"),

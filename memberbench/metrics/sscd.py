@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from memberbench.metrics.base import Metric
+from memberbench.metrics.declare import Headline, Placement, declare, metric
 from memberbench.metrics.stats import Stat, mean_stat
 from memberbench.registry import register_metric
 from memberbench.types import MemberbenchError
@@ -557,7 +558,6 @@ def embed_in_batches(scorer: SSCDScorer, images: Iterable[np.ndarray]) -> np.nda
 # --------------------------------------------------------------------------------------------
 # declarations (tasks/test_memorization.py, tasks/test_guidance_sweep.py record them)
 
-from memberbench.metrics.declare import Headline, Placement, declare  # noqa: E402
 
 _SSCD_FAMILY = dict(family="memorization", higher_is_better=False, needs_training_image=True)
 declare(
@@ -602,9 +602,20 @@ declare(
     needs_training_image=True,
     description="SSCD of each training image to its own VAE reconstruction",
 )
-declare(
+
+
+@metric(
     "sscd_rel_mean",
     keys=("sscd_rel_mean",),
     description="per-prompt mean SSCD divided by its VAE-reconstruction ceiling",
     **_SSCD_FAMILY,
 )
+def sscd_rel_mean(mb: Any, side: str = "memorized") -> dict[str, float]:
+    """{prompt_id: mean SSCD of its generations / SSCD of its training image to its own VAE
+    reconstruction} (prompts with a positive ceiling)."""
+    ceiling = mb.sscd_ceiling(side)
+    return {
+        p: d["mean"] / ceiling[p]
+        for p, d in mb.sscd(side).per_prompt.items()
+        if p in ceiling and ceiling[p] > 0
+    }

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from memberbench.metrics.declare import Headline, Placement, declare
+
 NAN = float("nan")
 
 
@@ -450,7 +452,6 @@ def spearman(x: Any, y: Any, **kw: Any) -> Stat:
 # --------------------------------------------------------------------------------------------
 # declarations (tasks/test_overestimation.py records the M7 correlations)
 
-from memberbench.metrics.declare import Headline, Placement, declare  # noqa: E402
 
 declare(
     "corr",
