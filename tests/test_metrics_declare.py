@@ -84,6 +84,8 @@ def test_malformed_declarations_fail_when_declared():
         D.declare("toy_x", keys=("toy_x[.nonmem",), **bad)
     with pytest.raises(MemberbenchError, match="section key 'toy_y' is not one of its keys"):
         D.declare("toy_x", sections=(D.Placement("overestimation", ("toy_y",)),), **bad)
+    with pytest.raises(MemberbenchError, match="unknown leaderboard section 'misc'; known: detec"):
+        D.declare("toy_x", sections=(D.Placement("misc", ("toy_x",)),), **bad)
     with pytest.raises(MemberbenchError, match="headline key 'toy_x.k1' is not one of its keys"):
         D.declare("toy_x", headline=(D.Headline("toy_x.k1", "X", 1),), **bad)
     with pytest.raises(MemberbenchError, match="higher_is_better must be True, False or None"):

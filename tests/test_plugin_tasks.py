@@ -17,6 +17,7 @@ from test_fetch_images import Server
 from test_plugin import _this_checkout, write_prompt_files  # noqa: F401 (autouse fixture)
 
 from memberbench import cli
+from memberbench.metrics.declare import matching  # imported before pytester's module snapshot
 from memberbench.results import validate_file
 
 pytest_plugins = ["pytester"]
@@ -50,8 +51,6 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
     assert errors == []
     m = doc["metrics"]
     # every metric the real tasks record matches exactly one declaration, with its direction
-    from memberbench.metrics.declare import matching
-
     for name, entry in m.items():
         decls = matching(name)
         assert len(decls) == 1, (name, [d.name for d in decls])

@@ -11,6 +11,10 @@ function that computes it from the session's memoized products (the ``mb`` fixtu
 * ``memberbench leaderboard`` builds its headline table and its sections from them;
 * the terminal summary shows the declared headline metrics.
 
+A declaration's ``family`` names the kind of quantity (memorization, detection, ...); the
+``family`` field of a recorded result stays the recording task file's (``guidance_sweep`` for
+``sscd_mean.g=3``), as before.
+
 Recorded names carry qualifiers (``sscd_mean.dup=256``, ``d1.g=3.nonmem``,
 ``detect_auc.wen.k1``): a declaration lists key *templates*, literal text with ``[...]`` for an
 optional part and ``{placeholder}`` for a variable one (see :data:`PLACEHOLDERS`; ``{score}`` is
@@ -240,6 +244,11 @@ def declare(
     for t in decl.keys + tuple(k for p in decl.placements for k in p.keys):
         _regex(t)  # a malformed template fails here, at declaration time
     for p in decl.placements:
+        if p.section not in _SECTIONS:
+            raise MemberbenchError(
+                f"metric {name!r}: unknown leaderboard section {p.section!r}; known: "
+                + ", ".join(_SECTIONS)
+            )
         for t in p.keys:
             if not decl.matches(_example(t)):
                 raise MemberbenchError(

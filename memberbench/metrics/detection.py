@@ -13,49 +13,53 @@ from __future__ import annotations
 from memberbench.metrics import decomposition, noise_magnitude  # noqa: F401  (the detectors)
 from memberbench.metrics.declare import Headline, Placement, declare
 
-_WHAT = {
-    "auc": "ROC AUC",
-    "tpr1": "TPR at 1% FPR (interpolated on the ROC)",
-    "tpr1_wen": "TPR at the last ROC point below 1% FPR (Wen et al.'s reading)",
-}
-for _stat, _what in _WHAT.items():
-    declare(
-        f"detect_{_stat}",
-        keys=(f"detect_{_stat}.{{score}}.k{{k}}",)
-        + ((f"detect_{_stat}.{{score}}.k{{k}}.{{group}}",) if _stat == "auc" else ()),
-        family="detection",
-        higher_is_better=True,
-        needs_training_image=True,
-        description=f"{_what} of a detection score over the first k steps, prompts measured "
-        "memorized vs not (both sets pooled); .<group>: a memorized group vs all non-memorized "
-        "prompts (set labels)",
-        sections=(
-            ()
-            if _stat == "tpr1_wen"
-            else (Placement("detection", (f"detect_{_stat}.{{score}}.k{{k}}",)),)
-        )
-        + (
-            (
-                Placement(
-                    "detection_by_group", ("detect_auc.wen.k1.{group}", "detect_auc.d1.k5.{group}")
-                ),
-            )
-            if _stat == "auc"
-            else ()
-        ),
-        headline=(
-            Headline("detect_auc.wen.k1", "AUC Wen@1", 60),
-            Headline("detect_auc.d1.k5", "AUC D1@5", 62, leaderboard=False),
-            Headline("detect_auc.d1.k50", "AUC D1", 65, summary=False),
-        )
-        if _stat == "auc"
-        else (),
-    )
+_POOLED = "prompts measured memorized vs not (both sets pooled)"
+_SET = "memorized set vs non-memorized set (the sets' own labels)"
+_AUC = "ROC AUC of a detection score over the first k steps"
+_TPR = "TPR at 1% FPR (interpolated on the ROC) of a detection score over the first k steps"
+_TPR_WEN = "TPR at the last ROC point below 1% FPR (Wen et al.'s reading) of a detection score"
+
+declare(
+    "detect_auc",
+    keys=("detect_auc.{score}.k{k}", "detect_auc.{score}.k{k}.{group}"),
+    family="detection",
+    higher_is_better=True,
+    needs_training_image=True,
+    description=f"{_AUC}, {_POOLED}; .<group>: a memorized group vs all non-memorized prompts "
+    "(set labels)",
+    sections=(
+        Placement("detection", ("detect_auc.{score}.k{k}",)),
+        # per group: the headline detectors' windows only
+        Placement("detection_by_group", ("detect_auc.wen.k1.{group}", "detect_auc.d1.k5.{group}")),
+    ),
+    headline=(
+        Headline("detect_auc.wen.k1", "AUC Wen@1", 60),
+        Headline("detect_auc.d1.k5", "AUC D1@5", 62, leaderboard=False),
+        Headline("detect_auc.d1.k50", "AUC D1", 65, summary=False),
+    ),
+)
+declare(
+    "detect_tpr1",
+    keys=("detect_tpr1.{score}.k{k}",),
+    family="detection",
+    higher_is_better=True,
+    needs_training_image=True,
+    description=f"{_TPR}, {_POOLED}",
+    sections=(Placement("detection", ("detect_tpr1.{score}.k{k}",)),),
+)
+declare(
+    "detect_tpr1_wen",
+    keys=("detect_tpr1_wen.{score}.k{k}",),
+    family="detection",
+    higher_is_better=True,
+    needs_training_image=True,
+    description=f"{_TPR_WEN}, {_POOLED}",
+)
+for _stat, _what in (("auc", _AUC), ("tpr1", _TPR), ("tpr1_wen", _TPR_WEN)):
     declare(
         f"detect_{_stat}_set",
         keys=(f"detect_{_stat}_set.{{score}}.k{{k}}",),
         family="detection",
         higher_is_better=True,
-        description=f"{_what} of a detection score over the first k steps, memorized set vs "
-        "non-memorized set (the sets' own labels)",
+        description=f"{_what}, {_SET}",
     )
