@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memberbench.metrics.declare import natural_key as _natural
 from memberbench.registry import slug  # noqa: F401  (re-exported: leaderboard.slug)
 from memberbench.results import ResultsError, load_results
 
@@ -637,9 +638,3 @@ def _ci(m: dict[str, Any]) -> str:
     if not ci or ci[0] is None or ci[1] is None:
         return ""
     return f"[{ci[0]:.3g}, {ci[1]:.3g}]"
-
-
-def _natural(s: str) -> list[Any]:
-    return [
-        float(t) if re.fullmatch(r"\d+(\.\d+)?", t) else t for t in re.split(r"(\d+(?:\.\d+)?)", s)
-    ]

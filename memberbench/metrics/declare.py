@@ -389,6 +389,13 @@ def lookup(key: str) -> Declaration:
     )
 
 
+def natural_key(s: str) -> list[Any]:
+    """Sort key comparing the numbers in a name as numbers ("dup=16" before "dup=256")."""
+    return [
+        float(t) if re.fullmatch(r"\d+(\.\d+)?", t) else t for t in re.split(r"(\d+(?:\.\d+)?)", s)
+    ]
+
+
 def headlines(where: str) -> list[Headline]:
     """The headline columns of the ``"leaderboard"`` or the ``"summary"``, in rank order."""
     out = [h for d in declarations() for h in d.headline if getattr(h, where)]
@@ -397,8 +404,6 @@ def headlines(where: str) -> list[Headline]:
 
 def section_columns(section_id: str, keys: Iterable[str]) -> list[str]:
     """The recorded ``keys`` placed in a section, in the section's order."""
-    from memberbench.leaderboard import _natural
-
     sec = {s.id: s for s in sections()}[section_id]
     placed: dict[str, tuple[float, int]] = {}
     for k in set(keys):
@@ -409,8 +414,8 @@ def section_columns(section_id: str, keys: Iterable[str]) -> list[str]:
     if sec.order == "sorted":
         return sorted(placed)
     if sec.order == "declared":
-        return sorted(placed, key=lambda k: (*placed[k], _natural(k)))
-    return sorted(placed, key=_natural)
+        return sorted(placed, key=lambda k: (*placed[k], natural_key(k)))
+    return sorted(placed, key=natural_key)
 
 
 # --------------------------------------------------------------------------------------------
