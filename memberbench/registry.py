@@ -3,7 +3,7 @@
 Entries are either objects or ``"module:attr"`` strings imported on first use, so that
 ``--model bundled`` never imports a heavy backend it does not need.  Out-of-tree packages add
 entries through the entry-point group named by each registry (``memberbench.models``,
-``memberbench.mitigations``, ``memberbench.metrics``).
+``memberbench.mitigations``, ``memberbench.metrics``, ``memberbench.detectors``).
 """
 
 from __future__ import annotations
@@ -118,6 +118,9 @@ PROMPT_SETS = Registry("prompt set", "memberbench.prompt_sets")
 # bundled model's own scorer is an entry like any other (named, imported on first use).
 CLIP_SCORERS = Registry("CLIP scorer", "memberbench.clip_scorers")
 CLIP_SCORERS.register("bundled", "memberbench.bundled.clip_scorer:load_bundled_clip")
+# out-of-tree detection scores: each entry point names a module that declares detectors (or a
+# declared detector function); memberbench.metrics.declare loads them with the declarations
+DETECTORS = Registry("detector", "memberbench.detectors")
 
 
 def register_model(name: str) -> Callable[[Any], Any]:

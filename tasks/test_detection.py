@@ -13,7 +13,13 @@ to --steps).  Two labellings:
 * ``detect_auc_set.<score>.k<k>`` (the variant): the sets' own labels, memorized set vs
   non-memorized set, as most papers report it; needs no training image.
 
-Scores:
+Scores: every declared detector (``memberbench.metrics.declare.detector``, out-of-tree ones
+through the entry-point group ``memberbench.detectors``), each at its own windows, with its
+better direction, and its cost per prompt (``detect_unet_evals.<score>.k<k>``,
+``detect_grad_passes.<score>.k<k>``).  A detector that cannot run on the run's model (gradients
+in fp16, no unconditional branch) is skipped with its reason; a NaN score marks that prompt
+failed for that detector (left out, counted in the description) and the rest go on.
+docs/detectors.md lists them with their sources; the built-in trace scores:
 
 * ``wen``    Wen et al.'s text-conditional noise magnitude ||eps_c - eps_u||, mean over the
              first k steps (needs no training image); ``wen_raw`` the same on the UNet's raw
@@ -51,15 +57,37 @@ from memberbench.metrics.stats import (
 )
 
 pytestmark = pytest.mark.memberbench
-SCORES = tuple(d.name for d in detectors())  # every declared detector
+SCORES = tuple(d.name for d in detectors())  # every declared detector (entry points included)
 
 
-def _windows(steps: int) -> list[int]:
-    return sorted({min(k, steps) for k in DETECTION_WINDOWS})
+def _windows(mb, score: str) -> list[int]:
+    return get_detector(score).windows_for(mb.config.steps, DETECTION_WINDOWS)
 
 
-def _scores(mb, score: str, side: str, k: int) -> dict[str, float]:
-    return get_detector(score).compute(mb, side, k)
+def _runnable(mb, score: str):
+    """The detector, or a skip with the reason it cannot run on this run's model."""
+    det = get_detector(score)
+    why = det.skip_reason(mb)
+    if why:
+        pytest.skip(why)
+    return det
+
+
+def _scores(mb, score: str, side: str, k: int) -> tuple[dict[str, float], list[str]]:
+    """({prompt_id: finite score, oriented so that higher = memorized}, [failed prompt ids]):
+    a NaN score marks that prompt failed for this detector; the rest go on."""
+    det = get_detector(score)
+    vals = det.compute(mb, side, k)
+    sign = 1.0 if det.higher_is_memorized else -1.0
+    ok = {p: sign * float(v) for p, v in vals.items() if np.isfinite(v)}
+    return ok, sorted(p for p in vals if p not in ok)
+
+
+def _failed_note(failed: list[str]) -> str:
+    if not failed:
+        return ""
+    head = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
+    return f"; {len(failed)} prompt(s) failed for this detector (NaN score, left out: {head})"
 
 
 def _labelled(pos, neg) -> tuple[np.ndarray, np.ndarray]:
@@ -115,12 +143,14 @@ def test_detection(mb, record_metric, record_series, score):
             f"measured labels are all {'non-' if n_mem == 0 else ''}memorized ({n_all} prompts, "
             f"rule {mb.mem_rule()['rule']}): detection is undefined"
         )
-    for k in _windows(mb.config.steps):
-        pos, neg = [], []
+    _runnable(mb, score)
+    for k in _windows(mb, score):
+        pos, neg, failed = [], [], []
         for side in SIDES:
             if not labels[side]:
                 continue
-            vals = _scores(mb, score, side, k)
+            vals, bad = _scores(mb, score, side, k)
+            failed += [p for p in bad if p in labels[side]]
             for pid, memorized in labels[side].items():
                 if pid in vals:
                     (pos if memorized else neg).append(vals[pid])
@@ -128,7 +158,7 @@ def test_detection(mb, record_metric, record_series, score):
             pytest.skip(f"{score}: no scores for the measured positives or negatives")
         what = (
             f"over the first {k} steps, prompts measured memorized ({mb.mem_rule()['rule']}) "
-            "vs not, both sets pooled"
+            f"vs not, both sets pooled{_failed_note(failed)}"
         )
         _record_roc(record_metric, record_series, "", f"{score}.k{k}", pos, neg, nb, what)
 
@@ -137,17 +167,37 @@ def test_detection(mb, record_metric, record_series, score):
 def test_detection_set_labels(mb, record_metric, record_series, score):
     """The variant: the prompt sets' own labels (memorized set vs non-memorized set), as
     papers that take a list of memorized prompts at its word report it; and per group of the
-    memorized set against all non-memorized prompts."""
+    memorized set against all non-memorized prompts.  Also the detector's cost per prompt."""
+    det = _runnable(mb, score)
     groups = mb.memorized_groups()
     nb = mb.config.n_boot
-    for k in _windows(mb.config.steps):
-        pos = _scores(mb, score, "memorized", k)
-        neg = _scores(mb, score, "nonmemorized", k)
+    for k in _windows(mb, score):
+        pos, bad_pos = _scores(mb, score, "memorized", k)
+        neg, bad_neg = _scores(mb, score, "nonmemorized", k)
         if not pos or not neg:
             pytest.skip(
-                f"{score}: no scores on one side (memorized {len(pos)}, non-memorized {len(neg)})"
+                f"{score}: no scores on one side (memorized {len(pos)}, non-memorized "
+                f"{len(neg)}){_failed_note(bad_pos + bad_neg)}"
             )
-        what = f"over the first {k} steps, memorized set vs non-memorized set (set labels)"
+        evals, grads = det.cost(k, len(mb.config.seeds), mb.config.steps)
+        how = "its own model calls" if det.own_calls else "a share of the run's generations"
+        record_metric(
+            f"detect_unet_evals.{score}.k{k}",
+            evals,
+            prompt_set="both",
+            description=f"UNet evaluations per prompt of {score} at k={k} "
+            f"({len(mb.config.seeds)} seeds; {how})",
+        )
+        record_metric(
+            f"detect_grad_passes.{score}.k{k}",
+            grads,
+            prompt_set="both",
+            description=f"gradient passes through the UNet per prompt of {score} at k={k}",
+        )
+        what = (
+            f"over the first {k} steps, memorized set vs non-memorized set (set labels)"
+            f"{_failed_note(bad_pos + bad_neg)}"
+        )
         _record_roc(
             record_metric,
             record_series,

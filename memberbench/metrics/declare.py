@@ -129,15 +129,69 @@ class Declaration:
 
 @dataclass(frozen=True)
 class Detector:
-    """A per-prompt detection score (higher = more likely memorized): ``compute(mb, side, k)``
-    gives {prompt_id: score} over the first k sampling steps.  The detection task scores every
-    declared detector; ``{score}`` in a key template stands for any of their names."""
+    """A per-prompt detection score: ``compute(mb, side, k)`` gives {prompt_id: score} over the
+    first k sampling steps (NaN: that prompt failed for this detector).  The detection task
+    scores every declared detector; ``{score}`` in a key template stands for any of their names.
+
+    * ``higher_is_memorized``: the better direction (True: a higher score flags memorization;
+      False: the task negates the scores before the ROC);
+    * ``windows``: the k it is scored at (None: the run's windows 1, 5, 50 clipped to --steps;
+      ``(0,)``: at pure noise, before any denoising step);
+    * ``unet_evals`` / ``grad_passes``: its cost per seed (a number, or a function of the
+      window k and the run's steps);
+      ``own_calls``: False when it reads the run's generations (its evaluations are a share of
+      theirs), True when it makes model calls of its own on top;
+    * ``check(mb)``: None when it can run on this run's adapter, else the reason it is skipped
+      (``needs_gradients`` / ``needs_unconditional`` add the common checks).
+    """
 
     name: str
     description: str
     needs_training_image: bool
     compute: Callable[..., dict[str, float]] = field(compare=False)
     module: str = ""
+    higher_is_memorized: bool = True
+    windows: tuple[int, ...] | None = None
+    unet_evals: Any = field(default=None, compare=False)
+    grad_passes: Any = field(default=0, compare=False)
+    own_calls: bool = False
+    needs_gradients: bool = False
+    needs_unconditional: bool = True
+    check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+    source: str = ""
+
+    def windows_for(self, steps: int, default: Iterable[int]) -> list[int]:
+        """The windows k it is scored at in a run of ``steps`` steps."""
+        ks = default if self.windows is None else self.windows
+        return sorted({min(int(k), steps) for k in ks})
+
+    def cost(self, k: int, n_seeds: int, steps: int) -> tuple[float, float]:
+        """(UNet evaluations, gradient passes) per prompt at window k over ``n_seeds`` seeds of
+        a run of ``steps`` steps."""
+        ev = self.unet_evals if self.unet_evals is not None else (lambda k, steps: 2 * k)
+        gp = self.grad_passes
+        per = [float(c(k, steps) if callable(c) else c) for c in (ev, gp)]
+        return per[0] * n_seeds, per[1] * n_seeds
+
+    def skip_reason(self, mb: Any) -> str | None:
+        """Why it cannot run on this run (None: it can)."""
+        import torch
+
+        adapter = mb.adapter if (self.needs_gradients or self.needs_unconditional) else None
+        if self.needs_gradients and getattr(adapter, "dtype", None) in (
+            torch.float16,
+            torch.bfloat16,
+        ):
+            return (
+                f"detector {self.name!r} differentiates through the UNet and the model runs in "
+                f"{str(adapter.dtype).replace('torch.', '')}; run with --dtype fp32 to score it"
+            )
+        if self.needs_unconditional and not getattr(adapter, "has_unconditional", True):
+            return (
+                f"detector {self.name!r} needs the model's unconditional branch, which this "
+                "model does not have"
+            )
+        return self.check(mb) if self.check is not None else None
 
 
 _METRICS: dict[str, Declaration] = {}
@@ -276,15 +330,58 @@ def metric(name: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[...,
 
 
 def detector(
-    name: str, *, description: str, needs_training_image: bool = False
+    name: str,
+    *,
+    description: str,
+    needs_training_image: bool = False,
+    higher_is_memorized: bool = True,
+    windows: Iterable[int] | None = None,
+    unet_evals: Any = None,
+    grad_passes: Any = 0,
+    own_calls: bool = False,
+    needs_gradients: bool = False,
+    needs_unconditional: bool = True,
+    check: Callable[[Any], str | None] | None = None,
+    source: str = "",
 ) -> Callable[[Callable[..., dict[str, float]]], Callable[..., dict[str, float]]]:
-    """Declare a detection score: the decorated ``fn(mb, side, k) -> {prompt_id: score}``."""
+    """Declare a detection score: the decorated ``fn(mb, side, k) -> {prompt_id: score}`` (see
+    :class:`Detector` for the arguments; ``unet_evals`` defaults to 2 k per seed, the CFG
+    evaluations of the run's first k steps)."""
     if not re.fullmatch(r"[A-Za-z0-9_]+", name):
         raise MemberbenchError(f"bad detector name {name!r}: letters, digits and '_' only")
+    if higher_is_memorized not in (True, False):
+        raise MemberbenchError(f"detector {name!r}: higher_is_memorized must be True or False")
+    wins = None if windows is None else tuple(windows)
+    if wins is not None and (not wins or any(not isinstance(k, int) or k < 0 for k in wins)):
+        raise MemberbenchError(
+            f"detector {name!r}: windows must be non-negative integers (0: at pure noise), "
+            f"got {windows!r}"
+        )
+    for what, c in (("unet_evals", unet_evals), ("grad_passes", grad_passes)):
+        if c is not None and not callable(c) and not (isinstance(c, (int, float)) and c >= 0):
+            raise MemberbenchError(
+                f"detector {name!r}: {what} must be a number >= 0 per seed or a function "
+                f"(k, steps) -> number, got {c!r}"
+            )
 
     def wrap(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
         _check_new(_DETECTORS, "detector", name, fn.__module__)
-        _DETECTORS[name] = Detector(name, description, needs_training_image, fn, fn.__module__)
+        _DETECTORS[name] = Detector(
+            name,
+            description,
+            needs_training_image,
+            fn,
+            fn.__module__,
+            higher_is_memorized=higher_is_memorized,
+            windows=wins,
+            unet_evals=unet_evals,
+            grad_passes=grad_passes,
+            own_calls=own_calls,
+            needs_gradients=needs_gradients,
+            needs_unconditional=needs_unconditional,
+            check=check,
+            source=source,
+        )
         _invalidate()
         fn.detector = _DETECTORS[name]  # type: ignore[attr-defined]
         return fn
@@ -329,8 +426,44 @@ def _example(template: str) -> str:
 # reading the declarations
 
 
+_ENTRY_POINTS_LOADED: list[bool] = []
+
+
 def _load() -> None:
     import memberbench.metrics  # noqa: F401  (importing the package declares the metrics)
+
+    if not _ENTRY_POINTS_LOADED:
+        _ENTRY_POINTS_LOADED.append(True)
+        load_entry_points()
+
+
+def load_entry_points() -> list[str]:
+    """Import the out-of-tree detectors of the entry-point group ``memberbench.detectors``
+    (each names a module that declares detectors, or a declared detector function); returns
+    the entry points' names.  One that fails to import, or declares nothing, is an error."""
+    from memberbench.registry import DETECTORS
+
+    names = []
+    for ep_name in DETECTORS.names():
+        try:
+            obj = DETECTORS.get(ep_name)
+        except Exception as e:  # noqa: BLE001 - any import error of a third-party package
+            raise MemberbenchError(
+                f"detector entry point {ep_name!r} (group memberbench.detectors) failed to "
+                f"load: {type(e).__name__}: {e}; fix or uninstall the package that provides it"
+            ) from None
+        declared = getattr(obj, "detector", None)
+        module = getattr(obj, "__name__", None)
+        if not isinstance(declared, Detector) and not any(
+            d.module == module for d in _DETECTORS.values()
+        ):
+            raise MemberbenchError(
+                f"detector entry point {ep_name!r} (group memberbench.detectors) declares no "
+                "detector: point it at a function decorated with "
+                "memberbench.metrics.declare.detector(...) or at the module that declares them"
+            )
+        names.append(ep_name)
+    return names
 
 
 def declarations() -> list[Declaration]:

@@ -530,6 +530,7 @@ for _key in ("D1", "D2"):
     "nsupp",
     description="noise suppression: the initial noise's share of the latent (projection on "
     "x_T) below sqrt(1 - abar), summed over the first k states (image-free)",
+    source="this project (an image-free D2)",
 )
 def nsupp_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     k = min(k, mb.config.steps)
@@ -541,7 +542,10 @@ def nsupp_scores(mb: Any, side: str, k: int) -> dict[str, float]:
 @detector(
     "d1_paper",
     description="D1 of the first k states with the paper code's conventions (each state fitted "
-    "on the trajectory's own final latent and x_T): image-free",
+    "on the trajectory's own final latent and x_T): image-free, but it needs the final latent, "
+    "so the whole generation",
+    unet_evals=lambda k, steps: 2 * steps,
+    source="the paper's code (final-latent basis)",
 )
 def d1_paper_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     return {p: v["D1"] for p, v in mb.paper_deviation(side, window=k).items()}
@@ -552,6 +556,7 @@ def d1_paper_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     description="D1 over the first k states against each prompt's training image (an oracle "
     "score: it needs the training image)",
     needs_training_image=True,
+    source="SPEC M6 (training-latent basis)",
 )
 def d1_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     mb.require_images(side)

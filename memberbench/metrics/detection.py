@@ -63,3 +63,23 @@ for _stat, _what in (("auc", _AUC), ("tpr1", _TPR), ("tpr1_wen", _TPR_WEN)):
         higher_is_better=True,
         description=f"{_what}, {_SET}",
     )
+
+# the cost of each detector at each window (recorded by the set-label test, which always runs)
+declare(
+    "detect_unet_evals",
+    keys=("detect_unet_evals.{score}.k{k}",),
+    family="detection",
+    higher_is_better=False,
+    unit="evaluations",
+    description="UNet evaluations per prompt a detection score costs at window k (over the "
+    "run's seeds; a score that reads the run's generations counts the share it reads)",
+)
+declare(
+    "detect_grad_passes",
+    keys=("detect_grad_passes.{score}.k{k}",),
+    family="detection",
+    higher_is_better=False,
+    unit="passes",
+    description="gradient (Jacobian/Hessian-vector product) passes through the UNet per "
+    "prompt a detection score costs at window k (over the run's seeds)",
+)

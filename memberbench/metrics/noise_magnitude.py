@@ -171,6 +171,7 @@ declare(
     "wen",
     description="Wen et al.'s text-conditional noise magnitude ||eps_c - eps_u||, mean over the "
     "first k steps (image-free)",
+    source="Wen et al., ICLR 2024 (noise-space convention)",
 )
 def wen_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     return mb.wen(side, k)
@@ -180,6 +181,7 @@ def wen_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     "wen_raw",
     description="Wen's magnitude on the UNet's raw output, as Wen et al.'s code takes it (v for "
     "a v-prediction model)",
+    source="Wen et al., ICLR 2024, as their code takes it (raw UNet output)",
 )
 def wen_raw_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     return mb.wen_raw(side, k)
