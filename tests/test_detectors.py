@@ -199,7 +199,7 @@ def test_detection_task_scores_out_of_tree_detectors(pytester, tiny_pipeline_dir
         f"--results={out}",
         "-rs",
         "-k",
-        "set_labels and (toy or wen)",
+        "set_labels",
     )
     outcomes = r.parseoutcomes()
     assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, r.stdout.str()
@@ -221,3 +221,15 @@ def test_detection_task_scores_out_of_tree_detectors(pytester, tiny_pipeline_dir
     assert m["detect_unet_evals.wen.k1"]["value"] == 2 * 1 * 2
     assert m["detect_unet_evals.wen.k4"]["value"] == 2 * 4 * 2
     assert not any("toy_never" in k for k in m)
+    # the field's detectors, each at its own windows with its cost over the 2 seeds
+    assert m["detect_unet_evals.d1_paper.k1"]["value"] == 2 * 4 * 2  # the whole generation
+    assert m["detect_unet_evals.d1_rt.k1"]["value"] == 2 * 1 * 2
+    assert "detect_auc_set.d1_rt.k4" in m
+    assert "detect_auc_set.webster.k1" in m and "detect_auc_set.webster.k4" not in m
+    assert m["detect_auc_set.anisotropy.k0"]["n"] == 4
+    assert m["detect_unet_evals.anisotropy.k0"]["value"] == 4 * 2
+    assert m["detect_grad_passes.anisotropy.k0"]["value"] == 0
+    assert m["detect_auc_set.sharpness.k1"]["n"] == 4
+    assert m["detect_unet_evals.sharpness.k1"]["value"] == 4 * 2
+    assert m["detect_grad_passes.sharpness.k1"]["value"] == 4 * 2
+    assert "own model calls" in m["detect_unet_evals.sharpness.k1"]["description"]

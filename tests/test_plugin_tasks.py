@@ -146,7 +146,7 @@ def test_task_suite_end_to_end(pytester, tiny_pipeline_dir):
         "-k",
         "test_detection[wen]",
     )
-    r.assert_outcomes(passed=1, deselected=10)
+    r.assert_outcomes(passed=1, deselected=18)  # 9 detectors x 2 + 1
     m3 = json.loads(out3.read_text())["metrics"]
     expected = np.mean([(wen[a] > wen[b]) + 0.5 * (wen[a] == wen[b]) for a in pos for b in neg])
     assert m3["detect_auc.wen.k1"]["value"] == pytest.approx(expected)
