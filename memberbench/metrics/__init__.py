@@ -15,6 +15,7 @@ decomposition.py       M6 W0/WT, D1, D2                      d1, d2
 clip_score.py          utility                               clip_score
 stats.py               AUC, TPR@FPR, Pearson/Spearman, CIs   (functions)
 detection.py           detection statistics                  (declarations)
+detectors.py           the field's detectors                 (detectors)
 cost.py                UNet evaluations, wall time           (declarations)
 declare.py             the declaration registry              (declare, metric, detector)
 =====================  ====================================  ===========================
