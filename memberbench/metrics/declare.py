@@ -142,7 +142,8 @@ class Detector:
       ``own_calls``: False when it reads the run's generations (its evaluations are a share of
       theirs), True when it makes model calls of its own on top;
     * ``check(mb)``: None when it can run on this run's adapter, else the reason it is skipped
-      (``needs_gradients`` / ``needs_unconditional`` add the common checks).
+      (``needs_gradients`` / ``needs_unconditional`` add the common checks on the adapter of a
+      detector that differentiates or makes its own calls).
     """
 
     name: str
@@ -177,7 +178,9 @@ class Detector:
         """Why it cannot run on this run (None: it can)."""
         import torch
 
-        adapter = mb.adapter if (self.needs_gradients or self.needs_unconditional) else None
+        if not (self.needs_gradients or self.own_calls):  # it reads the run's traces
+            return self.check(mb) if self.check is not None else None
+        adapter = mb.adapter
         if self.needs_gradients and getattr(adapter, "dtype", None) in (
             torch.float16,
             torch.bfloat16,
