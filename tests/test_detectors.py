@@ -136,6 +136,7 @@ def test_entry_point_detectors_are_declared(tmp_path, monkeypatch):
     root = _toy_distribution(tmp_path / "site")
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setattr(DETECTORS, "_loaded_entry_points", False)
+    monkeypatch.setattr(DETECTORS, "_entries", dict(DETECTORS._entries))  # restored after
     try:
         assert "toys" in D.load_entry_points()
         names = {d.name for d in D.detectors()}

@@ -114,10 +114,22 @@ def test_overlapping_declarations_are_reported():
 
 def test_detectors_are_declared_with_their_compute():
     names = [d.name for d in D.detectors()]
-    assert sorted(names) == ["d1", "d1_paper", "nsupp", "wen", "wen_raw"]
+    assert sorted(names) == [
+        "anisotropy",
+        "d1",
+        "d1_paper",
+        "d1_rt",
+        "nsupp",
+        "sharpness",
+        "webster",
+        "wen",
+        "wen_raw",
+    ]
     assert D.get_detector("d1").needs_training_image
     assert not D.get_detector("nsupp").needs_training_image
-    with pytest.raises(MemberbenchError, match="unknown detector 'nope'; declared: d1, d1_paper"):
+    with pytest.raises(
+        MemberbenchError, match="unknown detector 'nope'; declared: anisotropy, d1, d1_paper"
+    ):
         D.get_detector("nope")
 
 
