@@ -284,3 +284,25 @@ def test_sharpness_on_a_tiny_unet_matches_finite_differences(tiny_adapter):
     fd = (ds(x.double() + h * v) - ds(x.double() - h * v)) / (2 * h)
     assert got["a"] == pytest.approx(float(fd.norm()), rel=2e-2)
     assert np.isfinite(got["b"]) and got["b"] > 0
+
+
+def test_an_own_call_detector_marks_a_failing_prompt_nan_and_goes_on(tiny_adapter):
+    from memberbench.metrics.detectors import anisotropy_scores
+
+    class Flaky:  # the tiny adapter, whose text encoder fails on one caption
+        def __getattr__(self, name):
+            return getattr(tiny_adapter, name)
+
+        def encode_prompts(self, prompts):
+            if "house" in prompts[-1]:
+                raise RuntimeError("CUDA out of memory (a test's failure)")
+            return tiny_adapter.encode_prompts(prompts)
+
+    mb = _run(Flaky())
+    logged = []
+    mb.log = logged.append
+    got = anisotropy_scores(mb, "memorized", 0)
+    assert np.isnan(got["b"]) and np.isfinite(got["a"])
+    assert logged == [
+        "memberbench: detector anisotropy: prompt b failed: CUDA out of memory (a test's failure)"
+    ]
