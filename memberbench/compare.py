@@ -110,6 +110,11 @@ def parse_tolerance(text: str) -> Tolerance:
             "improvement ('-50%')"
         )
     amount = float(m.group("num"))
+    if not math.isfinite(amount):
+        raise MemberbenchError(
+            f"bad tolerance value {tol!r} in {text!r}: it must be a finite number (a tolerance "
+            "that large checks nothing: leave the metric out instead)"
+        )
     unit = {"%": "pct", "se": "se", None: "abs"}[m.group("unit")]
     return Tolerance(pattern.strip(), amount, unit, text.strip())
 

@@ -60,7 +60,11 @@ def _finite_float(name: str, low: float | None = None, high: float | None = None
     def conv(s: str) -> float:
         import math
 
-        what = f"a finite number{f' in [{low}, {high}]' if low is not None else ''}"
+        what = "a finite number"
+        if low is not None and high is not None:
+            what += f" in [{low}, {high}]"
+        elif low is not None:
+            what += f" >= {low:g}"
         try:
             v = float(s)
         except ValueError:
@@ -123,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seeds_arg, help="one seed, a range 0-9 or a list 0,1,2")
     p.add_argument("--seeds", type=_seeds_arg, help="same as --seed (default 0)")
     p.add_argument("--steps", type=_positive_int("--steps"), default=50)
-    p.add_argument("--guidance", type=_finite_float("--guidance"), default=7.5)
+    p.add_argument("--guidance", type=_finite_float("--guidance", 0.0), default=7.5)
     p.add_argument("--scheduler", type=_scheduler_arg, default="ddim")
     p.add_argument("--eta", type=_finite_float("--eta", 0.0, 1.0), default=0.0)
     p.add_argument("--negative-prompt", default="")
@@ -150,11 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
+    for k, p in enumerate(prompts, 1):
+        if not p.strip():
+            raise MemberbenchError(
+                f"--prompt number {k} is empty: give a caption (an empty prompt is the "
+                "unconditional one, which --guidance already uses)"
+            )
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise MemberbenchError(f"--prompts-file: no such file {str(path)!r}")
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[: e.start].count(b"\n") + 1
+            raise MemberbenchError(
+                f"--prompts-file {str(path)!r} is not UTF-8 text (line {line}): give a text file "
+                "with one prompt per line, or .jsonl with a 'prompt' or 'caption' field"
+            ) from None
+        if "\x00" in text:
+            line = text[: text.index("\x00")].count("\n") + 1
+            raise MemberbenchError(
+                f"--prompts-file {str(path)!r} is binary (a NUL byte on line {line}): give a "
+                "text file with one prompt per line, or .jsonl with a 'prompt' or 'caption' field"
+            )
         if path.suffix == ".jsonl":
             for k, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
@@ -169,6 +193,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
                 if not isinstance(p, str):
                     raise MemberbenchError(
                         f"--prompts-file: line {k} of {path} has no 'prompt' or 'caption' string"
+                    )
+                if not p.strip():
+                    raise MemberbenchError(
+                        f"--prompts-file: line {k} of {path} has an empty caption: give one or "
+                        "delete the line"
                     )
                 prompts.append(p)
         else:
@@ -248,10 +277,37 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def _check_folder(flag: str, value: str) -> Path:
+    """A folder to write into: refused when it, or the first existing folder above it, is a
+    file (before any model loads; nothing is created here)."""
+    path = Path(value).expanduser()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == path else f"is inside {str(p)!r}, which is a file"
+                raise MemberbenchError(
+                    f"{flag} {value!r} {where}: pass a folder (created if missing)"
+                )
+            break
+    return path
+
+
+def _check_steps(steps: int, adapter: Any) -> None:
+    trained = int(adapter.scheduler_config.get("num_train_timesteps") or 0)
+    if trained and steps > trained:
+        raise MemberbenchError(
+            f"--steps {steps} is more than the {trained} timesteps this model was trained with; "
+            f"use --steps {trained} or fewer (e.g. 50)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from memberbench.types import GenerationRequest
 
     prompts = read_prompts(args)
+    out = _check_folder("--out", args.out)
+    if not args.no_cache and args.cache_dir is not None:
+        _check_folder("--cache-dir", args.cache_dir)
     if args.seed is not None and args.seeds is not None:
         raise MemberbenchError("give either --seed or --seeds, not both")
     seeds = args.seeds or args.seed or [0]
@@ -278,12 +334,12 @@ def run(args: argparse.Namespace) -> int:
     from memberbench.adapters import load_adapter
 
     adapter = load_adapter(args.model, device=args.device, dtype=args.dtype)
+    _check_steps(args.steps, adapter)
     if mitigation is not None:
         mitigation.check_compatible(adapter)
     from memberbench.cache import GenerationCache
 
     cache = None if args.no_cache else GenerationCache(args.cache_dir)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     idx = list(shard_indices(len(requests), rank, world))
     latents_dir = out / "latents" if args.record_latents else None

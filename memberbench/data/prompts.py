@@ -35,6 +35,7 @@ import math
 import os
 import re
 import socket
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -324,10 +325,33 @@ class _Options:
     where: str = ""  # "file X" / "hub dataset X", for messages
 
 
+class MalformedRowsWarning(UserWarning):
+    """A local prompt file had malformed rows (bad JSON, no caption, ...): they were skipped.
+    The message names the file and each row's line number and reason."""
+
+
 class _Skips:
     def __init__(self, opts: _Options) -> None:
         self.opts = opts
         self.items: list[tuple[int, str]] = []
+        self.unit = "line"  # what a row number counts: "line", "item" (JSON list), "record"
+
+    def warn_malformed(self, shown: int = 5) -> None:
+        """One warning (shown on the console; in pytest's warnings summary) naming the skipped
+        rows that are malformed; blank lines are skipped silently."""
+        bad = [(row, why) for row, why in self.items if why != "blank line"]
+        if not bad:
+            return
+        listed = "; ".join(f"{self.unit} {row}: {why}" for row, why in bad[:shown])
+        more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+        s = "" if len(bad) == 1 else "s"
+        warnings.warn(
+            MalformedRowsWarning(
+                f"{self.opts.where}: skipped {len(bad)} malformed {self.unit}{s} -- {listed}"
+                f"{more} (fix or delete them; strict=True makes the first one an error)"
+            ),
+            stacklevel=3,
+        )
 
     def add(self, row: int, reason: str) -> None:
         if self.opts.strict:
@@ -382,6 +406,7 @@ def _parse_jsonl(path: Path, skips: _Skips) -> list[tuple[int, dict[str, Any]]]:
     data = path.read_bytes()
     stripped = data.lstrip(b"\xef\xbb\xbf \t\r\n")
     if stripped.startswith(b"["):  # a .json file holding one list of objects
+        skips.unit = "item"
         try:
             items = json.loads(stripped.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -820,7 +845,10 @@ def load_prompt_file(
         except (pa.ArrowException, OSError) as e:
             raise MemberbenchError(f"file {p}: not a readable parquet file ({e})") from None
         ds = datasets.Dataset(table)
-        return _records_from_rows(_dataset_rows(ds), ds.column_names, opts, skips)
+        skips.unit = "record"
+        out = _records_from_rows(_dataset_rows(ds), ds.column_names, opts, skips)
+        skips.warn_malformed()
+        return out
     if fmt == "csv":
         columns, rows = _parse_csv(p, skips, delimiter, caption_column)
     elif fmt == "jsonl":
@@ -847,7 +875,9 @@ def load_prompt_file(
         good.append((row, {**d, cap: caption}))
     skips.items.sort(key=lambda item: item[0])
     columns, it = _rows_through_dataset(good, columns)
-    return _records_from_rows(it, columns, opts, skips)
+    out = _records_from_rows(it, columns, opts, skips)
+    skips.warn_malformed()
+    return out
 
 
 def prompt_set_from_dataset(
