@@ -36,6 +36,12 @@ def test_parse_errors_say_what_is_allowed(bad):
         C.parse_tolerance(bad)
 
 
+@pytest.mark.parametrize("bad", ["a:1e999", "a:-1e999%", "a:1e400se"])
+def test_infinite_tolerance_is_refused(bad):
+    with pytest.raises(MemberbenchError, match="must be a finite number"):
+        C.parse_tolerance(bad)
+
+
 def test_lower_is_better_percentage():
     tol = C.parse_tolerance("sscd_mean:10%")
     assert C.compare_metric("sscd_mean", m(0.5), m(0.549), tol).status == "ok"

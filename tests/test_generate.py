@@ -75,6 +75,8 @@ def test_prompts_file(tiny_pipeline_dir, tmp_path, capsys):
         (["--steps", "2.5"], "--steps", "positive integer"),
         (["--guidance", "abc"], "--guidance", "finite number"),
         (["--guidance", "nan"], "--guidance", "finite number"),
+        (["--guidance", "-1"], "--guidance", "finite number >= 0"),
+        (["--prompt", ""], "--prompt number 2 is empty", "give a caption"),
         (["--seeds", "5-x"], "--seeds", "[0, 2**63-1]"),
         (["--seed", "-1"], "--seed", "[0, 2**63-1]"),
         (["--seed", str(2**63)], "--seed", "[0, 2**63-1]"),
@@ -108,3 +110,47 @@ def test_parse_seeds():
     assert parse_seeds("0-3") == [0, 1, 2, 3]
     assert parse_seeds("5, 1,2-3,5") == [5, 1, 2, 3]
     assert parse_seeds(str(2**63 - 1)) == [2**63 - 1]
+
+
+def _one_line(capsys, *argv):
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("memberbench generate: error:"), lines[0]
+    return lines[0]
+
+
+def test_bad_files_and_folders_are_one_line_and_write_nothing(tmp_path, capsys):
+    png = tmp_path / "prompts.txt"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    out = tmp_path / "out"
+    line = _one_line(capsys, "--prompts-file", png, "--out", out)
+    assert f"--prompts-file '{png}' is not UTF-8 text (line 1)" in line
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"a prompt\n\x00\x00\x00\n")
+    line = _one_line(capsys, "--prompts-file", nul, "--out", out)
+    assert f"--prompts-file '{nul}' is binary (a NUL byte on line 2)" in line
+    jl = tmp_path / "p.jsonl"
+    jl.write_text('{"prompt": "fine"}\n{"caption": "  "}\n')
+    line = _one_line(capsys, "--prompts-file", jl, "--out", out)
+    assert f"line 2 of {jl} has an empty caption" in line
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    line = _one_line(capsys, "--prompt", "x", "--out", afile)
+    assert f"--out '{afile}' is a file: pass a folder" in line
+    line = _one_line(capsys, "--prompt", "x", "--out", afile / "sub")
+    assert f"--out '{afile / 'sub'}' is inside '{afile}', which is a file" in line
+    line = _one_line(capsys, "--prompt", "x", "--out", out, "--cache-dir", afile)
+    assert f"--cache-dir '{afile}' is a file: pass a folder" in line
+    assert not out.exists()
+
+
+def test_steps_above_the_training_timesteps(tiny_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    line = _one_line(
+        capsys, "--prompt", "x", "--steps", "1001", "--model", f"bundled:path={tiny_pipeline_dir}",
+        "--out", out, "--no-cache", "--no-progress",
+    )  # fmt: skip
+    assert "--steps 1001 is more than the 1000 timesteps this model was trained with" in line
+    assert not out.exists()
