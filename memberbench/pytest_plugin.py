@@ -205,6 +205,9 @@ def _check_run(config: pytest.Config, run: Any) -> None:
                     "e.g. ViT-L-14, ViT-B-32 (see open_clip.list_models())"
                 )
         if not config.option.collectonly:
+            sscd = run.sscd_scorer  # an unusable SSCD model / recipe pair: refused before any work
+            if cfg.sscd_model is not None:  # a user's file: loaded now, before the model
+                _load_sscd(sscd, cfg.sscd_model)
             # load the model now: a missing or broken model is one clear error, not one per task
             run.mitigation.check_compatible(run.adapter)
             trained = int(run.adapter.scheduler_config.get("num_train_timesteps") or 0)
@@ -213,9 +216,6 @@ def _check_run(config: pytest.Config, run: Any) -> None:
                     f"--steps {cfg.steps} is more than the {trained} timesteps this model was "
                     f"trained with; use --steps {trained} or fewer (e.g. 50)"
                 )
-            sscd = run.sscd_scorer  # an unusable SSCD model / recipe pair: refused before any work
-            if cfg.sscd_model is not None:
-                _load_sscd(sscd, cfg.sscd_model)
     except MemberbenchError as e:
         raise pytest.UsageError(str(e)) from None
     rec: Recorder = config.stash[REC_KEY]

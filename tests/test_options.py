@@ -304,7 +304,9 @@ def model_run(pytester, tiny_pipeline_dir):
 
 def test_steps_above_the_training_timesteps(model_run):
     run, results = model_run
-    line = _one_error_line(run("--steps=1001"))
+    r = run("--steps=1001")
+    line = _one_error_line(r)
+    assert "loaded model 'bundled:path=" in r.stdout.str()  # the model decides: checked after
     assert "--steps 1001 is more than the 1000 timesteps this model was trained with" in line
     assert "use --steps 1000 or fewer" in line
     assert not results.exists() and not results.parent.exists()
@@ -314,8 +316,10 @@ def test_sscd_model_that_is_not_a_model(model_run, pytester):
     run, results = model_run
     junk = pytester.path / "junk.onnx"
     junk.write_bytes(b"\x00\x01 this is not an ONNX graph" * 10)
-    line = _one_error_line(run(f"--sscd-model={junk}"))
+    r = run(f"--sscd-model={junk}")
+    line = _one_error_line(r)
     assert f"--sscd-model '{junk}' could not be loaded as an SSCD model" in line
+    assert "loaded model" not in r.stdout.str()  # refused before the diffusion model loads
     assert not results.exists()
 
 
