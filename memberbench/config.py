@@ -291,15 +291,8 @@ def _parse_results(raw: Any, flag: str) -> str | None:
     return s
 
 
-@_ruled("`METRIC:10%`, `METRIC:0.5`, `METRIC:2se`, comma-separated")
-def _parse_tolerances(raw: Any, flag: str) -> str | None:
-    s = str(raw).strip()
-    if not s:
-        return None
-    from memberbench.compare import parse_tolerances  # only when the option is given
-
-    parse_tolerances(s)
-    return s
+# (its grammar is memberbench.compare's, a higher layer: the plugin parses it at configure time)
+_parse_tolerances = text("`METRIC:10%`, `METRIC:0.5`, `METRIC:2se`, comma-separated")
 
 
 @_ruled("flag")

@@ -70,8 +70,16 @@ def pytest_configure(config: pytest.Config) -> None:
                 opt.parse_value(config.getoption(opt.option_dest))
     except MemberbenchError as e:
         raise pytest.UsageError(str(e)) from None
-    if config.getoption("mb_compare_fail") and not config.getoption("mb_compare"):
-        raise pytest.UsageError("--mb-compare-fail needs --mb-compare NAME|PATH")
+    fail_spec = config.getoption("mb_compare_fail")
+    if fail_spec:
+        from memberbench.compare import parse_tolerances
+
+        try:
+            parse_tolerances(fail_spec)
+        except MemberbenchError as e:
+            raise pytest.UsageError(str(e)) from None
+        if not config.getoption("mb_compare"):
+            raise pytest.UsageError("--mb-compare-fail needs --mb-compare NAME|PATH")
 
 
 def _uses_memberbench(item: pytest.Item) -> bool:

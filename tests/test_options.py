@@ -118,6 +118,14 @@ def test_benchconfig_fields_are_the_declared_options():
         make_config({"seed": "0-3"})
 
 
+def test_dtype_names_are_the_devices_ones():
+    """config repeats the dtype names (it may not import torch); devices is what parses them."""
+    from memberbench.config import DTYPES
+    from memberbench.devices import DTYPES as TORCH_DTYPES
+
+    assert set(DTYPES) <= set(TORCH_DTYPES)
+
+
 def test_plugin_docstring_does_not_repeat_the_table():
     import memberbench.pytest_plugin as plugin
     from memberbench.config import OPTIONS
