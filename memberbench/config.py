@@ -399,8 +399,8 @@ OPTIONS: tuple[Option, ...] = (
        "the side it is passed on", choice(*LABEL_POLICIES, lower=True, explain=(
            "own (each prompt keeps its set's label, e.g. Webster's N rows stay non-memorized) "
            "or side (every prompt takes the side it is passed on)")), "str", default="own"),
-    _o("mem-rule", "RULE", "measured memorization labels (auto: sscd>=0.75; the bundled model "
-       "rel>=0.5,ceiling>=0.3)", _parse_mem_rule_option, "str", default="auto"),
+    _o("mem-rule", "RULE", "measured memorization labels (auto: "
+       f"{MEM_RULE_REAL}; the bundled model {MEM_RULE_BUNDLED})", _parse_mem_rule_option, "str", default="auto"),
     _o("limit", "N", "first N prompts of each set, or of one set (nonmemorized=M)", parse_limit,
        "int | dict[str, int] | None"),
     _o("sweep", "G,G,...", "guidance values of the sweep task (none: skip it)", _parse_sweep,
