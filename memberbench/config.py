@@ -279,18 +279,6 @@ def _parse_sscd_model(raw: Any, flag: str) -> str | None:
     return s
 
 
-@_ruled("a `.json` file path (not a folder)")
-def _parse_results(raw: Any, flag: str) -> str | None:
-    s = str(raw).strip()
-    if not s:
-        return None
-    if Path(s).expanduser().is_dir():
-        raise MemberbenchError(
-            f"{flag} {s!r} is a folder: pass a file path such as {s.rstrip('/')}/run.json"
-        )
-    return s
-
-
 # (its grammar is memberbench.compare's, a higher layer: the plugin parses it at configure time)
 _parse_tolerances = text("`METRIC:10%`, `METRIC:0.5`, `METRIC:2se`, comma-separated")
 
@@ -410,7 +398,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("sweep-limit", "N", "non-memorized prompts in the sweep", integer(0, "all"), "int",
        profiles={"quick": 20, "paper": 0}),
     _o("results", "PATH", "results JSON (default memberbench-results/<model>/<mitigation>.json;"
-       " per-prompt JSONL beside it)", _parse_results, "str | None", name=None),
+       " per-prompt JSONL beside it; checked writable before the run)", text("a file path"),
+       "str | None", name=None),
     _o("cache-dir", "DIR", "generation cache (default $MEMBERBENCH_CACHE/generations, i.e. "
        "~/.cache/memberbench/generations); none: no cache; reruns only read it",
        _parse_cache_dir, "str | None"),

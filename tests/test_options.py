@@ -261,7 +261,6 @@ def test_help_lists_every_option_with_its_defaults(pytester):
         ("--cache-dir={tmp}/afile", "--cache-dir '{tmp}/afile' is a file, not a folder"),
         ("--sscd-model={tmp}/missing.onnx", "--sscd-model '{tmp}/missing.onnx' does not exist"),
         ("--sscd-model={tmp}", "--sscd-model '{tmp}' is a folder, not a file"),
-        ("--results={tmp}", "--results '{tmp}' is a folder: pass a file path"),
         ("--m2-noises=0", "--m2-noises must be >= 1, got 0"),
         ("--sweep-seeds=-1", "--sweep-seeds must be >= 0, got -1"),
         ("--labels=mine", "unknown --labels 'mine'; allowed: own (each prompt keeps"),
