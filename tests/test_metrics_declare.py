@@ -303,7 +303,8 @@ def test_the_worked_example_of_adding_a_metric_runs(tmp_path, monkeypatch):
         root = _board_with(tmp_path, {"nsupp.k1": entry, "nsupp.k1.nonmem": entry})
         text = L.build(root, figures=False)[0].read_text()
     finally:
-        D.forget("nsupp")
+        D.forget("nsupp", kind="metric")  # the doc's metric, not the detector nsupp
+    assert D.get_detector("nsupp").name == "nsupp"  # the detector of the same name survives
     header = text.split("## Headline")[1].strip().splitlines()[0]
     # (the committed run is of schema 1: no measured-label AUC, so CLIP follows)
     assert header.index("D2 ↓") < header.index("nsupp@1 ↓") < header.index("CLIP mem ↑")

@@ -402,10 +402,16 @@ def section(
     return _SECTIONS[id]
 
 
-def forget(name: str) -> None:
-    """Remove a metric or detector declaration (tests that declare toy ones clean up)."""
-    _METRICS.pop(name, None)
-    _DETECTORS.pop(name, None)
+def forget(name: str, kind: str | None = None) -> None:
+    """Remove the metric (``kind="metric"``), the detector (``"detector"``) or both (None)
+    declared as ``name`` (tests that declare toy ones clean up).  A metric and a detector may
+    share a name, so a test that declared only one says which."""
+    if kind not in (None, "metric", "detector"):
+        raise ValueError(f"kind must be 'metric', 'detector' or None, not {kind!r}")
+    if kind in (None, "metric"):
+        _METRICS.pop(name, None)
+    if kind in (None, "detector"):
+        _DETECTORS.pop(name, None)
     _invalidate()
 
 
