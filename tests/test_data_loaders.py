@@ -371,7 +371,7 @@ def test_registered_names_and_unknown_name() -> None:
 def _offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
-    import memberbench.data.prompts as prompts
+    import memberbench.data.hub as prompts
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
@@ -398,7 +398,7 @@ def test_hub_unreachable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, spec:
 def test_hub_dataset_through_load_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
-    import memberbench.data.prompts as prompts
+    import memberbench.data.hub as prompts
 
     calls = []
 

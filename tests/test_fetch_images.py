@@ -775,7 +775,7 @@ def test_local_copy_is_verified(tmp_path, monkeypatch, capsys) -> None:
 def test_downloaded_file_changed_upstream(tmp_path, monkeypatch) -> None:
     import datasets
 
-    import memberbench.data.prompts as prompts
+    import memberbench.data.hub as prompts
 
     changed = tmp_path / "download"
     changed.write_text('{"caption": "not the pinned file", "url": "http://x/1.jpg"}\n')
@@ -790,7 +790,7 @@ def test_downloaded_file_changed_upstream(tmp_path, monkeypatch) -> None:
 
 
 def test_offline_registered_set_says_where_to_get_it(tmp_path, monkeypatch, capsys) -> None:
-    import memberbench.data.prompts as prompts
+    import memberbench.data.hub as prompts
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)

@@ -54,7 +54,7 @@ def test_given_sets_win_over_the_card():
 
 
 def test_real_model_offline_never_falls_back_to_the_bundled_sets(monkeypatch):
-    import memberbench.data.prompts as prompts
+    import memberbench.data.hub as prompts
 
     monkeypatch.setattr(prompts, "hub_reachable", lambda *a, **k: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

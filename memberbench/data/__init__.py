@@ -4,19 +4,16 @@
 (``bundled-memorized``, ``wen-sd1-memorized``, ...), a local file (.jsonl, .json, .csv, .tsv,
 .parquet, .txt), ``hf:owner/name`` or a URL.  Importing this package does not import
 ``datasets``; the loaders do, when called.
+
+By concern: ``records`` (PromptRecord, PromptSet, column names), ``options`` (loader options and
+skipped-row reporting), ``parsers`` (jsonl / csv / txt), ``images`` (decoding training images),
+``loaders`` (rows to records, files and datasets), ``hub`` (the Hugging Face hub), ``sets`` (the
+registered sets), ``fetch`` (recovering training images); ``prompts`` re-exports the first six.
 """
 
-from memberbench.data.prompts import (
-    CAPTION_COLUMNS,
-    PromptRecord,
-    PromptSet,
-    detect_format,
-    hub_reachable,
-    image_sha256,
-    load_hf_prompt_set,
-    load_prompt_file,
-    prompt_set_from_dataset,
-)
+from memberbench.data.hub import hub_reachable, load_hf_prompt_set
+from memberbench.data.loaders import detect_format, load_prompt_file, prompt_set_from_dataset
+from memberbench.data.records import CAPTION_COLUMNS, PromptRecord, PromptSet, image_sha256
 from memberbench.data.sets import (
     BUNDLED_DIR,
     REMOTE_SETS,

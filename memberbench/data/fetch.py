@@ -60,7 +60,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from memberbench.data.prompts import URL_COLUMNS, PromptRecord, PromptSet, image_sha256
+from memberbench.data.records import URL_COLUMNS, PromptRecord, PromptSet, image_sha256
 from memberbench.io import atomic_write_bytes, file_sha256, remove_stale_temps
 from memberbench.types import MemberbenchError
 

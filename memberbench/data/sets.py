@@ -33,13 +33,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from memberbench.data import prompts as _prompts
-from memberbench.data.prompts import (
-    PromptSet,
-    detect_format,
-    load_hf_prompt_set,
-    load_prompt_file,
-)
+from memberbench.data import hub as _hub
+from memberbench.data.hub import load_hf_prompt_set
+from memberbench.data.loaders import detect_format, load_prompt_file
+from memberbench.data.options import _memorized_from_name
+from memberbench.data.records import PromptSet
 from memberbench.registry import PROMPT_SETS
 from memberbench.types import MemberbenchError
 
@@ -192,9 +190,9 @@ def verify_pinned(set_name: str, path: str | Path, *, downloaded: bool) -> None:
 
 
 def _download(url: str, set_name: str) -> str:
-    offline = _prompts.hub_offline()
+    offline = _hub.hub_offline()
     host = url.split("/")[2]
-    if not offline and not _prompts.hub_reachable(url):
+    if not offline and not _hub.hub_reachable(url):
         raise MemberbenchError(
             f"cannot load prompt set {set_name!r}: {host} is unreachable from this machine. On a "
             f"machine with network, {_how_to_point(set_name, url)} (a local path; its hash is "
@@ -248,7 +246,7 @@ def _load_remote(
         verify_pinned(set_name, local, downloaded=True)
         source = f"url:{url}"
     options.setdefault("format", detect_format(fname))
-    label = _prompts._memorized_from_name(fname)
+    label = _memorized_from_name(fname)
     return load_prompt_file(
         local, memorized=label if memorized is None else memorized, source=source, **options
     )
