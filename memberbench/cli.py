@@ -16,6 +16,8 @@ Subcommands (each imports what it needs only when run)::
     memberbench evidence ...                     the bundled model's evidence report
     memberbench fetch-images SOURCE --out DIR    recover a prompt set's training images from
                                                  its URLs (memberbench.data.fetch)
+    memberbench list [KIND] [--tasks DIR]        what is registered, one line each: models,
+                                                 mitigations, prompt-sets, detectors, tasks
 
 ``memberbench run`` passes every argument after it to pytest, e.g.
 ``memberbench run --model sd-1.4 --profile paper -x``; ``--tasks DIR`` picks another task
@@ -243,6 +245,16 @@ def cmd_fetch_images(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(ns: argparse.Namespace) -> int:
+    from memberbench.listing import list_kind
+
+    tasks = find_tasks_dir(ns.tasks) if ns.kind == "tasks" else None
+    text = list_kind(ns.kind, tasks)
+    if text:
+        print(text)
+    return 0
+
+
 def _count(kind: type, least: float, what: str):  # noqa: ANN202 - an argparse type
     def parse(text: str) -> Any:
         try:
@@ -464,6 +476,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--skip-failed", action="store_true", help="do not retry rows a previous run failed on"
     )
+
+    ls = sub.add_parser(
+        "list",
+        help="list models, mitigations, prompt-sets, detectors or tasks, one line each",
+        description="What is registered (out-of-tree packages' entry points included), one "
+        "line each: name and description. Without KIND: the kinds.",
+    )
+    ls.add_argument(
+        "kind", nargs="?", default=None, metavar="KIND", help="models, mitigations, ..."
+    )
+    ls.add_argument("--tasks", default=None, metavar="DIR", help="with KIND tasks: the task folder")
     return p
 
 
@@ -488,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "compare": cmd_compare,
             "train-bundled": cmd_train_bundled,
             "fetch-images": cmd_fetch_images,
+            "list": cmd_list,
         }[ns.command]
         return handler(ns)
     except MemberbenchError as e:
