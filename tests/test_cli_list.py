@@ -235,6 +235,10 @@ def plugin(tmp_path, monkeypatch):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mb-toy-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(root))
+    import memberbench.adapters.cards  # noqa: F401  (the built-ins are registered first,
+    import memberbench.data.sets  # noqa: F401  so the restored registries hold them)
+    import memberbench.mitigations  # noqa: F401
+
     for reg in (MODELS, MITIGATIONS, PROMPT_SETS, DETECTORS):  # restored after
         monkeypatch.setattr(reg, "_loaded_entry_points", False)
         monkeypatch.setattr(reg, "_entries", dict(reg._entries))
