@@ -248,6 +248,8 @@ def cmd_fetch_images(ns: argparse.Namespace) -> int:
 def cmd_list(ns: argparse.Namespace) -> int:
     from memberbench.listing import list_kind
 
+    if ns.tasks is not None and ns.kind != "tasks":
+        raise MemberbenchError("--tasks DIR goes with `memberbench list tasks` only")
     tasks = find_tasks_dir(ns.tasks) if ns.kind == "tasks" else None
     text = list_kind(ns.kind, tasks)
     if text:

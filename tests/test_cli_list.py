@@ -154,6 +154,9 @@ def test_tasks_are_parsed_not_imported(tmp_path, capsys):
     assert lines[0].startswith("test_bad.py   (cannot parse: SyntaxError: ")
     rc, lines, err = run_list(capsys, "tasks", "--tasks", str(tmp_path / "nowhere"))
     assert rc == 2 and lines == [] and "--tasks" in err and "no such folder" in err
+    rc, lines, err = run_list(capsys, "models", "--tasks", str(tasks))
+    assert rc == 2 and lines == [] and err.count("\n") == 1
+    assert "--tasks DIR goes with `memberbench list tasks` only" in err
 
 
 def test_list_tasks_and_the_kinds_do_not_import_torch():
