@@ -247,7 +247,7 @@ def plugin(tmp_path, monkeypatch):
         monkeypatch.setattr(reg, "_entries", dict(reg._entries))
     monkeypatch.setattr(D, "_ENTRY_POINTS_LOADED", [])
     yield
-    D.forget("toy_score")
+    D.forget("toy_score", "detector")
     for m in ("mb_toy_plugin", "mb_toy_broken"):
         sys.modules.pop(m, None)
 
