@@ -31,7 +31,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     8: ("memberbench.pytest_plugin",),
     9: ("memberbench.leaderboard",),
     10: ("memberbench.bundled", "memberbench.testing"),
-    11: ("memberbench.cli",),
+    11: ("memberbench.cli", "memberbench.listing"),
 }  # fmt: skip
 
 
