@@ -118,16 +118,13 @@ class Adapter(ABC):
 
 
 def tensor_fingerprint(tensors: dict[str, torch.Tensor], extra: Any = None) -> str:
-    """Fingerprint of a state dict: hashes names, shapes and a strided sample of the values."""
+    """Fingerprint of a state dict: hashes every tensor's name, dtype, shape and every byte of
+    its values (:func:`memberbench.adapters.identity.tensors_sha256`), plus ``extra``."""
     import hashlib
 
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        v = tensors[k].detach().float().flatten().cpu()
-        step = max(1, v.numel() // 4096)
-        h.update(k.encode())
-        h.update(str(tuple(tensors[k].shape)).encode())
-        h.update(v[::step].numpy().tobytes())
+    from memberbench.adapters.identity import tensors_sha256
+
+    h = hashlib.sha256(tensors_sha256(tensors).encode())
     if extra is not None:
         h.update(stable_hash(extra).encode())
     return h.hexdigest()[:16]

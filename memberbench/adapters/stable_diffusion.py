@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from memberbench.adapters.base import Adapter, ModelCard, tensor_fingerprint
+from memberbench.adapters.identity import sampled_tensor_hash
 from memberbench.devices import DTYPE_NAMES, parse_device, parse_dtype
 from memberbench.sampling import schedulers as _sched
-from memberbench.types import MemberbenchError
+from memberbench.types import MemberbenchError, stable_hash
 
 
 class StableDiffusionAdapter(Adapter):
@@ -39,6 +40,7 @@ class StableDiffusionAdapter(Adapter):
         device: Any = None,
         dtype: Any = None,
         source: str | None = None,
+        weight_dirs: list[str | os.PathLike] | None = None,
     ) -> None:
         for comp in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             if getattr(pipe, comp, None) is None:
@@ -59,6 +61,10 @@ class StableDiffusionAdapter(Adapter):
             m.requires_grad_(False)
         self.pipe = pipe
         self.source = source
+        # the folders the pipeline was loaded from: the fingerprint hashes every file in them
+        # (None: an in-memory pipeline, whose fingerprint hashes every byte of every tensor)
+        self.weight_dirs = [Path(d) for d in weight_dirs] if weight_dirs else None
+        self._fingerprint_covers = ""
         cfg = dict(pipe.scheduler.config)
         pred = cfg.get("prediction_type", "epsilon")
         if card is None:
@@ -106,15 +112,21 @@ class StableDiffusionAdapter(Adapter):
             model_name=card.name if card else None,
         )
         src = str(path_or_repo) + (f"@{revision}" if revision else "")
-        return cls(pipe, card, device=device, dtype=dt, source=src)
+        dirs = [_local_dir(path_or_repo, revision)]
+        if vae:
+            dirs.append(_local_dir(vae, None))
+        weight_dirs = None if any(d is None for d in dirs) else dirs
+        return cls(pipe, card, device=device, dtype=dt, source=src, weight_dirs=weight_dirs)
 
     # --- identity ----------------------------------------------------------------------------
     def fingerprint(self) -> str:
+        """16 hex of: the sha256 of every file the pipeline was loaded from (memoised by size
+        and mtime, see :mod:`memberbench.adapters.identity`) or, for an in-memory pipeline,
+        of every byte of every unet / vae / text-encoder tensor; plus the scheduler config,
+        dtype, device type, prediction type and tokenizer length."""
         if self._fingerprint is None:
-            tensors: dict[str, torch.Tensor] = {}
-            for comp in ("unet", "vae", "text_encoder"):
-                for k, v in getattr(self.pipe, comp).state_dict().items():
-                    tensors[f"{comp}.{k}"] = v
+            from memberbench.adapters.identity import dirs_sha256
+
             sched = {k: v for k, v in self._scheduler_config.items() if not k.startswith("_")}
             extra = {
                 "scheduler": sched,
@@ -123,12 +135,32 @@ class StableDiffusionAdapter(Adapter):
                 "prediction_type": self.prediction_type,
                 "tokenizer_max_length": int(self.pipe.tokenizer.model_max_length),
             }
-            self._fingerprint = tensor_fingerprint(tensors, extra)
+            files = None
+            if self.weight_dirs:
+                try:
+                    files = dirs_sha256(self.weight_dirs)
+                except OSError:  # a folder went away after loading: hash the tensors instead
+                    files = None
+            tensors: dict[str, torch.Tensor] = {}
+            for comp in ("unet", "vae", "text_encoder"):
+                for k, v in getattr(self.pipe, comp).state_dict().items():
+                    tensors[f"{comp}.{k}"] = v
+            if files is not None:
+                extra["files_sha256"] = files[0]
+                # plus a cheap strided sample of the live tensors, for edits made after loading
+                extra["loaded_sample"] = sampled_tensor_hash(tensors)
+                self._fingerprint = stable_hash(extra)
+                where = ", ".join(str(d) for d in self.weight_dirs or [])
+                self._fingerprint_covers = f"every byte of {files[1]} files in {where}"
+            else:
+                self._fingerprint = tensor_fingerprint(tensors, extra)
+                self._fingerprint_covers = "every byte of every unet, vae and text-encoder tensor"
         return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["source"] = self.source
+        d["fingerprint_covers"] = self._fingerprint_covers
         d["prediction_type"] = self.prediction_type
         d["pipeline_class"] = type(self.pipe).__name__
         d["image_resize"] = "PIL lanczos, straight to model resolution (no crop)"
@@ -289,6 +321,21 @@ class StableDiffusionAdapter(Adapter):
 
 # --------------------------------------------------------------------------------------------
 # loading
+
+
+def _local_dir(path_or_repo: str | os.PathLike, revision: str | None) -> Path | None:
+    """The local folder a pipeline (or VAE) was loaded from: the path itself, or the repo's
+    snapshot in the Hugging Face cache; None when it cannot be found without the network."""
+    p = Path(str(path_or_repo)).expanduser()
+    if p.exists():
+        return p if p.is_dir() else None
+    try:
+        from huggingface_hub import snapshot_download
+
+        snap = snapshot_download(str(path_or_repo), revision=revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: the fingerprint hashes the tensors instead
+        return None
+    return Path(snap) if Path(snap).is_dir() else None
 
 
 def _offline() -> bool:
