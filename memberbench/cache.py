@@ -3,7 +3,19 @@
 The key of a sample hashes everything that determines it: the adapter's fingerprint (weights,
 scheduler config, dtype, device type), the request's key (prompt, seed, steps, guidance,
 scheduler, eta, negative prompt, size), the mitigation's fingerprint (or ``"none"``), the hash of
-the reference latent it was traced against (or ``"none"``) and :data:`SAMPLER_VERSION`.
+the reference latent it was traced against (or ``"none"``), :data:`SAMPLER_VERSION`, the batch
+size the sample is generated in and the numerics of this process (:func:`generation_numerics`:
+torch / diffusers versions, device, CPU threads and instruction set, or GPU model and TF32
+switches).  The batch size is there because a sample's last bits depend on the shape of the
+batch it is computed in (matmul blocking): the same request in batches of 1 and 16 differs by
+~1e-5 in the latents; within one batch size the rows are independent of their neighbours.
+
+Every file an entry points to is covered: an entry that recorded a full-latents file keeps that
+file's sha256, and a latents file that no longer matches makes the entry corrupt (both removed,
+regenerated).  Temporary files of a killed write are removed when the cache is
+opened, once they are stale (their process is gone, or they are older than
+:data:`STALE_TMP_S`).  :meth:`GenerationCache.stats` counts hits, misses, corrupt entries,
+writes and removed temporary files.
 
 Layout: ``root/<key[:2]>/<key>.npz`` holding the image, the final latent, every trace series and
 a JSON header (request, scalars, status, timings, meta) with a sha256 over all of it.  Entries are
@@ -19,6 +31,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,12 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from memberbench.io import atomic_open
+from memberbench.io import atomic_open, file_sha256
 from memberbench.sampling.sampler import SAMPLER_VERSION
 from memberbench.types import GenerationRequest, Sample, Trace, stable_hash
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: latents_sha256 covers the full-latents file
 _SERIES_PREFIX = "series__"
+STALE_TMP_S = 600.0  # a temporary file this old is stale whoever wrote it
+_DEAD_TMP_S = 60.0  # ... and one whose (local) writer process is gone, once this old
 
 
 def default_cache_dir() -> Path:
@@ -65,6 +81,41 @@ def _fingerprint_of(obj: Any) -> str:
     return str(obj.fingerprint())
 
 
+def generation_numerics(adapter: Any = None) -> dict[str, Any]:
+    """What a sample's bits depend on besides its inputs, for the process generating it now.
+
+    CPU: torch's intra-op thread count and CPU instruction set (both change the blocking of the
+    matmuls); CUDA: the GPU model, CUDA version and TF32 switches; always the torch and diffusers
+    versions and the device type.
+    """
+    import torch
+
+    try:
+        dev = torch.device(getattr(adapter, "device", None) or "cpu")
+    except (RuntimeError, TypeError):
+        dev = torch.device("cpu")
+    try:
+        from importlib.metadata import version
+
+        diffusers_version = version("diffusers")
+    except Exception:  # noqa: BLE001 - not installed
+        diffusers_version = None
+    d: dict[str, Any] = {
+        "torch": torch.__version__,
+        "diffusers": diffusers_version,
+        "device": dev.type,
+    }
+    if dev.type == "cpu":
+        d["threads"] = int(torch.get_num_threads())
+        d["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    elif dev.type == "cuda":
+        d["gpu"] = torch.cuda.get_device_name(dev)
+        d["cuda"] = torch.version.cuda
+        d["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        d["tf32_cudnn"] = bool(torch.backends.cudnn.allow_tf32)
+    return d
+
+
 def sample_key(
     adapter: Any,
     request: GenerationRequest,
@@ -72,9 +123,13 @@ def sample_key(
     reference: Any = None,
     *,
     reference_hash: str | None = None,
+    batch: int | None = None,
+    numerics: dict[str, Any] | None = None,
 ) -> str:
     """The cache key of one sample (32 hex).  ``adapter`` / ``mitigation`` may be objects with a
-    ``fingerprint()`` or the fingerprint strings themselves."""
+    ``fingerprint()`` or the fingerprint strings themselves; ``batch`` is the size of the batch
+    the sample is generated in and ``numerics`` :func:`generation_numerics` (run_generation
+    passes both)."""
     return stable_hash(
         {
             "adapter": _fingerprint_of(adapter),
@@ -82,9 +137,64 @@ def sample_key(
             "mitigation": _fingerprint_of(mitigation),
             "reference": reference_hash or tensor_hash(reference),
             "sampler": SAMPLER_VERSION,
+            "batch": batch,
+            "numerics": numerics,
         },
         n=32,
     )
+
+
+# temporary names of a write in progress: memberbench.io's (``.<name>.mbtmp-<pid>-<hex>.part``),
+# run_generation's padding latents (``.<key>.mbpad-<pid>-<hex>-<k>.npz``) and older versions'
+# (``.<name>.<pid>.<hex>.tmp``); the pid is the writer's
+_TEMP_NAMES = (
+    re.compile(r"^\..*\.mbtmp-(\d+)-[0-9a-f]{8}\.part$"),
+    re.compile(r"^\..*\.mbpad-(\d+)-[0-9a-f]{8}-\d+\.npz$"),
+    re.compile(r"^\..*\.(\d+)\.[0-9a-f]{8}\.tmp$"),
+)
+
+
+def _writer_pid(name: str) -> int | None:
+    """The writer's pid if ``name`` is a temporary name (see ``_TEMP_NAMES``), else None."""
+    for rx in _TEMP_NAMES:
+        m = rx.match(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: Path, now: float | None = None) -> int:
+    """Remove the stale temporary files of killed writes in ``folder`` (not below it): those
+    older than :data:`STALE_TMP_S`, or older than a minute whose writer is not running here."""
+    now = time.time() if now is None else now
+    n = 0
+    for p in folder.glob(".*"):
+        pid = _writer_pid(p.name)
+        if pid is None:
+            continue
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if not p.is_file() or p.is_symlink():
+            continue
+        age = now - st.st_mtime
+        dead = pid != os.getpid() and not _pid_alive(pid)
+        if age > STALE_TMP_S or (dead and age > _DEAD_TMP_S):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    return n
 
 
 def _digest(header_wo_sum: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
@@ -108,6 +218,10 @@ class GenerationCache:
         self.misses = 0
         self.corrupt = 0
         self.writes = 0
+        self.stale_tmp_removed = 0
+        for d in [self.root, *self.root.glob("??"), self.root / "latents"]:
+            if d.is_dir():
+                self.stale_tmp_removed += remove_stale_tmp(d)
 
     def __repr__(self) -> str:
         return f"GenerationCache({str(self.root)!r})"
@@ -137,12 +251,17 @@ class GenerationCache:
             arrays["final_latent"] = np.asarray(sample.final_latent, dtype=np.float32)
         for name, v in sample.trace.series.items():
             arrays[_SERIES_PREFIX + name] = np.asarray(v, dtype=np.float64)
+        lp = sample.trace.latents_path
+        latents_sha = None
+        if lp:
+            latents_sha = file_sha256(lp)  # raises if the file the entry points to is missing
         header = {
             "format": FORMAT_VERSION,
             "key": key,
             "request": sample.request.to_dict(),
             "scalars": dict(sample.trace.scalars),
-            "latents_path": sample.trace.latents_path,
+            "latents_path": lp,
+            "latents_sha256": latents_sha,
             "status": sample.status,
             "failed_step": sample.failed_step,
             "error": sample.error,
@@ -159,16 +278,37 @@ class GenerationCache:
         self.writes += 1
         return path
 
-    def get(self, key: str) -> Sample | None:
-        """The cached sample, or None if absent or damaged (a damaged entry is deleted)."""
+    def get(self, key: str, *, need_latents: bool = False) -> Sample | None:
+        """The cached sample, or None if absent or damaged (a damaged entry is deleted).
+
+        An entry whose full-latents file no longer matches its recorded sha256 is damaged (the
+        file is deleted too).  One whose latents file is gone is returned without a
+        ``latents_path``, or counts as a miss with ``need_latents``.
+        """
         path = self.path(key)
         if not path.is_file():
             self.misses += 1
             return None
         try:
-            sample = self._read(path, key)
+            sample, latents_sha = self._read(path, key)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
-            sample = None
+            sample, latents_sha = None, None
+        if sample is not None and sample.trace.latents_path:
+            lp = sample.trace.latents_path
+            if not os.path.isfile(lp):
+                if need_latents:
+                    self.misses += 1
+                    return None
+                sample.trace.latents_path = None
+            else:
+                try:
+                    ok = file_sha256(lp) == latents_sha
+                except OSError:
+                    ok = False
+                if not ok:
+                    with contextlib.suppress(OSError):
+                        os.unlink(lp)
+                    sample = None
         if sample is None:
             self.corrupt += 1
             self.misses += 1
@@ -178,13 +318,18 @@ class GenerationCache:
         self.hits += 1
         return sample
 
-    def _read(self, path: Path, key: str) -> Sample | None:
+    def _read(self, path: Path, key: str) -> tuple[Sample | None, str | None]:
+        """(the entry's sample, the sha256 of its latents file) or (None, None) if damaged."""
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(z["__header__"].tobytes().decode())
             arrays = {n: z[n] for n in z.files if n != "__header__"}
         digest = header.pop("sha256", None)
-        if header.get("key") != key or digest != _digest(header, arrays):
-            return None
+        if (
+            header.get("key") != key
+            or header.get("format") != FORMAT_VERSION
+            or digest != _digest(header, arrays)
+        ):
+            return None, None
         series = {
             n[len(_SERIES_PREFIX) :]: np.asarray(a, dtype=np.float64)
             for n, a in arrays.items()
@@ -206,7 +351,7 @@ class GenerationCache:
             unet_evals=int(header.get("unet_evals", 0)),
             wall_time_s=float(header.get("wall_time_s", 0.0)),
             meta=dict(header.get("meta") or {}, cached=True),
-        )
+        ), header.get("latents_sha256")
 
     def stats(self) -> dict[str, int]:
         return {
@@ -214,4 +359,5 @@ class GenerationCache:
             "misses": self.misses,
             "corrupt": self.corrupt,
             "writes": self.writes,
+            "stale_tmp_removed": self.stale_tmp_removed,
         }

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +62,7 @@ def run_generation(
     batch_size: int = 16,
     record_latents_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    stats: dict[str, Any] | None = None,
 ) -> list[Sample]:
     """Generate ``requests`` (through ``mitigation`` and ``cache`` when given), in order.
 
@@ -67,16 +70,23 @@ def run_generation(
       first, then ``transform_requests`` (must keep the count and order), ``wrap_adapter`` and
       ``hooks()`` feed the one traced sampler.
     * ``cache``: a :class:`memberbench.cache.GenerationCache` or a directory path; only missing
-      samples are generated, in batches of ``batch_size``, and each batch is stored as soon as it
-      is done (an interrupted run resumes where it stopped).  With ``record_latents_dir``, an
-      entry whose latents file is gone counts as missing.
+      samples are generated, and each batch is stored as soon as it is done (an interrupted run
+      resumes where it stopped).  With ``record_latents_dir``, an entry whose latents file is
+      gone counts as missing (one whose latents file is damaged is corrupt, see the cache).
+    * ``batch_size``: requests are planned into batches of this size (per sampler settings,
+      the last one smaller) over *all* requests; the planned size of a request's batch is in
+      its cache key, and a batch partly found in the cache is generated padded to that size,
+      so a sample is bit-identical whichever part of it came from the cache.
+    * ``stats``: a dict to add counts to: ``generated`` (requests really sampled),
+      ``padding`` (throw-away rows computed to keep batch sizes), ``cached``, ``batch_sizes``
+      ({batch size that produced a sample: count}) and ``numerics``.
     * ``references``: per request, the training latent to trace against (or None).
 
     Returned samples carry the caller's request (``sample.request``); the request actually
     sampled after the mitigation's transform is in ``sample.meta["sampled_request"]`` when it
     differs.
     """
-    from memberbench.cache import GenerationCache, sample_key, tensor_hash
+    from memberbench.cache import GenerationCache, generation_numerics, sample_key, tensor_hash
     from memberbench.sampling.sampler import TracedSampler, batch_plan
 
     requests = list(requests)
@@ -103,23 +113,34 @@ def run_generation(
         gen_adapter = mitigation.wrap_adapter(adapter)
         hooks = list(mitigation.hooks())
 
+    # Batches are planned over all requests, before the cache is asked: a sample's last bits
+    # depend on the size of the batch it is computed in (not on its neighbours), so that size is
+    # part of its key, and a batch with some entries cached is topped up to its planned size.
+    plan = batch_plan(sampled, batch_size)
+    planned = [0] * n
+    for chunk in plan:
+        for i in chunk:
+            planned[i] = len(chunk)
+    numerics = generation_numerics(adapter)
     ref_hashes = [tensor_hash(r) for r in references] if references is not None else ["none"] * n
     keys = [
-        sample_key(adapter, sampled[i], mitigation, reference_hash=ref_hashes[i]) for i in range(n)
+        sample_key(
+            adapter,
+            sampled[i],
+            mitigation,
+            reference_hash=ref_hashes[i],
+            batch=planned[i],
+            numerics=numerics,
+        )
+        for i in range(n)
     ]
 
     out: list[Sample | None] = [None] * n
-    todo: list[int] = []
+    need_latents = record_latents_dir is not None
     for i in range(n):
-        s = cache.get(keys[i]) if cache is not None else None
-        if s is not None and record_latents_dir is not None:
-            lp = s.trace.latents_path
-            if not lp or not os.path.isfile(lp):
-                s = None
-        if s is None:
-            todo.append(i)
-        else:
-            out[i] = s
+        if cache is not None:
+            out[i] = cache.get(keys[i], need_latents=need_latents)
+    todo = [i for i in range(n) if out[i] is None]
 
     if todo:
         sampler = TracedSampler(
@@ -130,20 +151,40 @@ def run_generation(
         )
         bar = _progress(n, progress, "generate")
         bar.update(n - len(todo))
-        todo_reqs = [sampled[i] for i in todo]
-        for chunk in batch_plan(todo_reqs, batch_size):
-            idx = [todo[j] for j in chunk]
-            refs = [references[i] for i in idx] if references is not None else None
-            new = sampler.sample(
-                [sampled[i] for i in idx], refs, latent_names=[keys[i] for i in idx]
-            )
+        for chunk in plan:
+            idx = [i for i in chunk if out[i] is None]
+            if not idx:
+                continue
+            # pad with copies of the first missing request up to the planned batch size
+            pad = len(chunk) - len(idx)
+            rows = idx + [idx[0]] * pad
+            refs = [references[i] for i in rows] if references is not None else None
+            tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # stale ones: see cache._TEMP_NAMES
+            names = [keys[i] for i in idx] + [
+                f".{keys[idx[0]]}.mbpad-{tag}-{k}" for k in range(pad)
+            ]
+            new = sampler.sample([sampled[i] for i in rows], refs, latent_names=names)
+            for s in new[len(idx) :]:  # the padding's outputs are thrown away
+                if s.trace.latents_path:
+                    with contextlib.suppress(OSError):
+                        os.unlink(s.trace.latents_path)
             for i, s in zip(idx, new):
                 s.meta["cache_key"] = keys[i]
                 if cache is not None:
                     cache.put(keys[i], s)
                 out[i] = s
+            if stats is not None:
+                stats["generated"] = stats.get("generated", 0) + len(idx)
+                stats["padding"] = stats.get("padding", 0) + pad
             bar.update(len(idx))
         bar.close()
+    if stats is not None:
+        stats["cached"] = stats.get("cached", 0) + (n - len(todo))
+        sizes = stats.setdefault("batch_sizes", {})
+        for s in out:
+            b = str((s.meta or {}).get("batch_size"))  # type: ignore[union-attr]
+            sizes[b] = sizes.get(b, 0) + 1
+        stats["numerics"] = numerics
 
     result: list[Sample] = []
     for i, s in enumerate(out):

@@ -175,20 +175,28 @@ def test_cold_warm_resume(tiny_adapter, tmp_path, monkeypatch):
     for a, b in zip(cold, warm):
         _same(a, b)
         assert a.meta["cache_key"] == b.meta["cache_key"]
-    # an interrupted run: two entries missing, one damaged -> only those three are redone
+    # an interrupted run: two entries missing, one damaged -> only those three are redone, the
+    # first batch (planned size 3, entry 2 still cached) padded to 3 rows: 3 + 1 sampled rows
     c = GenerationCache(tmp_path)
     keys = [s.meta["cache_key"] for s in cold]
     c.path(keys[0]).unlink()
     c.path(keys[3]).unlink()
     c.path(keys[1]).write_bytes(b"partial")
-    again = run_generation(tiny_adapter, reqs, cache=c, batch_size=3, progress=False)
-    assert spy.n == 7
-    for a, b in zip(cold, again):
-        np.testing.assert_allclose(a.final_latent, b.final_latent, atol=2e-4)
+    stats = {}
+    again = run_generation(
+        tiny_adapter, reqs, cache=c, batch_size=3, progress=False, stats=stats
+    )
+    assert spy.n == 8
+    assert (stats["generated"], stats["padding"], stats["cached"]) == (3, 1, 1)
+    assert c.stats()["corrupt"] == 1 and c.stats()["hits"] == 1 and c.stats()["misses"] == 3
+    for a, b in zip(cold, again):  # same batch sizes -> the same bits as the cold run
+        np.testing.assert_array_equal(a.final_latent, b.final_latent)
+        assert b.meta["batch_size"] == a.meta["batch_size"]
+    assert [s.meta["batch_size"] for s in again] == [3, 3, 3, 1]
     # prompt_id comes from the caller even on a hit
     relabeled = [GenerationRequest(r.prompt, r.seed, r.steps, prompt_id="new") for r in reqs]
-    got = run_generation(tiny_adapter, relabeled, cache=c, progress=False)
-    assert spy.n == 7 and all(s.request.prompt_id == "new" for s in got)
+    got = run_generation(tiny_adapter, relabeled, cache=c, batch_size=3, progress=False)
+    assert spy.n == 8 and all(s.request.prompt_id == "new" for s in got)
 
 
 def test_references_enter_the_key_and_trace(tiny_adapter, tmp_path):
