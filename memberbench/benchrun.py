@@ -99,7 +99,9 @@ class BenchRun:
         self._tmp: Path | None = None
         self.started = time.time()
         self.generation_s = 0.0
-        self.n_generated = 0
+        self.n_generated = 0  # requests really sampled (not cache hits, not padding rows)
+        self.n_requested = 0
+        self.gen_stats: dict[str, Any] = {}  # run_generation's counts, summed over the run
         self.skipped_counts: dict[str, int] = {}
         self._moved_in: dict[str, int] = {}  # prompts that came from the other side's set
 
@@ -427,6 +429,7 @@ class BenchRun:
         out: dict[str, list[Gen]] = {pid: [] for pid in ids}
         keep_images = self._keep_images(len(reqs))
         t0 = time.perf_counter()
+        stats: dict[str, Any] = {}
         chunk = max(self.config.batch_size, 256)
         for i in range(0, len(reqs), chunk):
             got = run_generation(
@@ -438,17 +441,63 @@ class BenchRun:
                 batch_size=self.config.batch_size,
                 record_latents_dir=latents_dir,
                 progress=self.config.progress,
+                stats=stats,
             )
             for gen in self._digest(got, keep_images):
                 out[gen.prompt_id].append(gen)
         dt = time.perf_counter() - t0
         self.generation_s += dt
-        self.n_generated += len(reqs)
+        self.n_requested += len(reqs)
+        self.n_generated += stats.get("generated", 0)
+        for k, v in stats.items():
+            if k == "batch_sizes":
+                sizes = self.gen_stats.setdefault("batch_sizes", {})
+                for b, c in v.items():
+                    sizes[b] = sizes.get(b, 0) + c
+            elif k == "numerics":
+                self.gen_stats["numerics"] = v
+            else:
+                self.gen_stats[k] = self.gen_stats.get(k, 0) + v
         self.log(
             f"memberbench: {len(reqs)} images ({side}, g={guidance:g}, {len(seeds)} seeds, "
-            f"{self.config.steps} steps) in {dt:.1f} s"
+            f"{self.config.steps} steps) in {dt:.1f} s: {stats.get('generated', 0)} generated, "
+            f"{stats.get('cached', 0)} from the cache"
         )
         return out
+
+    def describe_generation(self) -> dict[str, Any]:
+        """What generation did this run: real generations, cache hits / misses / corrupt
+        entries regenerated, padding rows, and the batch sizes that produced the samples."""
+        g = self.gen_stats
+        cache = self._cache.stats() if self._cache is not None else None
+        if cache is not None:
+            cache["dir"] = str(self._cache.root)
+        return {
+            "images_requested": self.n_requested,
+            "images_generated": self.n_generated,
+            "padding_rows": int(g.get("padding", 0)),
+            "from_cache": int(g.get("cached", 0)),
+            "cache": cache,
+            "batch_sizes": dict(sorted((g.get("batch_sizes") or {}).items())),
+            "numerics": g.get("numerics"),
+        }
+
+    def cache_summary(self) -> str:
+        """One line for the terminal summary: what the cache did."""
+        d = self.describe_generation()
+        c = d["cache"]
+        sizes = ", ".join(f"{b}: {n}" for b, n in d["batch_sizes"].items()) or "none"
+        head = (
+            "generation cache: off"
+            if c is None
+            else f"generation cache: {c['hits']} hits, {c['misses']} misses "
+            f"({c['corrupt']} corrupt entries regenerated)"
+        )
+        return (
+            f"{head}; {d['images_generated']} of {d['images_requested']} images generated"
+            + (f" (+{d['padding_rows']} padding rows)" if d["padding_rows"] else "")
+            + f"; batch sizes that produced them: {sizes}"
+        )
 
     def _keep_images(self, n: int) -> bool:
         c, h, w = self.adapter.latent_shape

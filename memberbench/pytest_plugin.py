@@ -568,6 +568,7 @@ def build_document(config: pytest.Config, run: Any, rec: Recorder, exitstatus: i
             "duration_s": round((finished - rec.started).total_seconds(), 2),
             "generation_s": round(run.generation_s, 2),
             "images_generated": run.n_generated,
+            "generation": run.describe_generation(),
             "status": "complete" if complete else "partial",
             "profile": run.config.profile,
             "command": list(config.invocation_params.args),
@@ -724,6 +725,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             tr.write_line(f"{len(failed)} metric(s) outside tolerance:", red=True)
             for c in failed:
                 tr.write_line(f"  {c.test}: {c.message}", red=True)
+    state = config.stash.get(RUN_KEY, None)
+    if state is not None and state[0] == "run":
+        tr.write_line(state[1].cache_summary())
     if rec.results_path:
         tr.write_line(f"results: {rec.results_path}")
     if rec.saved_path:
