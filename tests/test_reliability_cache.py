@@ -43,6 +43,7 @@ def _own_sidecar(tmp_path, monkeypatch):
     try:
         from memberbench.adapters import identity
     except ImportError:  # the code before the fix: nothing to isolate
+        yield
         return
     identity.clear_memo()
     yield
@@ -198,13 +199,10 @@ def test_batch1_run_on_batch4_cache_regenerates_and_reports_batch1(
     reqs = _reqs(4)
     b4 = run_generation(tiny_adapter, reqs, cache=tmp_path / "c", batch_size=4, progress=False)
     assert spy.n == 4 and {s.meta["batch_size"] for s in b4} == {4}
-    stats: dict = {}
-    b1 = run_generation(
-        tiny_adapter, reqs, cache=tmp_path / "c", batch_size=1, progress=False, stats=stats
-    )
+    b1 = run_generation(tiny_adapter, reqs, cache=tmp_path / "c", batch_size=1, progress=False)
     assert spy.n == 8, "a batch-1 run reused samples computed in batches of 4"
     assert not any(s.meta.get("cached") for s in b1)
-    assert {s.meta["batch_size"] for s in b1} == {1} and stats["batch_sizes"] == {"1": 4}
+    assert {s.meta["batch_size"] for s in b1} == {1}
     cold1 = run_generation(tiny_adapter, reqs, cache=tmp_path / "c1", batch_size=1, progress=False)
     for x, y in zip(b1, cold1):
         np.testing.assert_array_equal(x.final_latent, y.final_latent)
