@@ -63,10 +63,11 @@ def _load_sidecar(side: Path) -> dict[str, Any]:
 
 
 def _merge_sidecar(side: Path, new: Mapping[str, tuple[tuple[int, int, int, int], str]]) -> None:
-    """Add ``new`` to the sidecar (read, merge, atomic replace); failures are ignored."""
+    """Add ``new`` to the sidecar (read, merge, atomic replace), dropping files that no longer
+    exist; failures are ignored (the sidecar is only a cache)."""
     try:
         side.parent.mkdir(parents=True, exist_ok=True)
-        files = _load_sidecar(side)
+        files = {p: v for p, v in _load_sidecar(side).items() if os.path.exists(p)}
         for p, (stamp, digest) in new.items():
             files[p] = [*stamp, digest]
         tmp = side.with_name(f".{side.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
