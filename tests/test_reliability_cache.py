@@ -272,25 +272,30 @@ def _dead_pid():
 
 
 def test_stale_temporary_files_are_removed_on_open(tmp_path):
+    from memberbench.io import temp_path
+
     c = GenerationCache(tmp_path)
     c.put("ab" + "0" * 30, _tiny_sample())
     (tmp_path / "latents").mkdir()
     old = time.time() - 3600
     dead = _dead_pid()
+    entry, lat = tmp_path / "ab" / ("ab" + "1" * 30 + ".npz"), tmp_path / "latents" / "x.npz"
     stale = [
-        tmp_path / "ab" / f".{'ab' + '1' * 30}.{os.getpid()}.0123abcd.tmp",  # 1 h old
-        tmp_path / "ab" / f".{'ab' + '2' * 30}.{dead}.0123abcd.tmp",  # its writer is gone
-        tmp_path / "latents" / f".{'c' * 32}.npz.{dead}.0123abcd.tmp",
-        tmp_path / "latents" / f".{'d' * 32}.{dead}.0123abcd.tmp-pad0.npz",
+        temp_path(entry),  # ours, an hour old
+        Path(str(temp_path(entry)).replace(f"-{os.getpid()}-", f"-{dead}-")),  # writer gone
+        Path(str(temp_path(lat)).replace(f"-{os.getpid()}-", f"-{dead}-")),
+        tmp_path / "latents" / f".{'d' * 32}.mbpad-{dead}-0123abcd-0.npz",  # padding latents
+        tmp_path / "ab" / f".{'ab' + '2' * 30}.{dead}.0123abcd.tmp",  # an older version's
     ]
-    live = tmp_path / "ab" / f".{'ab' + '3' * 30}.{os.getpid()}.0123abcd.tmp"  # being written
+    live = temp_path(tmp_path / "ab" / ("ab" + "3" * 30 + ".npz"))  # being written right now
+    recent = time.time() - 120
     for i, p in enumerate(stale):
         p.write_bytes(b"partial")
-        os.utime(p, (old, old) if i == 0 else (time.time() - 120, time.time() - 120))
+        os.utime(p, (old, old) if i == 0 else (recent, recent))
     live.write_bytes(b"partial")
     c2 = GenerationCache(tmp_path)
-    assert [p.exists() for p in stale] == [False] * 4 and live.exists()
-    assert c2.stats()["stale_tmp_removed"] == 4 and len(c2) == 1
+    assert [p.exists() for p in stale] == [False] * len(stale) and live.exists()
+    assert c2.stats()["stale_tmp_removed"] == len(stale) and len(c2) == 1
 
 
 def _tiny_sample():

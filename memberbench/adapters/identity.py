@@ -15,14 +15,14 @@ every tensor.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from memberbench.io import atomic_write_text, file_sha256
 
 SIDECAR_NAME = "file-sha256.json"
 SIDECAR_VERSION = 1
@@ -43,12 +43,8 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def hash_file(path: str | os.PathLike) -> str:
-    """sha256 (hex) of every byte of ``path``, read in 1 MiB chunks (no memo)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 (hex) of every byte of ``path`` (:func:`memberbench.io.file_sha256`; no memo)."""
+    return file_sha256(path)
 
 
 def _load_sidecar(side: Path) -> dict[str, Any]:
@@ -70,13 +66,7 @@ def _merge_sidecar(side: Path, new: Mapping[str, tuple[tuple[int, int, int, int]
         files = {p: v for p, v in _load_sidecar(side).items() if os.path.exists(p)}
         for p, (stamp, digest) in new.items():
             files[p] = [*stamp, digest]
-        tmp = side.with_name(f".{side.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            tmp.write_text(json.dumps({"version": SIDECAR_VERSION, "files": files}))
-            os.replace(tmp, side)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        atomic_write_text(side, json.dumps({"version": SIDECAR_VERSION, "files": files}))
     except OSError:
         pass
 
