@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_plugin import _preimport, _this_checkout, write_prompt_files  # noqa: F401 (fixtures)
+from test_plugin import HEAVY, _this_checkout, write_prompt_files  # noqa: F401 (fixture)
 
 from memberbench.adapters import load_adapter
 from memberbench.cache import GenerationCache, sample_key
@@ -34,6 +35,12 @@ from memberbench.sampling.sampler import TracedSampler
 from memberbench.types import GenerationRequest
 
 pytest_plugins = ["pytester"]
+
+# The in-process plugin run imports heavy modules: import them at collection, before any
+# pytester sys.modules snapshot of this session (torch, datasets and friends cannot be imported
+# twice in one process), whatever test modules run before this one.
+for _name in HEAVY:
+    importlib.import_module(_name)
 
 
 @pytest.fixture(autouse=True)
