@@ -321,14 +321,29 @@ def _tiny_sample():
 
 TASK = textwrap.dedent(
     """
+    from memberbench.metrics.declare import declare
+
+    declare("cache_toy_n", family="task", higher_is_better=None, description="samples seen")
+
     def test_generate(mb, record_metric):
         gens = mb.samples("memorized")
-        record_metric("n_gens", float(sum(len(v) for v in gens.values())), n=1, higher_is_better=None)
+        record_metric("cache_toy_n", float(sum(len(v) for v in gens.values())), n=1)
     """
 )
 
 
-def test_results_and_summary_say_what_the_cache_did(pytester, tiny_pipeline_dir):
+@pytest.fixture
+def _forget_toy_metric():
+    """The in-process runs declare TASK's toy metric in this process: forget it after."""
+    yield
+    from memberbench.metrics.declare import forget
+
+    forget("cache_toy_n")
+
+
+def test_results_and_summary_say_what_the_cache_did(
+    pytester, tiny_pipeline_dir, _forget_toy_metric
+):
     mem, non = write_prompt_files(pytester.path)
     pytester.makepyfile(test_gen_task=TASK)
     cache, res = pytester.path / "cache", pytester.path / "res"
