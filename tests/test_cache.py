@@ -183,9 +183,7 @@ def test_cold_warm_resume(tiny_adapter, tmp_path, monkeypatch):
     c.path(keys[3]).unlink()
     c.path(keys[1]).write_bytes(b"partial")
     stats = {}
-    again = run_generation(
-        tiny_adapter, reqs, cache=c, batch_size=3, progress=False, stats=stats
-    )
+    again = run_generation(tiny_adapter, reqs, cache=c, batch_size=3, progress=False, stats=stats)
     assert spy.n == 8
     assert (stats["generated"], stats["padding"], stats["cached"]) == (3, 1, 1)
     assert c.stats()["corrupt"] == 1 and c.stats()["hits"] == 1 and c.stats()["misses"] == 3
