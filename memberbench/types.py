@@ -30,8 +30,10 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 class GenerationRequest:
     """One image to generate: a prompt, a seed and the sampler settings.
 
-    The initial noise is drawn from ``seed`` alone (per request), so a request produces the same
-    image whatever batch or process it lands in.
+    The initial noise is drawn from ``seed`` alone (per request), so a request's image does not
+    depend on which other requests share its batch.  Its last bits do depend on the batch *size*
+    and the numerics of the process (matmul blocking: CPU threads, instruction set, GPU), so the
+    generation cache keys entries by both (docs/reliability.md, "Cache and determinism").
     """
 
     prompt: str
