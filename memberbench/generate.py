@@ -343,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     idx = list(shard_indices(len(requests), rank, world))
     latents_dir = out / "latents" if args.record_latents else None
+    gen: dict[str, Any] = {}
     samples = run_generation(
         adapter,
         [requests[i] for i in idx],
@@ -351,6 +352,26 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         record_latents_dir=latents_dir,
         progress=not args.no_progress and rank == 0,
+        stats=gen,
+    )
+    generation = {
+        "requested": len(idx),
+        "generated": int(gen.get("generated", 0)),
+        "padding_rows": int(gen.get("padding", 0)),
+        "from_cache": int(gen.get("cached", 0)),
+        "cache": cache.stats() if cache is not None else None,
+    }
+    where = f" (rank {rank} of {world})" if world > 1 else ""
+    c = generation["cache"]
+    print(
+        f"{PROG}{where}: {generation['generated']} of {len(idx)} images generated, "
+        f"{generation['from_cache']} from the cache"
+        + (
+            f" ({c['hits']} hits, {c['misses']} misses, {c['corrupt']} corrupt entries regenerated)"
+            if c is not None
+            else " (cache off)"
+        ),
+        file=sys.stderr,
     )
     for i, s in zip(idx, samples):
         write_sample(out, stems[i], s, images=not args.no_images, rank=rank)
@@ -376,6 +397,8 @@ def run(args: argparse.Namespace) -> int:
             "world_size": world,
             "cache_dir": str(cache.root) if cache is not None else None,
         }
+        if world == 1:  # under a launcher each rank prints its own line
+            run_info["generation"] = generation
         _atomic_write_text(out / "run.json", json.dumps(run_info, indent=1, default=_json_default))
     if failed:
         print(

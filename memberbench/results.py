@@ -29,7 +29,12 @@ run                 ``id``, ``started`` / ``finished`` (ISO 8601 UTC), ``duratio
                     ``status`` ("complete"), ``profile`` ("quick" / "paper"),
                     ``command`` (argv list), ``exitstatus`` (pytest's), ``outcomes``
                     ({passed, failed, skipped, error: int}), ``skipped`` (list of
-                    {test, reason})
+                    {test, reason}), ``generation_s``, ``images_generated`` (images really
+                    sampled, not read from the cache), ``generation`` (what generation did:
+                    ``images_requested``, ``images_generated``, ``padding_rows``,
+                    ``from_cache``, ``cache`` {hits, misses, corrupt, writes,
+                    stale_tmp_removed, dir} or null, ``batch_sizes`` {size: samples},
+                    ``numerics``; docs/reliability.md)
 model               ``spec`` (as given to --model), ``name``, ``card`` (the model card
                     dict: repo_id, revision, resolution, prediction_type, ...),
                     ``fingerprint`` (hash of weights + scheduler config), ``revision``,

@@ -28,6 +28,10 @@ def test_generate_writes_images_and_traces(tiny_pipeline_dir, tmp_path, capsys):
     ]  # fmt: skip
     rc, _, err = _run(capsys, *argv)
     assert rc == 0, err
+    # what the cache did: a cold run generates all 4 (batches of 3 and 1, no padding)
+    assert "4 of 4 images generated, 0 from the cache (0 hits, 4 misses, 0 corrupt" in err
+    gen = json.loads((out / "run.json").read_text())["generation"]
+    assert (gen["generated"], gen["from_cache"], gen["cache"]["hits"]) == (4, 0, 0)
     stems = ["p0000-s0", "p0000-s1", "p0001-s0", "p0001-s1"]
     for stem in stems:
         img = np.asarray(Image.open(out / f"{stem}.png"))
@@ -45,7 +49,10 @@ def test_generate_writes_images_and_traces(tiny_pipeline_dir, tmp_path, capsys):
     # a rerun reads the cache (entries untouched) and rewrites identical images
     mtimes = [p.stat().st_mtime_ns for p in entries]
     first = np.asarray(Image.open(out / "p0000-s0.png"))
-    assert _run(capsys, *argv)[0] == 0
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 0 and "0 of 4 images generated, 4 from the cache (4 hits, 0 misses" in err
+    gen = json.loads((out / "run.json").read_text())["generation"]
+    assert (gen["generated"], gen["from_cache"], gen["cache"]["hits"]) == (0, 4, 4)
     assert [p.stat().st_mtime_ns for p in entries] == mtimes
     assert np.array_equal(first, np.asarray(Image.open(out / "p0000-s0.png")))
 
