@@ -112,7 +112,9 @@ class Registry:
 
 MODELS = Registry("model", "memberbench.models")
 MITIGATIONS = Registry("mitigation", "memberbench.mitigations")
-METRICS = Registry("metric", "memberbench.metrics")
+# out-of-tree metrics: each entry point names a module that declares metrics
+# (memberbench.metrics.declare.metric); the declarations load them
+METRIC_MODULES = Registry("metric module", "memberbench.metrics")
 PROMPT_SETS = Registry("prompt set", "memberbench.prompt_sets")
 # Loaders of CLIP utility scorers, ``load() -> (model, preprocess, tokenizer[, describe])``; the
 # bundled model's own scorer is an entry like any other (named, imported on first use).
@@ -129,7 +131,3 @@ def register_model(name: str) -> Callable[[Any], Any]:
 
 def register_mitigation(name: str) -> Callable[[Any], Any]:
     return MITIGATIONS.register(name)
-
-
-def register_metric(name: str) -> Callable[[Any], Any]:
-    return METRICS.register(name)

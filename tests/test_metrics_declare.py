@@ -345,3 +345,52 @@ def test_moved_compute_functions_by_hand():
     assert sscd_rel_mean(mb) == {"p": pytest.approx(0.5)}  # q: zero ceiling, left out
     assert seed_sscd(mb, "memorized") == {"p": pytest.approx(0.6)}  # cos(e1, e2)
     assert latent_l2(mb, "memorized") == {"p": pytest.approx(3.0)}  # ||1.5 * ones(4)||
+
+
+TOY_METRICS = """
+from memberbench.metrics.declare import metric
+
+
+@metric(
+    "toy_ep_score",
+    keys=("toy_ep_score[.nonmem]",),
+    family="toy",
+    higher_is_better=False,
+    description="a metric declared by an installed out-of-tree package",
+)
+def toy_ep_score(mb, side):
+    return {}
+"""
+
+
+def test_out_of_tree_metrics_are_declared_through_their_entry_point(tmp_path, monkeypatch):
+    """The entry-point group memberbench.metrics names modules that declare metrics (the
+    same contract as memberbench.detectors); one that declares nothing is one clear error."""
+    from memberbench.registry import DETECTORS, METRIC_MODULES
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "mb_toy_metrics.py").write_text(TOY_METRICS)
+    (root / "mb_nothing.py").write_text("X = 1\n")
+    for dist, body in (("toy", "toys = mb_toy_metrics"), ("nothing", "nothing = mb_nothing")):
+        info = root / f"mb_{dist}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: mb-{dist}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[memberbench.metrics]\n{body}\n")
+    monkeypatch.syspath_prepend(str(root))
+    for reg in (DETECTORS, METRIC_MODULES):
+        monkeypatch.setattr(reg, "_loaded_entry_points", False)
+        monkeypatch.setattr(reg, "_entries", dict(reg._entries))
+    try:
+        with pytest.raises(MemberbenchError, match=r"metric entry point 'nothing' \(group "
+                           r"memberbench\.metrics\) declares no metric"):  # fmt: skip
+            D.load_entry_points()
+        METRIC_MODULES._entries.pop("nothing")  # the user uninstalls the broken package
+        assert "toys" in D.load_entry_points()
+        # the installed module's metric is declared: its names are recorded names
+        assert D.lookup("toy_ep_score.nonmem").higher_is_better is False
+        assert D.find("toy_ep_score.k1") is None
+    finally:
+        D.forget("toy_ep_score", kind="metric")
+        sys.modules.pop("mb_toy_metrics", None)
+        sys.modules.pop("mb_nothing", None)

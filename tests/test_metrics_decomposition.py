@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from memberbench.metrics.declare import lookup
 from memberbench.metrics.decomposition import (
     D1,
     D2,
@@ -24,7 +25,6 @@ from memberbench.metrics.decomposition import (
     schedule_reference,
     trace_deviation,
 )
-from memberbench.registry import METRICS
 from memberbench.types import MemberbenchError, Trace
 
 SHAPE = (4, 16, 16)
@@ -204,7 +204,9 @@ def test_metric_classes_and_degenerate_reason():
     tr = trace_from_states(x, xT, states, ts, abar_t, abar_next)
     d1, d2 = D1(), D2(schedule="ddim_ideal", window="early")
     assert d1.higher_is_better is False and d2.higher_is_better is False
-    assert METRICS.get("d1") is D1 and METRICS.get("d2") is D2
+    # the classes agree with the declarations of the names the tasks record
+    assert lookup("d1").higher_is_better is D1.higher_is_better
+    assert lookup("d2").higher_is_better is D2.higher_is_better
     st = d1([tr, tr])
     assert st.value == pytest.approx(160.151, abs=2e-3) and st.n == 2 and st.reason == ""
     assert d2.describe()["schedule"] == "ddim_ideal"

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from memberbench.metrics.declare import lookup
 from memberbench.metrics.diversity import (
     LatentDiversity,
     SeedSimilarity,
@@ -23,7 +24,6 @@ from memberbench.metrics.noise_magnitude import (
     raw_output_magnitude,
     text_conditional_magnitude,
 )
-from memberbench.registry import METRICS
 from memberbench.types import MemberbenchError, Trace
 
 
@@ -59,7 +59,7 @@ def test_wen_magnitude():
     assert st.stderr == pytest.approx(abs(d1[0] - d2[0]) / 2)
     assert NoiseMagnitude(first_k=5)(t1).value == pytest.approx(d1.mean())
     assert NoiseMagnitude.higher_is_better is False
-    assert METRICS.get("wen_magnitude") is NoiseMagnitude
+    assert lookup("wen.k1").higher_is_better is NoiseMagnitude.higher_is_better
     with pytest.raises(MemberbenchError, match="eps_diff_norm"):
         NoiseMagnitude()([Trace(series={"timestep": np.ones(3)})])
     with pytest.raises(MemberbenchError, match="only 5 steps"):
@@ -93,7 +93,7 @@ def test_raw_output_magnitude_by_hand():
     m = RawOutputMagnitude(first_k=2, prediction_type="v_prediction")
     assert m([tr, tr]).value == pytest.approx(9.0)
     assert m.describe()["prediction_type"] == "v_prediction"
-    assert METRICS.get("wen_raw") is RawOutputMagnitude
+    assert lookup("wen_raw.k1").higher_is_better is RawOutputMagnitude.higher_is_better
     # guidance <= 1: Wen's pipeline has no unconditional branch -> NaN with a reason
     g1 = Trace(series={**tr.series, "guidance": np.array([7.5, 1.0, 7.5])})
     assert raw_output_magnitude(g1, 1, "v_prediction") == pytest.approx(10.0)

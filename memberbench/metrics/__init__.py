@@ -1,24 +1,26 @@
 """Metrics: one file per quantity of SPEC.md, plus detection / correlation statistics.
 
-Importing this package registers every metric class with ``memberbench.registry.METRICS``.
+Importing this package declares every metric and detector (:mod:`memberbench.metrics.declare`).
+Out-of-tree packages add theirs through the entry-point groups ``memberbench.metrics`` and
+``memberbench.detectors`` (each entry names a module that declares them).
 Module-level imports are light (numpy only); torch, onnxruntime, open_clip, scipy and sklearn are
 imported when a metric is used.
 
-=====================  ====================================  ===========================
-file                   quantity                              metric names (registry)
-=====================  ====================================  ===========================
-sscd.py                M1 SSCD severity                      sscd
-overestimation.py      M2 training-pair loss / k, M3 k_i     k_training_pair, k_trajectory
-noise_magnitude.py     M4 Wen et al.'s ||eps_c - eps_u||     wen_magnitude
-diversity.py           M5 collapse / diversity               latent_diversity, seed_similarity
-decomposition.py       M6 W0/WT, D1, D2                      d1, d2
-clip_score.py          utility                               clip_score
+=====================  ====================================  ========================================
+file                   quantity                              classes and functions
+=====================  ====================================  ========================================
+sscd.py                M1 SSCD severity                      SSCDScorer, recipes
+overestimation.py      M2 training-pair loss / k, M3 k_i     TrainingPairOverestimation, TrajectoryK
+noise_magnitude.py     M4 Wen et al.'s ||eps_c - eps_u||     NoiseMagnitude, RawOutputMagnitude
+diversity.py           M5 collapse / diversity               LatentDiversity, SeedSimilarity
+decomposition.py       M6 W0/WT, D1, D2                      D1, D2
+clip_score.py          utility                               ClipScorer
 stats.py               AUC, TPR@FPR, Pearson/Spearman, CIs   (functions)
 detection.py           detection statistics                  (declarations)
 detectors.py           the field's detectors                 (detectors)
 cost.py                UNet evaluations, wall time           (declarations)
 declare.py             the declaration registry              (declare, metric, detector)
-=====================  ====================================  ===========================
+=====================  ====================================  ========================================
 
 Every recorded metric is declared once (:mod:`memberbench.metrics.declare`): its module declares
 its names, direction, description, leaderboard placement and, where the formula is its own, its

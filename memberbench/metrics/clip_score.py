@@ -19,7 +19,6 @@ import numpy as np
 from memberbench.metrics.base import Metric
 from memberbench.metrics.declare import Headline, declare
 from memberbench.metrics.stats import Stat, mean_stat
-from memberbench.registry import register_metric
 from memberbench.types import MemberbenchError
 
 
@@ -57,7 +56,6 @@ def _hf_offline(offline: bool | None) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = old
 
 
-@register_metric("clip_score")
 class ClipScorer(Metric):
     """CLIP score with an open_clip model.
 

@@ -447,31 +447,38 @@ def _load() -> None:
 
 
 def load_entry_points() -> list[str]:
-    """Import the out-of-tree detectors of the entry-point group ``memberbench.detectors``
-    (each names a module that declares detectors, or a declared detector function); returns
-    the entry points' names.  One that fails to import, or declares nothing, is an error."""
-    from memberbench.registry import DETECTORS
+    """Import the out-of-tree declarations: the entry-point groups ``memberbench.detectors``
+    (each names a module that declares detectors, or a declared detector function) and
+    ``memberbench.metrics`` (each names a module that declares metrics); returns the entry
+    points' names.  One that fails to import, or declares nothing, is an error."""
+    from memberbench.registry import DETECTORS, METRIC_MODULES
 
     names = []
-    for ep_name in DETECTORS.names():
-        try:
-            obj = DETECTORS.get(ep_name)
-        except Exception as e:  # noqa: BLE001 - any import error of a third-party package
-            raise MemberbenchError(
-                f"detector entry point {ep_name!r} (group memberbench.detectors) failed to "
-                f"load: {type(e).__name__}: {e}; fix or uninstall the package that provides it"
-            ) from None
-        declared = getattr(obj, "detector", None)
-        module = getattr(obj, "__name__", None)
-        if not isinstance(declared, Detector) and not any(
-            d.module == module for d in _DETECTORS.values()
-        ):
-            raise MemberbenchError(
-                f"detector entry point {ep_name!r} (group memberbench.detectors) declares no "
-                "detector: point it at a function decorated with "
-                "memberbench.metrics.declare.detector(...) or at the module that declares them"
+    for registry, kind, table in (
+        (DETECTORS, "detector", _DETECTORS),
+        (METRIC_MODULES, "metric", _METRICS),
+    ):
+        group = registry.group
+        for ep_name in registry.names():
+            try:
+                obj = registry.get(ep_name)
+            except Exception as e:  # noqa: BLE001 - any import error of a third-party package
+                raise MemberbenchError(
+                    f"{kind} entry point {ep_name!r} (group {group}) failed to load: "
+                    f"{type(e).__name__}: {e}; fix or uninstall the package that provides it"
+                ) from None
+            declared = getattr(obj, "detector" if kind == "detector" else "declaration", None)
+            module = getattr(obj, "__name__", None)
+            ok = isinstance(declared, Detector if kind == "detector" else Declaration) or any(
+                d.module == module for d in table.values()
             )
-        names.append(ep_name)
+            if not ok:
+                raise MemberbenchError(
+                    f"{kind} entry point {ep_name!r} (group {group}) declares no {kind}: point "
+                    f"it at a function decorated with memberbench.metrics.declare.{kind}(...) "
+                    "or at the module that declares them"
+                )
+            names.append(ep_name)
     return names
 
 

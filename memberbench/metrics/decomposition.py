@@ -24,7 +24,6 @@ import numpy as np
 
 from memberbench.metrics.base import TraceMetric
 from memberbench.metrics.declare import Headline, Placement, declare, detector
-from memberbench.registry import register_metric
 from memberbench.sampling.projection import decompose_batch
 from memberbench.types import MemberbenchError, Trace
 
@@ -457,7 +456,6 @@ class _Deviation(TraceMetric):
         return ""
 
 
-@register_metric("d1")
 class D1(_Deviation):
     """D1: training-image share above the schedule, sum_i (W0_i - ref0_i) (overestimation)."""
 
@@ -465,7 +463,6 @@ class D1(_Deviation):
     _index = 0
 
 
-@register_metric("d2")
 class D2(_Deviation):
     """D2: initial noise suppressed below the schedule, -sum_i (WT_i - refT_i)."""
 

@@ -18,7 +18,6 @@ import numpy as np
 from memberbench.metrics.base import Metric
 from memberbench.metrics.declare import metric
 from memberbench.metrics.stats import Stat
-from memberbench.registry import register_metric
 from memberbench.types import MemberbenchError
 
 
@@ -87,7 +86,6 @@ def diversity_profile(latents: Any, embeddings: Any = None) -> dict[str, Any]:
     return out
 
 
-@register_metric("latent_diversity")
 class LatentDiversity(Metric):
     """Mean pairwise L2 between seeds' latents at one state (default: the final state).
 
@@ -113,7 +111,6 @@ class LatentDiversity(Metric):
         return Stat(val, n=a.shape[0])
 
 
-@register_metric("seed_similarity")
 class SeedSimilarity(Metric):
     """Mean pairwise SSCD cosine between the final images of different seeds of one prompt.
 

@@ -21,7 +21,6 @@ import numpy as np
 
 from memberbench.metrics.base import TraceMetric, series
 from memberbench.metrics.declare import declare, detector
-from memberbench.registry import register_metric
 from memberbench.types import BRANCHES, MemberbenchError, Trace
 
 
@@ -97,7 +96,6 @@ def noise_cosines(trace: Trace) -> dict[str, np.ndarray]:
     return out
 
 
-@register_metric("wen_magnitude")
 class NoiseMagnitude(TraceMetric):
     """Wen et al.'s detection score: ``||eps_c - eps_u||`` over the first ``first_k`` steps."""
 
@@ -116,7 +114,6 @@ class NoiseMagnitude(TraceMetric):
         return text_conditional_magnitude(trace, self.params["first_k"])
 
 
-@register_metric("wen_raw")
 class RawOutputMagnitude(TraceMetric):
     """Wen et al.'s score as their code computes it: ``||raw_c - raw_u||`` of the UNet's raw
     output (v for a v-prediction model), mean over the first ``first_k`` steps."""

@@ -25,7 +25,6 @@ import numpy as np
 from memberbench.metrics.base import Metric, TraceMetric, scalar, series
 from memberbench.metrics.declare import Placement, declare, metric
 from memberbench.metrics.stats import Stat, mean_stat
-from memberbench.registry import register_metric
 from memberbench.types import BRANCHES, MemberbenchError, Trace
 
 Predictor = Callable[[Any, Any, str], Any]  # (x_t (J, ...), t, "u" | "c") -> eps (J, ...)
@@ -222,7 +221,6 @@ def training_pair_from_adapter(
     )
 
 
-@register_metric("k_training_pair")
 class TrainingPairOverestimation(Metric):
     """M2 summary: ``k_b`` at the training pair, averaged over the first ``early`` (highest-noise)
     timesteps of the grid and over the J noises (stderr across noises)."""
@@ -304,7 +302,6 @@ def trajectory_cos(trace: Trace, branch: str = "g") -> np.ndarray:
         return np.where(den > 0, series(trace, f"x0_{branch}_dot_x") / den, np.nan)
 
 
-@register_metric("k_trajectory")
 class TrajectoryK(TraceMetric):
     """M3 summary: mean of ``k_i(b)`` over the first ``early`` steps, averaged over seeds."""
 

@@ -34,7 +34,6 @@ import numpy as np
 from memberbench.metrics.base import Metric
 from memberbench.metrics.declare import Headline, Placement, declare, metric
 from memberbench.metrics.stats import Stat, mean_stat
-from memberbench.registry import register_metric
 from memberbench.types import MemberbenchError
 
 THRESHOLDS = (0.75, 0.5)
@@ -385,7 +384,6 @@ def aggregate_prompts(
     return SSCDSummary(per, kept, skipped, tuple(thresholds))
 
 
-@register_metric("sscd")
 class SSCDScorer(Metric):
     """SSCD embedder and scorer.
 
