@@ -243,7 +243,7 @@ def _stem(prompt_index: int, seed: int) -> str:
 
 
 def write_sample(out: Path, stem: str, sample: Any, images: bool = True, rank: int = 0) -> None:
-    from memberbench.sampling.sampler import _atomic_write_text
+    from memberbench.io import atomic_write_text
 
     if images and sample.image is not None:
         from PIL import Image
@@ -264,7 +264,7 @@ def write_sample(out: Path, stem: str, sample: Any, images: bool = True, rank: i
         "rank": rank,
         "trace": sample.trace.to_dict(),
     }
-    _atomic_write_text(out / f"{stem}.json", json.dumps(rec, default=_json_default))
+    atomic_write_text(out / f"{stem}.json", json.dumps(rec, default=_json_default))
 
 
 def _json_default(o: Any) -> Any:
@@ -379,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
     if state is not None and world > 1:
         state.wait_for_everyone()
     if rank == 0:
-        from memberbench.sampling.sampler import _atomic_write_text
+        from memberbench.io import atomic_write_text
 
         run_info = {
             "model": adapter.describe(),
@@ -399,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
         }
         if world == 1:  # under a launcher each rank prints its own line
             run_info["generation"] = generation
-        _atomic_write_text(out / "run.json", json.dumps(run_info, indent=1, default=_json_default))
+        atomic_write_text(out / "run.json", json.dumps(run_info, indent=1, default=_json_default))
     if failed:
         print(
             f"{PROG}: {failed} of {len(samples)} samples failed (non-finite latents)",

@@ -152,11 +152,12 @@ def test_one_file_sha256_for_everyone(tmp_path):
 def test_cache_and_trace_writes_use_the_umask(tmp_path, umask):
     import numpy as np
 
-    from memberbench.sampling.sampler import _atomic_savez, _atomic_write_text
+    from memberbench.io import atomic_write_text
+    from memberbench.sampling.sampler import _atomic_savez
 
     umask(0o022)
     _atomic_savez(tmp_path / "t.npz", latents=np.zeros(3))
-    _atomic_write_text(tmp_path / "t.json", "{}")
+    atomic_write_text(tmp_path / "t.json", "{}")  # the writer of generate's JSON records
     for name in ("t.npz", "t.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
     assert np.load(tmp_path / "t.npz")["latents"].shape == (3,)

@@ -446,9 +446,3 @@ class TracedSampler:
                 )
             )
         return samples
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from memberbench.io import atomic_write_text
-
-    atomic_write_text(path, text)
