@@ -146,6 +146,10 @@ def cmd_leaderboard(ns: argparse.Namespace) -> int:
     else:
         readme, errors, entries = build(ns.root, figures=not ns.no_figures)
     print(f"wrote {readme} ({len(entries)} runs)")
+    from memberbench.site import build_site
+
+    site, n_pages = build_site(ns.root)
+    print(f"wrote {site}/ ({n_pages} pages; open {site}/index.html)")
     for e in errors:
         print(f"invalid: {e}", file=sys.stderr)
     return 1 if errors else 0

@@ -29,7 +29,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     6: ("memberbench.benchrun", "memberbench.generate"),
     7: ("memberbench.results", "memberbench.compare"),
     8: ("memberbench.pytest_plugin",),
-    9: ("memberbench.leaderboard",),
+    9: ("memberbench.leaderboard", "memberbench.site"),
     10: ("memberbench.bundled", "memberbench.testing"),
     11: ("memberbench.cli", "memberbench.listing"),
 }  # fmt: skip
