@@ -543,7 +543,9 @@ def index_page(root: Path, runs: Sequence[Run], errors: Sequence[str]) -> str:
     ]
     if errors:
         body.append('<h2 id="invalid">Files that failed validation</h2><ul class="bad">')
-        body += [f"<li>{esc(m)}</li>" for m in errors]
+        # named relative to the leaderboard folder, so the page does not depend on where it is
+        prefix = str(root) + os.sep
+        body += [f"<li>{esc(m.replace(prefix, ''))}</li>" for m in errors]
         body.append("</ul>")
     return page("memberbench leaderboard", "\n".join(body), 0)
 
