@@ -166,7 +166,7 @@ table.sortable thead th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable thead th[aria-sort=descending]::after{content:" \\25BC"}
 td{text-align:right;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;white-space:nowrap}
 td.t{text-align:left;font-family:inherit;white-space:normal}
-tbody td.t:first-child{white-space:nowrap}
+tbody td.t:nth-child(-n+2){white-space:nowrap}
 td.better{background:#e7f6ea}td.worse{background:#fbeaea}
 tbody tr:nth-child(even){background:#fafafa}
 table.kv th{text-align:left;background:#f8f8f8;font-weight:600;white-space:nowrap}
