@@ -24,6 +24,9 @@ attention-reweight       attention_reweight.py        Ren et al. (ECCV 2024): cr
                                                       trigger tokens)
 initial-noise            initial_noise.py             Han et al. (NeurIPS 2025): adjust x_T so
                                                       the trajectory leaves the attraction basin
+sail                     sail.py                      Jeon et al. (ICML 2025): choose x_T whose
+                                                      text-added sharpness at the first step is
+                                                      small
 overestimation-guard     overestimation_guard.py      ours: cap the early overestimation of the
                                                       guided clean estimate, online
 =======================  ===========================  ==========================================
@@ -55,6 +58,7 @@ BUILTIN: dict[str, str] = {
     "prompt-embedding": "memberbench.mitigations.prompt_embedding:PromptEmbeddingOptimization",
     "attention-reweight": "memberbench.mitigations.attention_reweight:AttentionReweight",
     "initial-noise": "memberbench.mitigations.initial_noise:InitialNoiseAdjustment",
+    "sail": "memberbench.mitigations.sail:SAIL",
     "overestimation-guard": "memberbench.mitigations.overestimation_guard:OverestimationGuard",
 }
 
