@@ -27,6 +27,9 @@ initial-noise            initial_noise.py             Han et al. (NeurIPS 2025):
 sail                     sail.py                      Jeon et al. (ICML 2025): choose x_T whose
                                                       text-added sharpness at the first step is
                                                       small
+prss                     prss.py                      Chen et al. (CVPR 2025): re-anchor CFG on
+                                                      the memorized prompt, sample with an
+                                                      alternative phrasing
 overestimation-guard     overestimation_guard.py      ours: cap the early overestimation of the
                                                       guided clean estimate, online
 =======================  ===========================  ==========================================
@@ -59,6 +62,7 @@ BUILTIN: dict[str, str] = {
     "attention-reweight": "memberbench.mitigations.attention_reweight:AttentionReweight",
     "initial-noise": "memberbench.mitigations.initial_noise:InitialNoiseAdjustment",
     "sail": "memberbench.mitigations.sail:SAIL",
+    "prss": "memberbench.mitigations.prss:PRSS",
     "overestimation-guard": "memberbench.mitigations.overestimation_guard:OverestimationGuard",
 }
 
