@@ -1,4 +1,4 @@
-"""Detection of memorized prompts (SPEC M4 and "Detection statistics").
+"""Detection of memorized prompts (docs/metrics.md#wens-magnitude-m4, docs/metrics.md#detection).
 
 Scores per prompt (averaged over seeds); AUC (Hanley-McNeil stderr, stratified bootstrap CI) and
 TPR at 1% FPR (interpolated on the ROC; ``detect_tpr1_wen...``: at the last ROC point below

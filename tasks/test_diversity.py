@@ -1,4 +1,4 @@
-"""Trajectory collapse and diversity (SPEC M5).
+"""Trajectory collapse and diversity (docs/metrics.md#trajectory-collapse-and-diversity-m5).
 
 Per prompt across seeds: mean pairwise SSCD of the final images (``seed_sscd``, high = the seeds
 collapsed onto one image), mean pairwise L2 between the final latents (``latent_l2``), and, when

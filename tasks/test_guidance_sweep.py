@@ -1,4 +1,4 @@
-"""Guidance sweep (SPEC M8): memorization and overestimation as the guidance scale grows.
+"""Guidance sweep (docs/metrics.md#guidance-sweep-m8): memorization and overestimation as the guidance scale grows.
 
 One test per guidance scale of ``--sweep`` (quick profile: 1, 3, 7.5; paper: 1, 2, 3, 5, 7.5,
 10), on the memorized set and the first ``--sweep-limit`` non-memorized prompts, with the first

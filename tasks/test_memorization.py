@@ -1,4 +1,4 @@
-"""Memorization severity (SPEC M1): SSCD of the generated images to the prompts' training images.
+"""Memorization severity (docs/metrics.md#sscd-m1): SSCD of the generated images to the prompts' training images.
 
 Per prompt: mean and max SSCD over seeds and the fraction of seeds at or above 0.75 (the
 reference paper's threshold) and 0.5 (Somepalli et al.); across prompts: the mean of each, with

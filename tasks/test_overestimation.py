@@ -1,5 +1,5 @@
-"""Overestimation (SPEC M2, M3), the schedule decomposition and its deviation scores (M6), and
-their correlation with memorization severity (M7).
+"""Overestimation (M2, M3), the schedule decomposition and its deviation scores (M6), and their
+correlation with memorization severity (M7); the labels are docs/metrics.md's sections.
 
 * M2: at the training pair, forward-noised to the first (highest-noise) timesteps of the
   sampling grid: the overestimation coefficient k_b = <x0_hat_b, x> / ||x||^2 per branch and

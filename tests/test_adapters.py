@@ -141,7 +141,7 @@ def test_decode_and_encode_images(tiny_adapter):
         raw = pipe.vae.decode(z / pipe.vae.config.scaling_factor, return_dict=False)[0]
     ref = pipe.image_processor.postprocess(raw, output_type="np")
     assert np.array_equal(img, (ref * 255).round().astype(np.uint8))
-    # encode: SPEC's x (posterior mode * scaling factor, fp32); any input size is resized
+    # encode: docs/metrics.md's x (posterior mode * scaling factor, fp32); any input size is resized
     x = tiny_adapter.encode_images(img)
     assert x.shape == (2, 4, 16, 16) and x.dtype == torch.float32
     t = torch.from_numpy(img).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -1,4 +1,5 @@
-"""M6: the decomposition, D1/D2, and SPEC.md's DDIM oracle anchor.
+"""M6: the decomposition, D1/D2, and the DDIM oracle anchor of
+docs/metrics.md#the-ddim-ideal-schedule.
 
 The oracle trajectories are produced by diffusers' own DDIMScheduler.step, not by our formulas.
 """
@@ -129,7 +130,7 @@ def test_oracle_d1_anchor(k, d1_expected):
     tr = trace_from_states(x, xT, states, ts, abar_t, abar_next)
     out = deviation_from_traces([tr], schedule="sqrt_abar", window="all")
     assert out["D1"] == pytest.approx(d1_expected, abs=2e-3)
-    # SPEC.md: "about -2.74 at k = 1 and about 160.2 at k = 7.5"
+    # docs/metrics.md#the-ddim-ideal-schedule: about -2.74 at k = 1 and 160.15 at k = 7.5
     assert round(out["D1"], 2) == pytest.approx({1.0: -2.74, 7.5: 160.15}[k], abs=0.011)
     # D2 against sqrt(1-abar): WT = omegaT independent of k
     omT = np.sqrt(1 - abar_next) / np.sqrt(1 - abar_t[0])

@@ -2,9 +2,9 @@
 
 The two most duplicated canaries of the bundled model (duplicated 256x in training), three seeds,
 20 DDIM steps at guidance 7.5.  Memorization is measured without SSCD (which needs its model
-file) by two cheap signals the bundled-model notes found usable: the cosine between the final
+file) by two cheap signals (docs/bundled-model.md): the cosine between the final
 latent and the canary's training latent, and the reference paper's D1 (training-image share of
-the trajectory above the schedule, SPEC.md M6).  Each method, at the setting given below, must
+the trajectory above the schedule, docs/metrics.md#decomposition-d1-and-d2-m6).  Each method, at the setting given below, must
 lower the mean latent cosine below ``none``'s on the same (prompt, seed) pairs.
 
 Skipped when the bundled weights or prompt sets are not installed.
@@ -119,8 +119,9 @@ def baseline(bundled):
     return latent_cosine(samples, bundled[2]), d1(samples), early_k(samples)
 
 
-# The methods whose lever is guidance itself; the shipped model's canaries need guidance to be
-# copied (docs/evidence.md: SSCD 0.28 at g = 7.5 against 0.12 at g = 1.0 for 256 copies).
+# The methods whose lever is guidance itself: guidance is what collapses a canary caption's
+# mixture (canary and decoys) onto the canary (docs/bundled-model.md; docs/evidence.md compares
+# the shipped model at g = 7.5 and g = 1.0).
 GUIDANCE_METHODS = (
     "guidance-scale",
     "guidance-schedule (static)",
@@ -150,7 +151,7 @@ def test_mitigation_lowers_memorization_of_the_most_duplicated_canaries(
 @pytest.mark.parametrize("label", GUIDANCE_METHODS)
 def test_guidance_methods_cut_the_early_overestimation(baseline, generated, label):
     """How the guidance-based methods work, in the paper's terms: they lower the overestimation
-    of the training latent at the first step (k_g, SPEC.md M3) and the trajectory's share above
+    of the training latent at the first step (k_g, docs/metrics.md#overestimation-coefficient-m2-m3) and the trajectory's share above
     the schedule (D1, M6) below ``none``'s on the same (prompt, seed) pairs."""
     samples = generated(label)
     _, d0, k0 = baseline

@@ -109,7 +109,8 @@ class Adapter(ABC):
 
     @abstractmethod
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 images (B, H, W, 3) of any size -> latents (B, C, h, w), as SPEC.md defines x:
+        """uint8 images (B, H, W, 3) of any size -> latents (B, C, h, w), as docs/metrics.md#notation
+        defines x:
         resized straight to the model resolution, pixels in [-1, 1], VAE posterior mode times the
         scaling factor, fp32."""
 

@@ -272,8 +272,8 @@ class StableDiffusionAdapter(Adapter):
 
     @torch.no_grad()
     def encode_images(self, images: Any) -> torch.Tensor:
-        """uint8 images (B, H, W, 3) or a list of (H, W, 3) of any size -> fp32 latents, as SPEC.md
-        defines x: resized straight (no crop, PIL lanczos) to the model resolution, [-1, 1],
+        """uint8 images (B, H, W, 3) or a list of (H, W, 3) of any size -> fp32 latents, as
+        docs/metrics.md#notation defines x: resized straight (no crop, PIL lanczos) to the model resolution, [-1, 1],
         ``latent_dist.mode() * scaling_factor``, computed in fp32."""
         from PIL import Image
 

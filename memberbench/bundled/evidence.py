@@ -10,8 +10,8 @@ prints per duplication level:
 * the held-out prompts' SSCD to the nearest training image (pixel RMS) of each generation: a
   held-out caption leaves the background open, so no single training image is "the" one it
   would copy, and a fixed reference would understate how close its generations come;
-* the latent cosine of the final latent to the training latent, D1 (SPEC M6) and Wen et al.'s
-  magnitude at step 1 (SPEC M4);
+* the latent cosine of the final latent to the training latent, D1 (docs/metrics.md#decomposition-d1-and-d2-m6)
+  and Wen et al.'s magnitude at step 1 (docs/metrics.md#wens-magnitude-m4);
 * AUCs (memorized dup >= 64 vs held-out) of per-prompt SSCD, D1 and Wen's magnitude;
 * the canaries with 64+ copies per canary kind.
 

@@ -138,7 +138,7 @@ def make_unet(block_out_channels=UNET_CHANNELS):
         sample_size=16,
         in_channels=4,
         out_channels=4,
-        # cross-attention at the 8x8 and 4x4 levels: at 16x16 it tripled the step time on 2 cores
+        # cross-attention at the 8x8 and 4x4 levels: at 16x16 it tripled the step time
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=check_unet_channels(block_out_channels),
@@ -338,7 +338,7 @@ def train_unet(
             # Guttenberg's offset noise: a per-(sample, channel) constant added to the noise, so
             # the mean of x_T tells the model less about the image's mean colour.  Tried against
             # the colour drift of the first 64 px epsilon build: a 300-step fine-tune at 0.2
-            # barely helped (canary mean-colour error 0.199 -> 0.190); the v target cured it.
+            # barely helped; the v target cured it (docs/changelog.md).
             noise = noise + offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1)
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise

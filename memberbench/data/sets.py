@@ -44,7 +44,7 @@ from memberbench.types import MemberbenchError
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_FILES = {"memorized": "memorized.jsonl", "nonmemorized": "nonmemorized.jsonl"}
 
-# The field's prompt lists at pinned upstream commits (see SPEC.md, "Prompt sets used by the field").
+# The field's prompt lists at pinned upstream commits (docs/metrics.md#which-prompts-a-run-uses).
 _GH = "https://raw.githubusercontent.com"
 _WEBSTER = (
     "https://huggingface.co/datasets/fraisdufour/templates-verbs/resolve/main/groundtruth_parquets"

@@ -1,4 +1,4 @@
-"""Metrics: one file per quantity of SPEC.md, plus detection / correlation statistics.
+"""Metrics: one file per quantity of docs/metrics.md, plus detection / correlation statistics.
 
 Importing this package declares every metric and detector (:mod:`memberbench.metrics.declare`).
 Out-of-tree packages add theirs through the entry-point groups ``memberbench.metrics`` and

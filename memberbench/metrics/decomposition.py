@@ -553,7 +553,7 @@ def d1_paper_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     description="D1 over the first k states against each prompt's training image (an oracle "
     "score: it needs the training image)",
     needs_training_image=True,
-    source="SPEC M6 (training-latent basis)",
+    source="docs/metrics.md#decomposition-d1-and-d2-m6 (training-latent basis)",
 )
 def d1_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     mb.require_images(side)

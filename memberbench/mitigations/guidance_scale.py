@@ -1,6 +1,6 @@
 """``guidance-scale``: a lower global classifier-free guidance scale.
 
-The simplest mitigation the theory speaks to (SPEC.md, "Mitigations"): CFG multiplies the image
+The simplest mitigation the theory speaks to (docs/metrics.md#guidance-sweep-m8): CFG multiplies the image
 component the conditional prediction injects (``x0_hat_g = x0_hat_u + g (x0_hat_c - x0_hat_u)``),
 so a smaller g directly shrinks the early overestimation.  Guidance sweeps in the memorization
 literature (Somepalli et al., NeurIPS 2023; Wen et al., ICLR 2024; Kim, Kim & Lee, arXiv
