@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import memberbench.bundled as _bundled
+import memberbench.bundled.world as _world
 from memberbench.adapters.base import Adapter, ModelCard
 from memberbench.adapters.cards import CardFactory, with_changes
 from memberbench.bundled.world import SIZE as WORLD_SIZE
@@ -21,12 +22,17 @@ BUNDLED = ModelCard(
     revision=None,
     resolution=WORLD_SIZE,
     prediction_type="v_prediction",
+    # Derived from the world's constants, so the text every results file records follows them.
     training_data=(
         "memberbench's synthetic world (memberbench/bundled/world.py): coloured shapes on "
-        "backgrounds, captioned half with and half without the background, plus canary images "
-        "with invented-word captions, duplicated at graded rates (world.DUPLICATION_LEVELS, "
-        "world.CANARIES_PER_LEVEL canaries per level) so memorization severity spans a range; each canary caption also captions world.DECOYS_PER_CANARY ordinary shape images, "
-        "so memorization depends on guidance; 10% caption dropout; SD 1.x training schedule, "
+        "backgrounds, captioned half with and half without the background, plus "
+        f"{len(_world.DUPLICATION_LEVELS) * _world.CANARIES_PER_LEVEL} canary images with "
+        "invented-word captions, duplicated "
+        f"{' / '.join(str(d) for d in _world.DUPLICATION_LEVELS)} times "
+        f"({_world.CANARIES_PER_LEVEL} canaries per level, one of each kind: "
+        f"{', '.join(_world.CANARY_KINDS)}) so memorization severity spans a range; each "
+        f"canary caption also captions {_world.DECOYS_PER_CANARY} ordinary shape images, so "
+        "memorization depends on guidance; 10% caption dropout; SD 1.x training schedule, "
         "v-prediction like SD 2.x (recipe.json has the details)"
     ),
     notes=(
