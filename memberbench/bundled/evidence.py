@@ -15,7 +15,8 @@ prints per duplication level:
 * AUCs (memorized dup >= 64 vs held-out) of per-prompt SSCD, D1 and Wen's magnitude;
 * the canaries with 64+ copies per canary kind.
 
-The markdown it prints is what the README shows; ``--out`` also writes it with a JSON copy.
+The markdown it prints is what docs/bundled-model.md shows; ``--out`` also writes it with a JSON
+copy.
 """
 
 from __future__ import annotations

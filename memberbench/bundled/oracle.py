@@ -16,7 +16,8 @@ that a change to the world can be judged before an hour of training:
   too (the first design of the world, reported as a what-if), its conditional mean would be one
   specific image, far from the data mean, and held-out prompts would outscore the canaries.
 
-``python -m memberbench.bundled.oracle`` prints the table quoted in the README.
+``python -m memberbench.bundled.oracle`` prints the table quoted in
+docs/bundled-model.md#evidence-that-it-memorizes.
 """
 
 from __future__ import annotations
