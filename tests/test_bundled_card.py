@@ -61,17 +61,21 @@ def test_card_caption_dropout_is_the_training_default():
     assert m and int(m.group(1)) == round(100 * dropout), BUNDLED.training_data
 
 
-def test_card_text_follows_the_world_constants(monkeypatch):
-    """The text is derived from the constants, not a copy of them: a world with another number
-    of decoys gives another text."""
-    import importlib
+def test_card_text_follows_the_world_constants():
+    """The text is derived from the constants, not a copy of them: a world with other numbers
+    gives another text."""
+    import types
 
-    import memberbench.bundled.card as card
+    from memberbench.bundled.card import training_data_text
 
-    monkeypatch.setattr(world, "DECOYS_PER_CANARY", 7)
-    try:
-        fresh = importlib.reload(card)
-        assert "also captions 7 ordinary shape images" in fresh.BUNDLED.training_data
-    finally:
-        monkeypatch.undo()
-        importlib.reload(card)
+    other = types.SimpleNamespace(
+        DUPLICATION_LEVELS=(2, 8),
+        CANARIES_PER_LEVEL=3,
+        CANARY_KINDS=("a", "b", "c"),
+        DECOYS_PER_CANARY=7,
+    )
+    text = training_data_text(other)
+    assert "plus 6 canary images" in text
+    assert "duplicated 2 / 8 times (3 canaries per level, one of each kind: a, b, c)" in text
+    assert "also captions 7 ordinary shape images" in text
+    assert training_data_text(world) == BUNDLED.training_data

@@ -16,25 +16,31 @@ from memberbench.adapters.cards import CardFactory, with_changes
 from memberbench.bundled.world import SIZE as WORLD_SIZE
 from memberbench.types import MemberbenchError
 
+
+def training_data_text(world: Any) -> str:
+    """The card's ``training_data``, read off a world module's constants (every results file
+    records it, so its numbers must follow the world rather than repeat it)."""
+    levels = world.DUPLICATION_LEVELS
+    return (
+        "memberbench's synthetic world (memberbench/bundled/world.py): coloured shapes on "
+        "backgrounds, captioned half with and half without the background, plus "
+        f"{len(levels) * world.CANARIES_PER_LEVEL} canary images with invented-word captions, "
+        f"duplicated {' / '.join(str(d) for d in levels)} times "
+        f"({world.CANARIES_PER_LEVEL} canaries per level, one of each kind: "
+        f"{', '.join(world.CANARY_KINDS)}) so memorization severity spans a range; each "
+        f"canary caption also captions {world.DECOYS_PER_CANARY} ordinary shape images, so "
+        "memorization depends on guidance; 10% caption dropout; SD 1.x training schedule, "
+        "v-prediction like SD 2.x (recipe.json has the details)"
+    )
+
+
 BUNDLED = ModelCard(
     name="bundled",
     repo_id="bundled",
     revision=None,
     resolution=WORLD_SIZE,
     prediction_type="v_prediction",
-    # Derived from the world's constants, so the text every results file records follows them.
-    training_data=(
-        "memberbench's synthetic world (memberbench/bundled/world.py): coloured shapes on "
-        "backgrounds, captioned half with and half without the background, plus "
-        f"{len(_world.DUPLICATION_LEVELS) * _world.CANARIES_PER_LEVEL} canary images with "
-        "invented-word captions, duplicated "
-        f"{' / '.join(str(d) for d in _world.DUPLICATION_LEVELS)} times "
-        f"({_world.CANARIES_PER_LEVEL} canaries per level, one of each kind: "
-        f"{', '.join(_world.CANARY_KINDS)}) so memorization severity spans a range; each "
-        f"canary caption also captions {_world.DECOYS_PER_CANARY} ordinary shape images, so "
-        "memorization depends on guidance; 10% caption dropout; SD 1.x training schedule, "
-        "v-prediction like SD 2.x (recipe.json has the details)"
-    ),
+    training_data=training_data_text(_world),
     notes=(
         f"Trained on CPU by `memberbench train-bundled`; {WORLD_SIZE}x{WORLD_SIZE} RGB, f=4 VAE, "
         "4x16x16 latents; verified "
