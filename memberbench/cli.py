@@ -21,7 +21,8 @@ Subcommands (each imports what it needs only when run)::
 
 ``memberbench run`` passes every argument after it to pytest, e.g.
 ``memberbench run --model sd-1.4 --profile paper -x``; ``--tasks DIR`` picks another task
-folder (default: ``./tasks`` if present, else the one beside the installed package).
+folder (default: the installed package's ``memberbench.tasks``, which a wheel ships from the
+repository's tasks/ folder; in a source checkout, that tasks/ folder).
 """
 
 from __future__ import annotations
@@ -38,21 +39,36 @@ PASSTHROUGH = ("run", "generate", "evidence")
 
 
 def find_tasks_dir(explicit: str | None = None) -> Path:
+    """The task folder: ``--tasks DIR``, else the installed package's ``memberbench.tasks``
+    (found through importlib, whatever the current directory), else the tasks/ folder of the
+    source checkout the package is imported from (a clone on PYTHONPATH)."""
     if explicit:
         p = Path(explicit)
         if not p.is_dir():
             raise MemberbenchError(f"--tasks {explicit}: no such folder")
         return p
-    cwd = Path.cwd() / "tasks"
-    if (cwd / "test_memorization.py").is_file():
-        return cwd
+    for here in _packaged_tasks_dirs():
+        if (here / "test_memorization.py").is_file():
+            return here
     here = Path(__file__).resolve().parents[1] / "tasks"
     if (here / "test_memorization.py").is_file():
         return here
     raise MemberbenchError(
-        "could not find the memberbench task folder (tasks/ with test_memorization.py) in the "
-        "current directory or beside the package; pass --tasks DIR"
+        "could not find the memberbench task suite (memberbench.tasks in the installed package, "
+        "or tasks/ beside a source checkout): reinstall memberbench or pass --tasks DIR"
     )
+
+
+def _packaged_tasks_dirs() -> list[Path]:
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("memberbench.tasks")
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    return [Path(p) for p in (spec.submodule_search_locations or ())]
 
 
 def cmd_run(argv: Sequence[str]) -> int:
@@ -78,7 +94,19 @@ def cmd_run(argv: Sequence[str]) -> int:
     # memberbench is already imported here, so pytest cannot assertion-rewrite the plugin
     # module; that is expected, not worth a warning
     quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
-    return int(pytest.main([str(target), *quiet, *plugin_args, *args]))
+    # tasks outside the current folder (the installed package's): pytest's rootdir (its cache,
+    # the baselines' default folder, the test ids' base) is the current folder, not an ancestor
+    # of site-packages
+    root = [] if _inside_cwd(target) or _has_rootdir(args) else [f"--rootdir={Path.cwd()}"]
+    return int(pytest.main([str(target), *quiet, *plugin_args, *root, *args]))
+
+
+def _inside_cwd(path: Path) -> bool:
+    return path.resolve().is_relative_to(Path.cwd().resolve())
+
+
+def _has_rootdir(args: Sequence[str]) -> bool:
+    return any(a == "--rootdir" or a.startswith("--rootdir=") for a in args)
 
 
 def _plugin_installed() -> bool:
