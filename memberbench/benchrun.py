@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,17 @@ class Skip(Exception):
 class BenchRun:
     """Per-session state: expensive objects and memoized per-prompt quantities."""
 
-    def __init__(self, config: BenchConfig, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: BenchConfig,
+        log: Callable[[str], None] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         self.config = config
         self.log = log or (lambda msg: None)
+        # progress(label, images done, total) during each generation; None: a tqdm bar when
+        # config.progress
+        self.progress = progress
         self._memo: dict[Any, Any] = {}
         self._adapter: Any = None
         self._mitigation: Any = None
@@ -431,7 +440,11 @@ class BenchRun:
         t0 = time.perf_counter()
         stats: dict[str, Any] = {}
         chunk = max(self.config.batch_size, 256)
+        label = f"{side}, g={guidance:g}"
         for i in range(0, len(reqs), chunk):
+            report: Any = self.config.progress
+            if self.progress is not None:
+                report = partial(_report_progress, self.progress, label, i, len(reqs))
             got = run_generation(
                 self.adapter,
                 reqs[i : i + chunk],
@@ -440,7 +453,7 @@ class BenchRun:
                 cache=self.cache,
                 batch_size=self.config.batch_size,
                 record_latents_dir=latents_dir,
-                progress=self.config.progress,
+                progress=report,
                 stats=stats,
             )
             for gen in self._digest(got, keep_images):
@@ -899,6 +912,13 @@ class BenchRun:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+
+def _report_progress(
+    report: Callable[[str, int, int], None], label: str, offset: int, total: int, done: int, _: int
+) -> None:
+    """One chunk's ``(done, chunk total)`` as the whole generation's ``(label, done, total)``."""
+    report(label, offset + done, total)
 
 
 def environment() -> dict[str, Any]:

@@ -422,7 +422,8 @@ OPTIONS: tuple[Option, ...] = (
        prefixed_only=True),
     _o("mb-latents", "POLICY", "record full latents for the collapse profile (auto: when they "
        "total < 1 GiB)", choice(*LATENT_POLICIES), "str", default="auto", prefixed_only=True),
-    _o("mb-progress", "", "show generation progress bars (also with -s)", _flag, "bool",
+    _o("mb-progress", "", "show generation progress (images done, ETA) also off a terminal, "
+       "on CI and with -q (on a terminal it shows by default)", _flag, "bool",
        default=False, prefixed_only=True, is_flag=True),
     _o("mb-save", "NAME", "save this run as baseline NAME (in --mb-storage)", text("name"),
        "str | None", name=None, prefixed_only=True),

@@ -23,10 +23,14 @@ A task that lacks what it needs raises ``memberbench.benchrun.Skip(reason)`` (or
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
+import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,9 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _raw_options(config: pytest.Config) -> dict[str, Any]:
     from memberbench.config import raw_pytest_options
 
-    raw = raw_pytest_options(config.getoption)
-    raw["progress"] = bool(raw["progress"]) or config.getoption("capture") == "no"
-    return raw
+    return raw_pytest_options(config.getoption)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -157,12 +159,84 @@ def _activate(config: pytest.Config) -> Any:
             tr.ensure_newline()
             tr.write_line(msg)
 
-    run = BenchRun(cfg, log=log)
+    run = BenchRun(cfg, log=log, progress=_progress_writer(config, tr))
     rec = Recorder()
     config.stash[RUN_KEY] = ("run", run)
     config.stash[REC_KEY] = rec
     config.pluginmanager.register(_ReportWatcher(rec), "memberbench-report-watcher")
     return run
+
+
+def _on_ci() -> bool:
+    return any(os.environ.get(k) for k in ("CI", "BUILD_NUMBER"))  # pytest's own test of CI
+
+
+def _progress_writer(config: pytest.Config, tr: Any) -> _Progress | None:
+    """Progress on a terminal (not on CI, not with -q), anywhere with --mb-progress."""
+    if tr is None:
+        return None
+    tty = bool(getattr(tr, "isatty", False))
+    asked = bool(config.getoption("mb_progress"))
+    if not asked and (not tty or _on_ci() or config.get_verbosity() < 0):
+        return None
+    capman = config.pluginmanager.getplugin("capturemanager")
+    return _Progress(tr, capman, tty=tty and not _on_ci())
+
+
+class _Progress:
+    """Generation progress (images done / total, rate, ETA) written to pytest's terminal past
+    output capture: redrawn in place on a terminal and erased when done (the session's log line
+    follows), else a line at every tenth of the way."""
+
+    REDRAW_S = 0.2
+
+    def __init__(self, tr: Any, capman: Any, tty: bool) -> None:
+        self.tr, self.capman, self.tty = tr, capman, tty
+        self.label: str | None = None
+        self.t0 = self.last = 0.0
+        self.done0 = self.done = self.tenth = 0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        first = label != self.label or done < self.done  # a new generation
+        if first:
+            self.label, self.t0, self.done0, self.last, self.tenth = label, now, done, 0.0, -1
+        self.done = done
+        final = done >= total
+        tenth = done * 10 // max(total, 1)
+        if self.tty and not (first or final) and now - self.last < self.REDRAW_S:
+            return
+        if not self.tty and not final and tenth == self.tenth:
+            return
+        self.last, self.tenth = now, tenth
+        line = self.text(label, done, total, now)
+        with self.capman.global_and_fixture_disabled() if self.capman else _nothing():
+            if not self.tty:
+                self.tr.write_line(line)
+            elif final:
+                self.tr.rewrite("", erase=True)
+                self.tr.write("\r", flush=True)
+            else:
+                if first:
+                    self.tr.ensure_newline()
+                self.tr.rewrite(line, erase=True, flush=True)
+
+    def text(self, label: str, done: int, total: int, now: float) -> str:
+        elapsed = now - self.t0
+        made = done - self.done0
+        line = f"memberbench: generating {label}: {done}/{total} images"
+        if done >= total:
+            return line + f" in {elapsed:.1f} s"
+        if made <= 0 or elapsed <= 0:
+            return line + ", ETA --:--"
+        rate = made / elapsed
+        eta = math.ceil((total - done) / rate)
+        return line + f", {rate:.3g} img/s, ETA {eta // 60}:{eta % 60:02d}"
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def _check_results_writable(config: pytest.Config, run: Any) -> None:

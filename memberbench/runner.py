@@ -46,10 +46,27 @@ def shard(requests: Sequence[Any], rank: int, world_size: int) -> list[Any]:
     return [requests[i] for i in shard_indices(len(requests), rank, world_size)]
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def _progress(total: int, progress: Any, desc: str):
+    """A tqdm bar (``progress`` True / False), or one that calls ``progress(done, total)``."""
+    if callable(progress):
+        return _CallbackBar(total, progress)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True)
+    return tqdm(total=total, disable=not progress, desc=desc, unit="img", dynamic_ncols=True)
+
+
+class _CallbackBar:
+    """tqdm's ``update`` / ``close``, reported to a ``(done, total)`` callback."""
+
+    def __init__(self, total: int, report: Any) -> None:
+        self.total, self.report, self.done = total, report, 0
+
+    def update(self, k: int) -> None:
+        self.done += k
+        self.report(self.done, self.total)
+
+    def close(self) -> None:
+        pass
 
 
 def run_generation(
@@ -61,7 +78,7 @@ def run_generation(
     cache: Any = None,
     batch_size: int = 16,
     record_latents_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: Any = True,
     stats: dict[str, Any] | None = None,
 ) -> list[Sample]:
     """Generate ``requests`` (through ``mitigation`` and ``cache`` when given), in order.
@@ -81,6 +98,8 @@ def run_generation(
       ``padding`` (throw-away rows computed to keep batch sizes), ``cached``, ``batch_sizes``
       ({batch size that produced a sample: count}) and ``numerics``.
     * ``references``: per request, the training latent to trace against (or None).
+    * ``progress``: a tqdm bar (True) or none (False), or a callable ``progress(done, total)``
+      called with the requests done so far (cache hits first, then after each batch).
 
     Returned samples carry the caller's request (``sample.request``); the request actually
     sampled after the mitigation's transform is in ``sample.meta["sampled_request"]`` when it
