@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from memberbench.types import SEED_MAX, MemberbenchError
+from memberbench.types import MemberbenchError
 
 PROG = "memberbench generate"
 
@@ -38,22 +38,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but errors are one line (no usage block) and exit with status 2."""
 
     def error(self, message: str):  # type: ignore[override]
+        # a declared option's message already starts with its flag: no "argument --x: " before it
+        flag, sep, rest = message.removeprefix("argument ").partition(": ")
+        if sep and rest.startswith(flag.split("/")[0] + " "):
+            message = rest
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(name: str):
-    def conv(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be a positive integer (1, 2, ...), got {s!r}"
-            ) from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be a positive integer (1, 2, ...), got {s!r}")
-        return v
-
-    return conv
 
 
 def _finite_float(name: str, low: float | None = None, high: float | None = None):
@@ -76,44 +65,82 @@ def _finite_float(name: str, low: float | None = None, high: float | None = None
     return conv
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"7"``, ``"0-9"`` (inclusive) or ``"0,1,5-7"`` -> a list of seeds in [0, 2**63-1]."""
-    seeds: list[int] = []
-    msg = f"must be integers in [0, 2**63-1] written as 5, 0-9 or 0,1,2; got {text!r}"
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, dash, hi = part.partition("-")
+# The benchmark's options that apply to generation (memberbench.config.OPTIONS: value syntax,
+# checks, metavar, help and default declared there once), by field, with generate's flag where
+# it differs from the declared one, and generate's own defaults where they differ.
+SHARED_FLAGS = {
+    "model": "--model",
+    "mitigation": "--mitigation",
+    "seeds": "--seeds",
+    "steps": "--steps",
+    "guidance": "--guidance",
+    "scheduler": "--scheduler",
+    "device": "--device",
+    "dtype": "--dtype",
+    "batch_size": "--batch-size",
+    "cache_dir": "--cache-dir",
+}
+OWN_DEFAULTS: dict[str, Any] = {"seeds": None}  # seed 0, not a profile's seeds
+OWN_HELP = {"seeds": " (default 0)"}
+
+
+def _declared_type(field_name: str, flag: str):
+    """The declared option's parser as an argparse type (its one-line message, naming
+    ``flag``); the scheduler name is also resolved (the benchmark checks it after parsing)."""
+    from memberbench.config import BY_FIELD
+
+    opt = BY_FIELD[field_name]
+
+    def conv(s: str) -> Any:
+        if not s.strip():
+            raise argparse.ArgumentTypeError(f"{flag} is empty: give a value ({opt.rule})")
         try:
-            if dash and lo.strip():
-                a, b = int(lo), int(hi)
-                if b < a or b - a > 1_000_000:
-                    raise ValueError
-                seeds.extend(range(a, b + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError:
-            raise argparse.ArgumentTypeError(msg) from None
-    if not seeds or any(s < 0 or s > SEED_MAX for s in seeds):
-        raise argparse.ArgumentTypeError(msg)
-    return list(dict.fromkeys(seeds))
+            value = opt.parse(s, flag)
+            if field_name == "scheduler":
+                from memberbench.sampling.schedulers import check_scheduler_name
+
+                check_scheduler_name(value)
+        except MemberbenchError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
+    conv.__name__ = opt.metavar or field_name  # argparse names the type in some messages
+    return conv
 
 
-def _seeds_arg(s: str) -> list[int]:
-    return parse_seeds(s)
+class _CacheDir(argparse.Action):
+    """``--cache-dir none`` is ``--no-cache`` (as in the benchmark's options)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None):
+        if values == "none":
+            namespace.no_cache = True
+            values = None
+        setattr(namespace, self.dest, values)
 
 
-def _scheduler_arg(s: str) -> str:
-    from memberbench.sampling.schedulers import allowed_names, resolve_scheduler_name
+def _add_declared(p: argparse.ArgumentParser, field_name: str, flag: str | None = None) -> None:
+    from memberbench.config import BY_FIELD
 
-    try:
-        resolve_scheduler_name(s)
-    except MemberbenchError:
-        raise argparse.ArgumentTypeError(
-            f"unknown scheduler {s!r}; allowed: {allowed_names()}"
-        ) from None
-    return s
+    opt = BY_FIELD[field_name]
+    flag = flag or SHARED_FLAGS[field_name]
+    if field_name in OWN_DEFAULTS:
+        default = OWN_DEFAULTS[field_name]
+    else:
+        default = opt.parse_value(opt.raw_default("quick"))
+    shown = OWN_HELP.get(field_name)
+    if shown is None:
+        d = opt.default_text()
+        shown = f" (default {d})" if d else ""
+    kw: dict[str, Any] = {"action": _CacheDir} if field_name == "cache_dir" else {}
+    p.add_argument(
+        flag,
+        type=_declared_type(field_name, flag),
+        default=default,
+        metavar=opt.metavar or None,
+        help=(opt.help + shown).replace("%", "%%"),
+        dest=field_name,
+        **kw,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,27 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts-file",
         help="text file with one prompt per line, or .jsonl with a 'prompt' or 'caption' field",
     )
-    p.add_argument("--seed", type=_seeds_arg, help="one seed, a range 0-9 or a list 0,1,2")
-    p.add_argument("--seeds", type=_seeds_arg, help="same as --seed (default 0)")
-    p.add_argument("--steps", type=_positive_int("--steps"), default=50)
-    p.add_argument("--guidance", type=_finite_float("--guidance", 0.0), default=7.5)
-    p.add_argument("--scheduler", type=_scheduler_arg, default="ddim")
+    p.add_argument(
+        "--seed", type=_declared_type("seeds", "--seed"), metavar="S", help="same as --seeds"
+    )
+    for field_name in SHARED_FLAGS:
+        _add_declared(p, field_name)
     p.add_argument("--eta", type=_finite_float("--eta", 0.0, 1.0), default=0.0)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument(
-        "--model", default="bundled", help="name or name:key=value,... (path, dtype, ...)"
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto)")
-    p.add_argument("--dtype", default=None, help="fp32 (default), fp16, bf16")
-    p.add_argument("--mitigation", default=None, help="name or name:key=value,...")
     p.add_argument("--out", default="memberbench-out", help="output folder")
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
-    p.add_argument(
-        "--cache-dir",
-        default=None,
-        help="generation cache (default $MEMBERBENCH_CACHE/generations or "
-        "~/.cache/memberbench/generations)",
-    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.add_argument("--record-latents", action="store_true", help="also save full latents (npz)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memberbench.generate import main, parse_seeds
+from memberbench.config import BY_FIELD
+from memberbench.generate import SHARED_FLAGS, build_parser, main
 from memberbench.types import Trace
 
 
@@ -77,19 +78,23 @@ def test_prompts_file(tiny_pipeline_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "param", "allowed"),
     [
-        (["--steps", "0"], "--steps", "positive integer"),
-        (["--steps", "-3"], "--steps", "positive integer"),
-        (["--steps", "2.5"], "--steps", "positive integer"),
-        (["--guidance", "abc"], "--guidance", "finite number"),
-        (["--guidance", "nan"], "--guidance", "finite number"),
-        (["--guidance", "-1"], "--guidance", "finite number >= 0"),
+        # the benchmark's declared options (memberbench.config.OPTIONS) speak for themselves
+        (["--steps", "0"], "--steps must be >= 1", "got 0"),
+        (["--steps", "-3"], "--steps must be >= 1", "got -3"),
+        (["--steps", "2.5"], "--steps must be an integer", "got '2.5'"),
+        (["--guidance", "abc"], "--guidance must be a number", "e.g. 7.5"),
+        (["--guidance", "nan"], "--guidance must be finite", "'nan'"),
+        (["--guidance", "-1"], "--guidance must be >= 0", "'-1'"),
         (["--prompt", ""], "--prompt number 2 is empty", "give a caption"),
-        (["--seeds", "5-x"], "--seeds", "[0, 2**63-1]"),
-        (["--seed", "-1"], "--seed", "[0, 2**63-1]"),
+        (["--seeds", "5-x"], "--seeds '5-x' not understood", "a range '0-9'"),
+        (["--seed", "-1"], "--seed '-1' not understood", "a list '0,3,7'"),
         (["--seed", str(2**63)], "--seed", "[0, 2**63-1]"),
+        (["--seeds", "1,2,1"], "--seeds '1,2,1'", "lists a seed twice"),
         (["--scheduler", "fast"], "--scheduler", "ddim, ddpm, pndm, euler"),
         (["--eta", "2"], "--eta", "[0.0, 1.0]"),
-        (["--batch-size", "0"], "--batch-size", "positive integer"),
+        (["--batch-size", "0"], "--batch-size must be >= 1", "got 0"),
+        (["--dtype", "fp7"], "--dtype 'fp7'", "fp32, fp16, bf16"),
+        (["--model", ""], "--model is empty", "model spec"),
         ([], "--prompt", "--prompts-file"),
         (["--prompts-file", "/nonexistent.txt"], "--prompts-file", "no such file"),
         (["--model", "sd-14"], "sd-1.4", "Known models"),
@@ -112,11 +117,34 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, param, allowed):
     assert "Traceback" not in err
 
 
-def test_parse_seeds():
-    assert parse_seeds("7") == [7]
-    assert parse_seeds("0-3") == [0, 1, 2, 3]
-    assert parse_seeds("5, 1,2-3,5") == [5, 1, 2, 3]
-    assert parse_seeds(str(2**63 - 1)) == [2**63 - 1]
+def test_seeds_are_the_benchmarks_syntax():
+    def seeds(*argv):
+        return build_parser().parse_args(list(argv)).seeds
+
+    assert seeds() is None  # run() makes it seed 0
+    assert seeds("--seeds", "7") == [7]
+    assert seeds("--seeds", "0-3") == [0, 1, 2, 3]
+    assert seeds("--seeds", "5, 1,2-3") == [5, 1, 2, 3]
+    assert seeds("--seeds", "n=3") == [0, 1, 2]
+    assert seeds("--seeds", str(2**63 - 1)) == [2**63 - 1]
+    assert build_parser().parse_args(["--seed", "0-1"]).seed == [0, 1]
+
+
+def test_shared_options_come_from_the_declarations():
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for field_name, flag in SHARED_FLAGS.items():
+        opt, action = BY_FIELD[field_name], actions[field_name]
+        assert action.option_strings == [flag]
+        assert action.metavar == opt.metavar
+        assert action.help.startswith(opt.help.replace("%", "%%"))
+    defaults = parser.parse_args([])
+    assert (defaults.model, defaults.mitigation, defaults.steps) == ("bundled", "none", 50)
+    assert (defaults.guidance, defaults.scheduler, defaults.batch_size) == (7.5, "ddim", 16)
+    assert (defaults.device, defaults.dtype, defaults.cache_dir) == (None, None, None)
+    off = parser.parse_args(["--cache-dir", "none"])  # as in the benchmark: no cache
+    assert off.no_cache is True and off.cache_dir is None
+    assert parser.parse_args(["--cache-dir", "c"]).no_cache is False
 
 
 def _one_line(capsys, *argv):
@@ -149,7 +177,7 @@ def test_bad_files_and_folders_are_one_line_and_write_nothing(tmp_path, capsys):
     line = _one_line(capsys, "--prompt", "x", "--out", afile / "sub")
     assert f"--out '{afile / 'sub'}' is inside '{afile}', which is a file" in line
     line = _one_line(capsys, "--prompt", "x", "--out", out, "--cache-dir", afile)
-    assert f"--cache-dir '{afile}' is a file: pass a folder" in line
+    assert f"--cache-dir '{afile}' is a file, not a folder: pass a folder" in line
     assert not out.exists()
 
 
