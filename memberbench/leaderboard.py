@@ -9,15 +9,26 @@ Layout::
       results/<model>/<mitigation>.prompts.jsonl   its per-prompt records (optional)
 
 ``memberbench leaderboard`` validates every results file (pure JSON checks), then writes the
-README (tabulate, GitHub markdown: one row per model x mitigation, an arrow on each column for
-the better direction, ``value ± stderr`` and ``n``) and the figures (matplotlib, Agg backend):
+README, a short summary (tabulate, GitHub markdown), and the figures (matplotlib, Agg backend);
+every table of every run lives on the site (``leaderboard/site/``, its own module):
 
-* ``decomposition_<model>.png`` -- the seed- and prompt-averaged decomposition coefficients
-  W0 and WT of the latent against the schedule's sqrt(abar) and sqrt(1 - abar), memorized vs
-  non-memorized prompts (the reference paper's key figure);
-* ``roc_<model>.png`` -- ROC curves of the detection scores;
-* ``sscd_vs_clip.png`` -- memorization (SSCD) against utility (CLIP score) per mitigation, over the
-  whole memorized set and, when runs report duplication groups, over the most duplicated one.
+* runs are grouped by **setting** (:func:`setting_key`: memberbench.compare's run identity plus
+  the prompt counts and limits); each setting has one baseline, its run without mitigation, and
+  rows are compared only with it (:func:`verdicts`: the regression check ``REGRESSION_SPEC``);
+* the **headline** of a model holds its standard settings (the profile's seeds and steps, no
+  prompt limits); other settings are marked † with the reason (:func:`nonstandard`);
+* headline columns come from the declarations (at most ~10), without the columns that are empty
+  in a table or the same in every run of the model (those are named under the table), and
+  without wall-clock timings (reported with the runs, never ranked);
+* a detection window of all the run's steps is shown as ``kT`` (:func:`display_key`), so column
+  names do not depend on ``--steps``;
+* a detection table per model: every declared detector at its windows, AUC and TPR@1%FPR with
+  their CIs, cost and measured seconds per prompt on the run's device.
+
+Figures: ``decomposition_<model>.png`` (W0 and WT of the latent against the schedule, memorized
+vs non-memorized: the reference paper's key figure), ``roc_<model>.png`` (ROC curves per window,
+legends outside the axes) and ``sscd_vs_clip.png`` (memorization against utility, one setting
+per model, points numbered and listed beside the axes).
 """
 
 from __future__ import annotations
@@ -304,28 +315,75 @@ def plot_decomposition(entry: Entry, out: Path) -> Path | None:
     return out
 
 
+def _roc_panel(k: str) -> str:
+    """The panel of a window: one step or less (k0 is at pure noise), k steps, all steps."""
+    if k in ("k0", "k1"):
+        return "one step or less (k0, k1)"
+    if k == WHOLE:
+        return "the whole trajectory (kT)"
+    return f"the first {k[1:]} steps ({k})"
+
+
 def plot_roc(entry: Entry, out: Path) -> Path | None:
+    """Draw :func:`roc_figure` into ``out`` (None when the run has no ROC curves)."""
+    return _save(roc_figure(entry), out)
+
+
+def _save(fig: Any, out: Path) -> Path | None:
+    if fig is None:
+        return None
+    plt = _plt()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def roc_figure(entry: Entry) -> Any:
+    """ROC curves of the detection scores (measured labels), one panel per window class, each
+    with its legend below the axes so that no curve is hidden; a detector keeps its colour
+    across panels."""
+    steps = (entry.doc.get("sampling") or {}).get("steps")
     series = entry.doc.get("series") or {}
-    rocs = {k[4:]: v for k, v in sorted(series.items()) if k.startswith("roc.")}
-    rocs = {k: v for k, v in rocs.items() if isinstance(v, dict) and v.get("fpr")}
+    rocs = {}
+    for key, v in sorted(series.items()):
+        m = re.fullmatch(r"roc\.([A-Za-z0-9_]+)\.(k\d+)", key)
+        if m and isinstance(v, dict) and v.get("fpr"):
+            k = display_key("." + m.group(2), steps)[1:]
+            rocs[(m.group(1), k)] = v
     if not rocs:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for name, r in rocs.items():
-        auc = r.get("auc")
-        ax.plot(r["fpr"], r["tpr"], label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
-    ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.set_xlabel("false positive rate (non-memorized prompts)")
-    ax.set_ylabel("true positive rate (memorized prompts)")
-    ax.set_title(f"Detection ROC: {entry.model} / {entry.mitigation}")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
+    panels = sorted(
+        {_roc_panel(k) for _, k in rocs}, key=lambda t: ("one" not in t, "whole" in t, t)
+    )
+    names = sorted({n for n, _ in rocs})
+    tab = plt.get_cmap("tab10")
+    styles = ["-", "--"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 5.6), squeeze=False)
+    for ax, title in zip(axes[0], panels):
+        for (name, k), r in sorted(rocs.items(), key=lambda kv: (names.index(kv[0][0]), kv[0][1])):
+            if _roc_panel(k) != title:
+                continue
+            i = names.index(name)
+            auc = r.get("auc")
+            label = f"{name} {k}" + (f" (AUC {auc:.3f})" if auc is not None else "")
+            ax.plot(
+                r["fpr"], r["tpr"], styles[(i // 10) % 2], color=tab(i % 10), lw=1.4, label=label
+            )
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("false positive rate")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(
+            fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False
+        )
+    axes[0][0].set_ylabel("true positive rate (prompts measured memorized)")
+    fig.suptitle(f"Detection ROC: {entry.model} / {entry.mitigation} (measured labels)")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def _most_duplicated_sscd_key(entries: Sequence[Entry]) -> str | None:
@@ -361,7 +419,51 @@ def tradeoff_points(
     return pts
 
 
+def _place_numbers(ax: Any, xy: Sequence[tuple[float, float]], labels: Sequence[tuple[str, Any]]):
+    """Write each point's number beside it where it overlaps no other number and no point:
+    the nearest free spot among rings of candidate offsets, with a leader line when it had to
+    move away (a plain greedy placement; deterministic)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    pts = ax.transData.transform(xy) if len(xy) else []
+    taken = [(x - 5, y - 5, x + 5, y + 5) for x, y in pts]
+    rings = [(r, a) for r in (10, 16, 24, 34, 46) for a in range(0, 360, 30)]
+    import math
+
+    for (x, y), (text, col) in zip(xy, labels):
+        ann = None
+        for r, a in rings:
+            dx, dy = r * math.cos(math.radians(a)), r * math.sin(math.radians(a))
+            if ann is not None:
+                ann.remove()
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset pixels",
+                fontsize=7,
+                color=col,
+                ha="center",
+                va="center",
+                zorder=10,
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85),
+                arrowprops=dict(arrowstyle="-", color=col, lw=0.5, alpha=0.6) if r > 16 else None,
+            )
+            bb = ann.get_window_extent(renderer)
+            box = (bb.x0, bb.y0, bb.x1, bb.y1)
+            if not any(
+                box[0] < t[2] and t[0] < box[2] and box[1] < t[3] and t[1] < box[3] for t in taken
+            ):
+                break
+        taken.append(box)
+
+
 def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
+    """Draw :func:`tradeoff_figure` into ``out`` (None when no run has both scores)."""
+    return _save(tradeoff_figure(entries), out)
+
+
+def tradeoff_figure(entries: Sequence[Entry]) -> Any:
     """SSCD against CLIP score: one point per run, the settings of one method (a sweep) joined
     into a trade-off curve, per model.  Left panel: SSCD over the whole memorized set; right
     panel (when runs report duplication groups): SSCD of the most duplicated group, the measure
@@ -375,9 +477,11 @@ def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
     if not panels:
         return None
     plt = _plt()
+    everything = [e for _, _, pts in panels for e, _, _ in pts]
+    ordered = sorted({id(e): e for e in everything}.values(), key=lambda e: (e.model, e.mitigation))
+    number = {id(e): i for i, e in enumerate(ordered, 1)}
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 6), squeeze=False)
     markers = "osd^v<>pP*X"
-    everything = [e for _, _, pts in panels for e, _, _ in pts]
     models = sorted({e.model for e in everything})
     methods = sorted({e.mitigation_name for e in everything})
     # tab20's saturated half, then its light half: distinct colours for up to 20 methods; the
@@ -388,6 +492,7 @@ def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
     def colour(m: str):
         return palette[methods.index(m) % len(palette)]
 
+    todo = []
     for ax, (key, title, pts) in zip(axes[0], panels):
         for e, c, s in pts:
             ax.errorbar(
@@ -400,14 +505,13 @@ def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
                 capsize=2,
                 alpha=0.9,
             )
-            ax.annotate(
-                tradeoff_label(e),
-                (c["value"], s["value"]),
-                xytext=(3, 3),
-                textcoords="offset points",
-                fontsize=6,
-                color=colour(e.mitigation_name),
+        todo.append(
+            (
+                ax,
+                [(c["value"], s["value"]) for _, c, s in pts],
+                [(str(number[id(e)]), colour(e.mitigation_name)) for e, _, _ in pts],
             )
+        )
         # one curve per (model, method): its sweep's settings joined in order of CLIP score
         curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for e, c, s in pts:
@@ -426,11 +530,18 @@ def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
     for mo in models:
         ax.plot([], [], markers[models.index(mo) % len(markers)], color="black", label=mo)
     ax.legend(fontsize=7)
+    key = "\n".join(
+        f"{number[id(e)]:>2}  {e.mitigation_name}"
+        + ("" if tradeoff_label(e) == e.mitigation_name else f": {tradeoff_label(e)}")
+        + (f" ({e.model})" if len(models) > 1 else "")
+        for e in ordered
+    )
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    for ax, xy, labels in todo:
+        ax.get_xlim()  # settle the autoscaled limits before reading pixel positions
+        _place_numbers(ax, xy, labels)
+    fig.text(1.0, 0.5, key, fontsize=7, family="monospace", va="center", ha="left")
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,6 +622,516 @@ def section_lines(entries: Sequence[Entry]) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------------------------
+# the summary README: settings, the headline per model, regression verdicts, detection
+
+# A detection window equal to the run's step count is the whole trajectory; it is shown as
+# ``kT`` so that column names do not change with ``--steps`` (k50 on a 50-step run and k20 on a
+# 20-step run are the same window).  The results keep the window actually used: that is what
+# was measured, and the regression checks match baseline and run by those names.
+WHOLE = "kT"
+_WINDOW = re.compile(r"\.k(\d+)(?=\.|$)")
+
+# the mitigation requirement checked for every row of a setting against its baseline: cut the
+# memorization of the most duplicated prompts by at least half, lose at most 2 standard errors
+# of CLIP score on the non-memorized set ({sscd} is the most duplicated group's SSCD when the
+# baseline reports groups, else the whole memorized set's)
+REGRESSION_SPEC = "{sscd}:-50%,clip_score.nonmem:2se"
+
+
+def display_key(key: str, steps: int | None) -> str:
+    """``key`` with a window of all ``steps`` steps written ``kT``."""
+    if not steps:
+        return key
+    return _WINDOW.sub(lambda m: f".{WHOLE}" if int(m.group(1)) == steps else m.group(0), key)
+
+
+def default_steps(profile: str | None = None) -> int:
+    from memberbench.config import BY_FIELD
+
+    o = BY_FIELD["steps"]
+    return int(o.parse_value(o.raw_default(profile or "quick")))
+
+
+def shown_metrics(e: Entry) -> dict[str, Any]:
+    """The run's metrics under their display names (:func:`display_key`)."""
+    steps = (e.doc.get("sampling") or {}).get("steps")
+    return {display_key(k, steps): m for k, m in e.metrics.items()}
+
+
+def nonstandard(e: Entry) -> list[str]:
+    """Why a run's settings are not its profile's (prompt limits, fewer seeds, other step
+    count); [] for a standard run.  Such runs are marked and kept out of the headline."""
+    from memberbench.config import BY_FIELD
+
+    why = []
+    run = e.doc.get("run") or {}
+    profile = run.get("profile") or "quick"
+    s = e.doc.get("sampling") or {}
+    for side, ps in sorted((e.doc.get("prompt_sets") or {}).items()):
+        if isinstance(ps, dict) and ps.get("limit") is not None:
+            why.append(f"{side} prompts limited to {ps['limit']}")
+    try:
+        seeds = BY_FIELD["seeds"].parse_value(BY_FIELD["seeds"].raw_default(profile))
+        steps = default_steps(profile)
+    except Exception:  # noqa: BLE001 - an unknown profile name: compare with nothing
+        return why + [f"profile {profile!r} unknown"]
+    if s.get("steps") is not None and int(s["steps"]) != steps:
+        why.append(f"{s['steps']} steps (profile {profile}: {steps})")
+    if s.get("seeds") is not None and len(s["seeds"]) < len(seeds):
+        why.append(f"{len(s['seeds'])} seeds (profile {profile}: {len(seeds)})")
+    return why
+
+
+def _get(doc: Any, path: Sequence[str]) -> Any:
+    for k in path:
+        doc = doc.get(k) if isinstance(doc, dict) else None
+    return doc
+
+
+def setting_key(e: Entry) -> str:
+    """What must match for two runs to be compared (memberbench.compare's run identity, plus
+    the prompt counts and limits): runs of one setting share a baseline."""
+    import json
+
+    from memberbench.compare import IDENTITY_KEYS
+
+    ident = {label: _get(e.doc, path) for label, path in IDENTITY_KEYS}
+    for side, ps in sorted((e.doc.get("prompt_sets") or {}).items()):
+        if isinstance(ps, dict):
+            ident[f"{side} n"] = ps.get("n")
+            ident[f"{side} limit"] = ps.get("limit")
+    ident["nonstandard"] = nonstandard(e)
+    return json.dumps(ident, sort_keys=True, default=str)
+
+
+@dataclass
+class Setting:
+    """The runs of one model that share a setting (:func:`setting_key`)."""
+
+    model: str
+    number: int  # 1, 2, ... within the model
+    entries: list[Entry]
+
+    @property
+    def nonstandard(self) -> list[str]:
+        return nonstandard(self.entries[0])
+
+    @property
+    def baseline(self) -> Entry | None:
+        """The setting's run without mitigation (``none``, or a sweep's ``sweep--none``)."""
+        plain = [e for e in self.entries if e.mitigation_name == "none"]
+        return plain[0] if plain else None
+
+    def describe(self) -> str:
+        e = self.entries[0]
+        s = e.doc.get("sampling") or {}
+        ps = e.doc.get("prompt_sets") or {}
+        sets = " vs ".join(
+            f"{v.get('name')} ({v.get('n')})" for _, v in sorted(ps.items()) if isinstance(v, dict)
+        )
+        fp = (e.doc.get("model") or {}).get("fingerprint", "")
+        sweep = s.get("guidance_sweep")
+        return (
+            f"{s.get('scheduler')} {s.get('steps')} steps, g={s.get('guidance')}, "
+            f"{len(s.get('seeds') or [])} seeds, guidance sweep "
+            f"{', '.join(map(str, sweep)) if sweep else 'none'}; {sets}; weights {fp}"
+        )
+
+
+def settings_of(entries: Sequence[Entry]) -> dict[str, list[Setting]]:
+    """{model: its settings}: standard ones first, then by size, then by first run."""
+    out: dict[str, list[Setting]] = {}
+    by_model: dict[str, dict[str, list[Entry]]] = {}
+    for e in entries:
+        by_model.setdefault(e.model, {}).setdefault(setting_key(e), []).append(e)
+    for model, groups in sorted(by_model.items()):
+        ordered = sorted(
+            groups.values(),
+            key=lambda es: (bool(nonstandard(es[0])), -len(es), es[0].mitigation),
+        )
+        out[model] = [Setting(model, i, es) for i, es in enumerate(ordered, 1)]
+    return out
+
+
+def _is_timing(key: str) -> bool:
+    """A wall-clock time on the run's machine (declared in seconds): reported beside the runs,
+    never ranked."""
+    from memberbench.metrics.declare import find
+
+    d = find(key)
+    return d is not None and d.unit == "s"
+
+
+def timing_columns() -> list[tuple[str, str]]:
+    """The declared headline columns that are timings (shown with the runs)."""
+    return [(k, t) for k, t in headline_columns() if _is_timing(k)]
+
+
+def _cell_value(m: dict[str, Any] | None) -> Any:
+    return None if not m else (m.get("value"), m.get("stderr"))
+
+
+def model_columns(entries: Sequence[Entry]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The headline columns shown for a model's runs: the declared headline (windows as shown)
+    without timings and without the columns no run has; and the notes on the columns left out
+    because every run has the same value."""
+    steps = default_steps()
+    cols, constant = [], []
+    for key, title in headline_columns():
+        key = display_key(key, steps)
+        if _is_timing(key):
+            continue
+        have = [shown_metrics(e).get(key) for e in entries]
+        have = [m for m in have if m]
+        if not have:
+            continue
+        values = {_cell_value(m) for m in have}
+        if len(entries) > 1 and len(have) == len(entries) and len(values) == 1:
+            constant.append(f"{title} = {fmt_metric({**have[0], 'n': None})}")
+            continue
+        cols.append((key, title))
+    return cols, constant
+
+
+def _short(m: dict[str, Any] | None) -> str:
+    """``value ± se`` (the n is the setting's, given above the table)."""
+    return fmt_metric({**m, "n": None}) if m else ""
+
+
+def setting_table(
+    setting: Setting, columns: Sequence[tuple[str, str]], mark: dict[str, str] | None = None
+) -> str:
+    """One row per run of the setting, the columns that are not empty in it."""
+    from tabulate import tabulate
+
+    shown = [shown_metrics(e) for e in setting.entries]
+    cols = [(k, t) for k, t in columns if any(k in s for s in shown)]
+    direction = {k: _direction(setting.entries, k) for k, _ in cols}
+    for k in direction:  # the direction recorded with the normalised key
+        for s in shown:
+            if k in s:
+                direction[k] = s[k].get("higher_is_better")
+                break
+    headers = ["mitigation"] + [t + _arrow(direction[k]) for k, t in cols]
+    rows = [
+        [f"`{e.mitigation}`" + ((mark or {}).get(e.mitigation, ""))]
+        + [_short(s.get(k)) for k, _ in cols]
+        for e, s in zip(setting.entries, shown)
+    ]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def regression_key(baseline: Entry) -> str:
+    return _most_duplicated_sscd_key([baseline]) or "sscd_mean"
+
+
+def verdicts(setting: Setting) -> tuple[str, list[tuple[Entry, list[Any], bool]]]:
+    """The regression check of every run of the setting against its baseline:
+    ``(spec, [(run, [Comparison of each checked metric], passes)])``."""
+    from memberbench.compare import compare_runs, parse_tolerances
+
+    base = setting.baseline
+    if base is None:
+        return "", []
+    spec = REGRESSION_SPEC.format(sscd=regression_key(base))
+    tols = parse_tolerances(spec)
+    out = []
+    for e in setting.entries:
+        if e is base:
+            continue
+        comps = [c for c in compare_runs(base.doc, e.metrics, tols) if c.tolerance is not None]
+        out.append((e, comps, bool(comps) and all(c.status == "ok" for c in comps)))
+    return spec, out
+
+
+def _wrap(text: str) -> str:
+    import textwrap
+
+    return textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False)
+
+
+def _change(c: Any) -> str:
+    if c.delta is None:
+        return c.status
+    pct = f" ({c.delta_pct:+.0f}%)" if c.delta_pct is not None else ""
+    return f"{c.baseline:.3g} → {c.current:.3g}{pct} {c.status}"
+
+
+def verdict_lines(setting: Setting, root: Path) -> list[str]:
+    from tabulate import tabulate
+
+    from memberbench.compare import parse_tolerances
+
+    spec, rows = verdicts(setting)
+    base = setting.baseline
+    if base is None or not rows:
+        return []
+    names = [t.pattern for t in parse_tolerances(spec)]
+    table = []
+    for e, comps, ok in rows:
+        by = {c.name: c for c in comps}
+        table.append(
+            [f"`{e.mitigation}`"]
+            + [_change(by[n]) if n in by else "missing" for n in names]
+            + ["**pass**" if ok else "fail"]
+        )
+    n_pass = sum(ok for _, _, ok in rows)
+    rel_base = base.path.relative_to(root).as_posix()
+    return [
+        _wrap(
+            f"Regression check of each run against this setting's baseline `{base.mitigation}` "
+            f'(`memberbench compare {rel_base} RUN --fail "{spec}"`, paths relative to this '
+            f"folder): **{n_pass} of "
+            f"{len(rows)} pass**."
+        ),
+        "",
+        tabulate(
+            table,
+            headers=["mitigation"] + names + ["verdict"],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
+
+
+# the detection table: one row per detector and window of a model's detection run
+_DET = re.compile(r"detect_auc\.(?P<score>[A-Za-z0-9_]+)\.(?P<k>k\d+|kT)$")
+
+
+def detection_run(settings: Sequence[Setting]) -> Entry | None:
+    """The model's run whose detection results the table shows: the baseline of its first
+    setting that scored detectors (a standard one first), else any run that did."""
+    for st in settings:
+        cands = ([st.baseline] if st.baseline else []) + st.entries
+        for e in cands:
+            if any(_DET.match(k) for k in shown_metrics(e)):
+                return e
+    return None
+
+
+def _window_order(k: str) -> tuple[int, int]:
+    return (1, 0) if k == WHOLE else (0, int(k[1:]))
+
+
+def detection_rows(e: Entry) -> list[dict[str, Any]]:
+    """Per (detector, window): AUC and TPR@1%FPR (measured labels) with their CIs, cost per
+    prompt (UNet evaluations, gradient passes) and the measured seconds per prompt."""
+    from memberbench.metrics.declare import _DETECTORS, detectors
+
+    detectors()  # declared (entry points loaded)
+    ms = shown_metrics(e)
+    rows = []
+    for key in ms:
+        m = _DET.match(key)
+        if not m:
+            continue
+        score, k = m.group("score"), m.group("k")
+        det = _DETECTORS.get(score)
+
+        def get(stat: str) -> dict[str, Any]:
+            return ms.get(f"{stat}.{score}.{k}") or {}  # noqa: B023
+
+        rows.append(
+            {
+                "detector": score,
+                "k": k,
+                "image": None if det is None else det.needs_training_image,
+                "auc": ms[key],
+                "tpr1": get("detect_tpr1"),
+                "evals": get("detect_unet_evals"),
+                "grads": get("detect_grad_passes"),
+                "seconds": get("detect_s_per_prompt"),
+            }
+        )
+    rows.sort(key=lambda r: (r["detector"], _window_order(r["k"])))
+    return rows
+
+
+def _v(m: dict[str, Any], fmt: str = "{:.3g}") -> str:
+    v = (m or {}).get("value")
+    return "" if v is None else fmt.format(v)
+
+
+def device_of(e: Entry) -> str:
+    model = e.doc.get("model") or {}
+    env = e.doc.get("environment") or {}
+    if not model.get("device"):
+        return "a device the run does not name"
+    dev = str(model["device"])
+    name = env.get("device_name")
+    if dev.startswith("cpu"):
+        threads = env.get("torch_threads")
+        return f"CPU ({threads} threads)" if threads else "CPU"
+    return f"{dev} ({name})" if name and name != dev else dev
+
+
+def detection_lines(model: str, e: Entry) -> list[str]:
+    from tabulate import tabulate
+
+    rows = detection_rows(e)
+    if not rows:
+        return []
+    steps = (e.doc.get("sampling") or {}).get("steps")
+    table = [
+        [
+            f"`{r['detector']}`",
+            f"{r['k']} (all {steps})" if r["k"] == WHOLE else r["k"],
+            {True: "yes", False: "no", None: "?"}[r["image"]],
+            _v(r["auc"]),
+            _ci(r["auc"]),
+            _v(r["tpr1"]),
+            _ci(r["tpr1"]),
+            _v(r["evals"], "{:g}"),
+            _v(r["grads"], "{:g}"),
+            _v(r["seconds"]),
+        ]
+        for r in rows
+    ]
+    n = rows[0]["auc"].get("n")
+    return [
+        f"### Detection: `{model}` (run `{e.mitigation}`)",
+        "",
+        _wrap(
+            f"Every declared detector at its windows (k = the first k sampling steps; kT all of "
+            f"them), on {n} prompts labelled by whether the run's own generations are measured "
+            "memorized, both sets pooled. AUC and TPR at 1% FPR (interpolated) with 95% bootstrap "
+            "CIs; cost per prompt over the run's seeds; seconds per prompt measured on "
+            f"{device_of(e)}: the detector's own work on top of the run's generations (a detector "
+            "that only reads them costs its share of their UNet evaluations, not extra time)."
+        ),
+        "",
+        tabulate(
+            table,
+            headers=[
+                "detector",
+                "k",
+                "needs image",
+                "AUC ↑",
+                "AUC 95% CI",
+                "TPR@1%FPR ↑",
+                "TPR 95% CI",
+                "UNet evals",
+                "grad passes",
+                "s/prompt",
+            ],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
+
+
+def runs_lines(settings: Sequence[Setting]) -> list[str]:
+    from tabulate import tabulate
+
+    rows = []
+    for st in settings:
+        for e in st.entries:
+            run = e.doc.get("run") or {}
+            wall = next((e.metrics[k] for k, _ in timing_columns() if k in e.metrics), None)
+            rows.append(
+                [
+                    f"`{e.mitigation}`",
+                    st.number,
+                    run.get("profile", ""),
+                    "" if not wall else f"{_v(wall)} on {device_of(e)}",
+                    (run.get("finished") or "")[:10],
+                ]
+            )
+    return [
+        "<details><summary>Runs (setting, profile, wall time per image, date)</summary>",
+        "",
+        "Wall time is measured on the run's machine, often shared: it is reported, not ranked.",
+        "",
+        tabulate(
+            rows,
+            headers=["mitigation", "setting", "profile", "s/image (generation)", "finished"],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+        "</details>",
+        "",
+    ]
+
+
+def model_lines(model: str, settings: Sequence[Setting], root: Path) -> list[str]:
+    everything = [e for st in settings for e in st.entries]
+    columns, constant = model_columns(everything)
+    lines = [f"## Model `{model}`", ""]
+    standard = [st for st in settings if not st.nonstandard]
+    if not standard:
+        lines += ["_No run with its profile's settings yet: no headline._", ""]
+    for st in settings:
+        base = st.baseline
+        if st.nonstandard:
+            title = f"### Setting {st.number}: non-standard (not in the headline)"
+            mark = {e.mitigation: " †" for e in st.entries}
+        else:
+            title = f"### Headline (setting {st.number})"
+            mark = {}
+        lines += [title, ""]
+        text = f"Setting {st.number}: {st.describe()}."
+        if st.nonstandard:
+            text += f" † non-standard: {'; '.join(st.nonstandard)}."
+        text += (
+            f" Baseline: `{base.mitigation}`."
+            if base
+            else " Baseline: none (no run without mitigation in this setting; its rows are "
+            "compared with nothing)."
+        )
+        lines += [_wrap(text)]
+        lines += ["", setting_table(st, columns, mark), ""]
+        lines += verdict_lines(st, root)
+    if constant:
+        lines += [
+            "Not shown, the same in every run of this model: " + "; ".join(constant) + ".",
+            "",
+        ]
+    det = detection_run(settings)
+    if det is not None:
+        lines += detection_lines(model, det)
+    lines += runs_lines(settings)
+    return lines
+
+
+README_HEAD = """\
+# memberbench leaderboard
+
+<!-- generated by `memberbench leaderboard`; edit leaderboard/results/ instead -->
+
+Memorization of text-to-image diffusion models and of the mitigations against it, measured with
+the memberbench task suite (`pytest tasks/`). This page is the summary; **the full leaderboard
+is the site, [`site/index.html`](site/index.html)** (sortable tables, every metric of every run
+with its CI, the settings and per-prompt values; it opens from disk), built by the same command.
+
+How to read it: runs are grouped by *setting* (model weights, prompt sets and their limits,
+seeds, sampler); runs are compared only within a setting, against that setting's baseline (its
+run without mitigation). The headline holds the runs made with their profile's settings; a run
+with prompt limits, fewer seeds or another step count is marked † and shown apart. Cells are
+`value ± standard error`; ↑ / ↓ mark the better direction. Bare metric names are measured on
+the memorized prompt set, "non-mem" on the non-memorized one; a detection window written `kT`
+is the whole trajectory (all the run's steps), whatever their number.
+"""
+
+SUBMIT_SHORT = """\
+## How to submit
+
+Run the benchmark (`pytest tasks/ --model M --mitigation X --profile paper --results run.json`;
+it writes `run.json` and `run.prompts.jsonl`), check it (`memberbench validate run.json`), then
+`memberbench leaderboard --add run.json`: it validates the file, builds the leaderboard with it in
+a temporary folder, and only then copies both files to
+`leaderboard/results/<model>/<mitigation>.json` and rewrites this page, the figures and the site;
+a file that fails changes nothing. A new model or mitigation is a package with an entry point
+(`memberbench.models` / `memberbench.mitigations`; docs/adding-a-model.md,
+docs/adding-a-mitigation.md). The results format (schema_version {version}) is described in the
+docstring of `memberbench/results.py`; files of older versions are migrated when read, or refused
+naming their version.
+"""
+
+
 def build(
     root: str | Path = "leaderboard", *, figures: bool = True
 ) -> tuple[Path, list[str], list[Entry]]:
@@ -525,111 +1146,45 @@ def build(
     entries, errors = collect(root / "results")
     entries = _sort(entries)
     fig_dir = root / "figures"
-    lines = [
-        "# memberbench leaderboard",
-        "",
-        "<!-- generated by `memberbench leaderboard`; edit leaderboard/results/ instead -->",
-        "",
-        "Memorization of text-to-image diffusion models and of the mitigations against it, "
-        "measured with the memberbench task suite (`pytest tasks/`). Cells are "
-        "`value ± standard error (n)`; ↑ / ↓ mark the better direction; n counts prompts "
-        "(or images, for per-image costs). Bare metric names are measured on the memorized "
-        "prompt set, `.nonmem` on the non-memorized one.",
-        "",
-    ]
+    lines = README_HEAD.splitlines() + [""]
     if not entries:
         lines += ["_No results submitted yet._", ""]
-    else:
-        lines += ["## Headline", "", metric_table(entries, headline_columns()), ""]
-        lines += ["### Runs", ""]
-        from tabulate import tabulate
-
-        run_rows = []
-        for e in entries:
-            s = e.doc.get("sampling") or {}
-            ps = e.doc.get("prompt_sets") or {}
-            run_rows.append(
-                [
-                    e.model,
-                    e.mitigation,
-                    (e.doc.get("model") or {}).get("fingerprint", ""),
-                    f"{s.get('scheduler')} {s.get('steps')} steps, g={s.get('guidance')}",
-                    len(s.get("seeds") or []),
-                    ", ".join(
-                        f"{v.get('name')} ({v.get('n')})"
-                        for v in ps.values()
-                        if isinstance(v, dict)
-                    ),
-                    (e.doc.get("run") or {}).get("profile", ""),
-                    (e.doc.get("run") or {}).get("finished", "")[:19],
-                ]
-            )
-        lines += [
-            tabulate(
-                run_rows,
-                headers=[
-                    "model",
-                    "mitigation",
-                    "fingerprint",
-                    "sampler",
-                    "seeds",
-                    "prompts",
-                    "profile",
-                    "finished",
-                ],
-                tablefmt="github",
-                disable_numparse=True,
-            ),
-            "",
-        ]
-        lines += section_lines(entries)
-        if figures:
-            figs = []
-            for e in entries:
-                if e.mitigation != "none":
-                    continue
-                d = plot_decomposition(e, fig_dir / f"decomposition_{slug(e.model)}.png")
-                r = plot_roc(e, fig_dir / f"roc_{slug(e.model)}.png")
-                figs += [p for p in (d, r) if p]
-            sc = plot_sscd_vs_clip(entries, fig_dir / "sscd_vs_clip.png")
+    settings = settings_of(entries)
+    for model, sts in settings.items():
+        lines += model_lines(model, sts, root)
+    if entries and figures:
+        figs = []
+        for model, sts in settings.items():
+            first = sts[0]
+            base = first.baseline or first.entries[0]
+            d = plot_decomposition(base, fig_dir / f"decomposition_{slug(model)}.png")
+            det = detection_run(sts)
+            r = plot_roc(det, fig_dir / f"roc_{slug(model)}.png") if det else None
+            figs += [p for p in (d, r) if p]
+        # the trade-off figure compares runs of one setting per model (its largest)
+        widest = {m: max(sts, key=lambda st: len(st.entries)) for m, sts in settings.items()}
+        sc = plot_sscd_vs_clip(
+            [e for st in widest.values() for e in st.entries], fig_dir / "sscd_vs_clip.png"
+        )
+        if sc:
+            figs.append(sc)
+        if figs:
+            lines += ["## Figures", ""]
+            for p in figs:
+                rel = p.relative_to(root).as_posix()
+                lines += [f"![{p.stem}]({rel})", ""]
             if sc:
-                figs.append(sc)
-            if figs:
-                lines += ["## Figures", ""]
-                for p in figs:
-                    rel = p.relative_to(root).as_posix()
-                    lines += [f"![{p.stem}]({rel})", ""]
-        lines += ["## All metrics per run", ""]
-        for e in entries:
-            from tabulate import tabulate
-
-            rows = [
-                [
-                    n + _arrow(m.get("higher_is_better")),
-                    fmt_metric(m, 4),
-                    _ci(m),
-                    m.get("test", "").split("::")[-1],
+                lines += [
+                    "The trade-off figure (`sscd_vs_clip.png`) shows the runs of "
+                    + ", ".join(f"`{m}` setting {st.number}" for m, st in widest.items())
+                    + "; the numbers are listed beside it.",
+                    "",
                 ]
-                for n, m in sorted(e.metrics.items(), key=lambda kv: _natural(kv[0]))
-            ]
-            lines += [
-                f"<details><summary>{e.model} / {e.mitigation} ({len(rows)} metrics)</summary>",
-                "",
-                tabulate(
-                    rows,
-                    headers=["metric", "value ± se (n)", "95% CI", "test"],
-                    tablefmt="github",
-                    disable_numparse=True,
-                ),
-                "",
-                "</details>",
-                "",
-            ]
     if errors:
         lines += ["## Files that failed validation", ""]
         lines += [f"- {msg}" for msg in errors] + [""]
-    lines += [SUBMIT, SCHEMA_DOC.format(version=SCHEMA_VERSION)]
-    readme = atomic_write_text(root / "README.md", "\n".join(lines))
+    lines += SUBMIT_SHORT.format(version=SCHEMA_VERSION).splitlines()
+    readme = atomic_write_text(root / "README.md", "\n".join(lines) + "\n")
     return readme, errors, entries
 
 

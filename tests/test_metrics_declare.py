@@ -168,7 +168,7 @@ def _strip_figures(text: str) -> str:
     if "## Figures\n" not in text:
         return text
     head, rest = text.split("## Figures\n", 1)
-    return head + rest[rest.index("## All metrics per run") :]
+    return head + rest[rest.index("\n## ") + 1 :]
 
 
 def test_committed_leaderboard_regenerates_byte_identically(tmp_path):
@@ -196,8 +196,15 @@ def test_a_toy_metric_reaches_the_leaderboard_from_its_declaration(tmp_path):
         "test": "tests/test_toy.py::test_toy",
     }
     (before_dir / "results" / "bundled" / "none.json").write_text(json.dumps(doc))
-    readme_before = L.build(before_dir, figures=False)[0].read_text()
-    assert "| toy_sharpness ↑" in readme_before  # only in "All metrics per run"
+
+    def build() -> str:
+        """The README (headline) and the declared sections (the site's tables)."""
+        _, _, entries = L.build(before_dir, figures=False)
+        readme = (before_dir / "README.md").read_text()
+        return readme + "\n" + "\n".join(L.section_lines(entries))
+
+    readme_before = build()
+    assert "toy_sharpness" not in readme_before  # undeclared: in no table
     assert "sharp ↑" not in readme_before
     try:
         D.declare(
@@ -209,20 +216,20 @@ def test_a_toy_metric_reaches_the_leaderboard_from_its_declaration(tmp_path):
             sections=(D.Placement("overestimation", ("toy_sharpness",), rank=15),),
             headline=(D.Headline("toy_sharpness", "sharp", rank=45),),
         )
-        text = L.build(before_dir, figures=False)[0].read_text()
+        text = build()
     finally:
         D.forget("toy_sharpness")
-    headline = text.split("## Headline")[1].split("###")[0].splitlines()
-    header = headline[2]
+    headline = text.split("### Headline")[1].split("###")[0].splitlines()
+    header = next(r for r in headline if r.startswith("| mitigation"))
     assert header.index("D1 ↓") < header.index("sharp ↑") < header.index("D2 ↓")
-    none_row = next(r for r in headline if r.startswith("| bundled | none "))
-    assert "0.125 ± 0.5 (7)" in none_row
+    none_row = next(r for r in headline if r.startswith("| `none` "))
+    assert "0.125 ± 0.5" in none_row
     over = text.split("## Overestimation and the schedule decomposition")[1].split("## ")[0]
     over_header = over.strip().splitlines()[0]
     assert over_header.index("k_pair_g.nonmem") < over_header.index("toy_sharpness ↑")
     assert over_header.index("toy_sharpness ↑") < over_header.index("k_traj_g ↓")
     # forgotten again, the metric leaves both tables: the declaration alone put it there
-    assert L.build(before_dir, figures=False)[0].read_text() == readme_before
+    assert build() == readme_before
 
 
 def test_section_order_kinds():
@@ -302,11 +309,14 @@ def test_the_worked_example_of_adding_a_metric_runs(tmp_path, monkeypatch):
         assert recorded["nsupp.k1"][1]["per_prompt"] == pytest.approx({"p1": 0.15, "p2": 0.0})
         entry = {"value": 0.075, "stderr": 0.075, "n": 2, "higher_is_better": False}
         root = _board_with(tmp_path, {"nsupp.k1": entry, "nsupp.k1.nonmem": entry})
-        text = L.build(root, figures=False)[0].read_text()
+        _, _, entries = L.build(root, figures=False)
+        text = (root / "README.md").read_text() + "\n".join(L.section_lines(entries))
     finally:
         D.forget("nsupp", kind="metric")  # the doc's metric, not the detector nsupp
     assert D.get_detector("nsupp").name == "nsupp"  # the detector of the same name survives
-    header = text.split("## Headline")[1].strip().splitlines()[0]
+    header = next(
+        r for r in text.split("### Headline")[1].splitlines() if r.startswith("| mitigation")
+    )
     # (the committed run is of schema 1: no measured-label AUC, so CLIP follows)
     assert header.index("D2 ↓") < header.index("nsupp@1 ↓") < header.index("CLIP mem ↑")
     over = text.split("## Overestimation and the schedule decomposition")[1].strip()
