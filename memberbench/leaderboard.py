@@ -990,32 +990,69 @@ def detection_lines(model: str, e: Entry) -> list[str]:
         for r in rows
     ]
     n = rows[0]["auc"].get("n")
+    headers = [
+        "detector",
+        "k",
+        "needs image",
+        "AUC ↑",
+        "AUC 95% CI",
+        "TPR@1%FPR ↑",
+        "TPR 95% CI",
+        "UNet evals",
+        "grad passes",
+        "s/prompt",
+    ]
+    keep = [j for j in range(len(headers)) if any(r[j] for r in table)]
+    missing = [headers[j] for j in range(len(headers)) if j not in keep]
+    note = (
+        f" Not recorded by this run: {', '.join(missing)} (see docs/detectors.md for the "
+        "measured speed of each detector)."
+        if missing
+        else ""
+    )
     return [
         f"### Detection: `{model}` (run `{e.mitigation}`)",
         "",
         _wrap(
             f"Every declared detector at its windows (k = the first k sampling steps; kT all of "
             f"them), on {n} prompts labelled by whether the run's own generations are measured "
-            "memorized, both sets pooled. AUC and TPR at 1% FPR (interpolated) with 95% bootstrap "
-            "CIs; cost per prompt over the run's seeds; seconds per prompt measured on "
-            f"{device_of(e)}: the detector's own work on top of the run's generations (a detector "
-            "that only reads them costs its share of their UNet evaluations, not extra time)."
+            "memorized, both sets pooled. AUC and TPR at 1% FPR (interpolated) with 95% "
+            "bootstrap CIs; cost per prompt over the run's seeds; seconds per prompt measured on "
+            f"{device_of(e)}: the detector's own work on top of the run's generations (a "
+            "detector that only reads them costs its share of their UNet evaluations, not extra "
+            "time)." + note
         ),
         "",
         tabulate(
-            table,
-            headers=[
-                "detector",
-                "k",
-                "needs image",
-                "AUC ↑",
-                "AUC 95% CI",
-                "TPR@1%FPR ↑",
-                "TPR 95% CI",
-                "UNet evals",
-                "grad passes",
-                "s/prompt",
-            ],
+            [[r[j] for j in keep] for r in table],
+            headers=[headers[j] for j in keep],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+        "",
+    ]
+
+
+def detection_matrix_lines(runs: dict[str, Entry]) -> list[str]:
+    """Detector x model: the AUC of each detector and window on each model's detection run
+    (shown when two models or more have one)."""
+    from tabulate import tabulate
+
+    if len(runs) < 2:
+        return []
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for model, e in runs.items():
+        for r in detection_rows(e):
+            cells.setdefault((r["detector"], r["k"]), {})[model] = (
+                f"{_v(r['auc'])} {_ci(r['auc'])}".strip()
+            )
+    order = sorted(cells, key=lambda dk: (dk[0], _window_order(dk[1])))
+    return [
+        "## Detection across models (AUC ↑, measured labels, 95% CI)",
+        "",
+        tabulate(
+            [[f"`{d}`", k] + [cells[(d, k)].get(m, "") for m in runs] for d, k in order],
+            headers=["detector", "k"] + [f"`{m}` (run `{e.mitigation}`)" for m, e in runs.items()],
             tablefmt="github",
             disable_numparse=True,
         ),
@@ -1152,6 +1189,8 @@ def build(
     settings = settings_of(entries)
     for model, sts in settings.items():
         lines += model_lines(model, sts, root)
+    det_runs = {m: e for m, sts in settings.items() if (e := detection_run(sts)) is not None}
+    lines += detection_matrix_lines(det_runs)
     if entries and figures:
         figs = []
         for model, sts in settings.items():

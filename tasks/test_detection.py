@@ -16,7 +16,8 @@ to --steps).  Two labellings:
 Scores: every declared detector (``memberbench.metrics.declare.detector``, out-of-tree ones
 through the entry-point group ``memberbench.detectors``), each at its own windows, with its
 better direction, and its cost per prompt (``detect_unet_evals.<score>.k<k>``,
-``detect_grad_passes.<score>.k<k>``).  A detector that cannot run on the run's model (gradients
+``detect_grad_passes.<score>.k<k>``, and the seconds measured on the run's device,
+``detect_s_per_prompt.<score>.k<k>``).  A detector that cannot run on the run's model (gradients
 in fp16, no unconditional branch) is skipped with its reason; a NaN score marks that prompt
 failed for that detector (left out, counted in the description) and the rest go on.
 docs/detectors.md lists them with their sources; the built-in trace scores:
@@ -42,6 +43,8 @@ Also the mean of Wen's magnitude per set (``wen.k1``, ``wen.k1.nonmem``).
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -77,7 +80,11 @@ def _scores(mb, score: str, side: str, k: int) -> tuple[dict[str, float], list[s
     """({prompt_id: finite score, oriented so that higher = memorized}, [failed prompt ids]):
     a NaN score marks that prompt failed for this detector; the rest go on."""
     det = get_detector(score)
+    mb.ok_gens(side)  # the run's generations exist before the clock starts: not its cost
+    t0 = time.perf_counter()
     vals = det.compute(mb, side, k)
+    # the first computation is the real one (later calls read the run's memo)
+    mb._memo.setdefault(("detector_s", score, side, k), (time.perf_counter() - t0, len(vals)))
     sign = 1.0 if det.higher_is_memorized else -1.0
     ok = {p: sign * float(v) for p, v in vals.items() if np.isfinite(v)}
     return ok, sorted(p for p in vals if p not in ok)
@@ -188,6 +195,19 @@ def test_detection_set_labels(mb, record_metric, record_series, score):
             description=f"UNet evaluations per prompt of {score} at k={k} "
             f"({len(mb.config.seeds)} seeds; {how})",
         )
+        timed = [mb._memo.get(("detector_s", score, side, k)) for side in SIDES]
+        timed = [t for t in timed if t and t[1]]
+        if timed:
+            device = str(getattr(mb.adapter, "device", None) or "?")
+            record_metric(
+                f"detect_s_per_prompt.{score}.k{k}",
+                sum(t[0] for t in timed) / sum(t[1] for t in timed),
+                prompt_set="both",
+                description=f"wall seconds per prompt of {score} at k={k} on {device} "
+                f"({len(mb.config.seeds)} seeds; {how}; measured the first time the run "
+                "computed it, after its generations)",
+                note=f"device {device}",
+            )
         record_metric(
             f"detect_grad_passes.{score}.k{k}",
             grads,

@@ -234,3 +234,10 @@ def test_detection_task_scores_out_of_tree_detectors(pytester, tiny_pipeline_dir
     assert m["detect_unet_evals.sharpness.k1"]["value"] == 4 * 2
     assert m["detect_grad_passes.sharpness.k1"]["value"] == 4 * 2
     assert "own model calls" in m["detect_unet_evals.sharpness.k1"]["description"]
+    # seconds per prompt, measured on the run's device, for every detector and window scored
+    scored = [k.split(".", 1)[1] for k in m if k.startswith("detect_auc_set.")]
+    for sk in scored:
+        t = m[f"detect_s_per_prompt.{sk}"]
+        assert t["value"] >= 0 and t["unit"] == "s" and t["note"] == "device cpu", sk
+    # an own-call detector runs the UNet: slower than reading a trace the run already holds
+    assert m["detect_s_per_prompt.sharpness.k1"]["value"] > m["detect_s_per_prompt.wen.k1"]["value"]

@@ -360,6 +360,19 @@ def test_detection_table_rows_come_from_the_declared_detectors(tmp_path):
     assert wen["needs image"] == "no" and by[("`sharpness`", "k1")]["grad passes"] == "16"
 
 
+def test_detector_by_model_matrix_with_two_models(tmp_path):
+    root = tmp_path / "lb"
+    for model, auc in (("bundled", 0.93), ("sd-1.4", 0.61)):
+        doc = _std(_run("none", 0.6, 28.0, model=model))
+        doc["metrics"]["detect_auc.wen.k1"]["value"] = auc
+        write_results(root / "results" / model / "none.json", doc)
+    text = L.build(root, figures=False)[0].read_text()
+    assert "### Detection: `bundled`" in text and "### Detection: `sd-1.4`" in text
+    header, row = _tables(text.split("## Detection across models")[1])[0]
+    assert header == ["detector", "k", "`bundled` (run `none`)", "`sd-1.4` (run `none`)"]
+    assert row == ["`wen`", "k1", "0.93 [0.88, 0.97]", "0.61 [0.88, 0.97]"]
+
+
 def test_roc_legends_lie_outside_the_axes():
     """No legend box overlaps an axes: every curve stays visible."""
     entries, _ = L.collect(BOARD / "results")

@@ -75,6 +75,16 @@ declare(
     "run's seeds; a score that reads the run's generations counts the share it reads)",
 )
 declare(
+    "detect_s_per_prompt",
+    keys=("detect_s_per_prompt.{score}.k{k}",),
+    family="detection",
+    higher_is_better=False,
+    unit="s",
+    description="wall seconds per prompt of a detection score at window k, measured the first "
+    "time the run computes it, on the run's device, after the run's generations exist (its own "
+    "model calls and read-out; a score that reads the generations adds no generation time)",
+)
+declare(
     "detect_grad_passes",
     keys=("detect_grad_passes.{score}.k{k}",),
     family="detection",
