@@ -25,6 +25,7 @@ import numpy as np
 from memberbench.metrics.base import TraceMetric
 from memberbench.metrics.declare import Headline, Placement, declare, detector
 from memberbench.sampling.projection import decompose_batch
+from memberbench.sampling.schedule import Schedule, family_of
 from memberbench.types import MemberbenchError, Trace
 
 # --------------------------------------------------------------------------------------------
@@ -126,24 +127,28 @@ def resolve_convention(
 def schedule_reference(
     abar_next: Any, abar_t1: float, schedule: str = "sqrt_abar"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Reference coefficients ``(ref0_i, refT_i)`` of the states i = 1..T.
+    """Reference coefficients ``(ref0_i, refT_i)`` of the states i = 1..T of a DDPM-family grid.
 
     ``abar_next``: noise level of each state (alphas_cumprod of the next timestep; the last state
-    uses final_alpha_cumprod); ``abar_t1``: alphas_cumprod of the first sampling timestep.
+    uses final_alpha_cumprod); ``abar_t1``: alphas_cumprod of the first sampling timestep.  A
+    thin wrapper of :meth:`memberbench.sampling.schedule.Schedule.reference` (the one place the
+    references are derived, for every schedule family):
 
     * ``sqrt_abar``: ``(sqrt(abar_i), sqrt(1 - abar_i))`` -- the forward-process coefficients;
     * ``ddim_ideal``: ``omega0_i = sqrt(abar_i) - sqrt(abar_t1) sqrt(1 - abar_i) / sqrt(1 - abar_t1)``,
       ``omegaT_i = sqrt(1 - abar_i) / sqrt(1 - abar_t1)`` -- what deterministic DDIM gives for a
       perfect predictor x0_hat = x started from x_T (x_i = omega0_i x + omegaT_i x_T).
     """
-    ab = np.asarray(abar_next, dtype=np.float64)
-    a1 = float(abar_t1)
-    if schedule == "sqrt_abar":
-        return np.sqrt(ab), np.sqrt(1.0 - ab)
-    if schedule == "ddim_ideal":
-        omega_T = np.sqrt(1.0 - ab) / np.sqrt(1.0 - a1)
-        return np.sqrt(ab) - np.sqrt(a1) * omega_T, omega_T
-    raise MemberbenchError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    if schedule not in SCHEDULES:
+        raise MemberbenchError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    return vp_grid(abar_next, abar_t1).reference(schedule)
+
+
+def vp_grid(abar_next: Any, abar_t1: float) -> Schedule:
+    """The DDPM-family :class:`Schedule` of a grid given by its states' levels and the first
+    timestep's (update i+1 starts where update i ended)."""
+    ab = np.atleast_1d(np.asarray(abar_next, dtype=np.float64))
+    return Schedule.vp(np.concatenate([[float(abar_t1)], ab[:-1]]), ab)
 
 
 def window_slice(window: str | int, n: int) -> slice:
@@ -166,20 +171,41 @@ def deviation_scores(
     schedule: str = "sqrt_abar",
     window: str | int = "all",
 ) -> tuple[float, float]:
-    """``D1 = sum_i (W0_i - ref0_i)`` and ``D2 = -sum_i (WT_i - refT_i)`` over the window.
+    """``D1 = sum_i (W0_i - ref0_i)`` and ``D2 = -sum_i (WT_i - refT_i)`` over the window, on a
+    DDPM-family grid (:func:`deviation_on` for any :class:`Schedule`).
 
     ``W0``, ``WT``: seed-averaged coefficients of the states 1..T (same length as abar_next).
     """
+    ab = np.asarray(abar_next, dtype=np.float64)
+    if ab.ndim != 1:
+        raise MemberbenchError(
+            f"deviation_scores: abar_next {ab.shape} must be 1-d (one entry per state 1..T)"
+        )
+    if schedule not in SCHEDULES:
+        raise MemberbenchError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    return deviation_on(W0, WT, vp_grid(ab, abar_t1), schedule=schedule, window=window)
+
+
+def deviation_on(
+    W0: Any,
+    WT: Any,
+    sched: Schedule,
+    *,
+    schedule: str = "sqrt_abar",
+    window: str | int = "all",
+    convention: str = "m6",
+) -> tuple[float, float]:
+    """D1/D2 of the coefficients ``W0``, ``WT`` of the states 1..T against the reference
+    ``schedule`` of ``sched`` (:meth:`Schedule.reference`), over the window."""
     W0 = np.asarray(W0, dtype=np.float64)
     WT = np.asarray(WT, dtype=np.float64)
-    ab = np.asarray(abar_next, dtype=np.float64)
-    if not (W0.shape == WT.shape == ab.shape) or W0.ndim != 1:
+    if not (W0.shape == WT.shape == (len(sched),)):
         raise MemberbenchError(
-            f"deviation_scores: W0 {W0.shape}, WT {WT.shape} and abar_next {ab.shape} must be "
-            "1-d of the same length (one entry per state 1..T)"
+            f"deviation_scores: W0 {W0.shape}, WT {WT.shape} and abar_next ({len(sched)},) must "
+            "be 1-d of the same length (one entry per state 1..T)"
         )
-    ref0, refT = schedule_reference(ab, abar_t1, schedule)
-    sl = window_slice(window, len(ab))
+    ref0, refT = sched.reference(schedule, convention)
+    sl = window_slice(window, len(sched))
     return float((W0[sl] - ref0[sl]).sum()), float(-(WT[sl] - refT[sl]).sum())
 
 
@@ -289,18 +315,13 @@ def load_trace_latents(trace: Trace) -> np.ndarray:
     return arr
 
 
-def _schedule_of(trace: Trace, convention: str = "m6") -> tuple[np.ndarray, float]:
-    """The noise level each state 1..T is compared with, and abar of the first timestep.
-
-    ``"m6"``: ``abar_next`` (the state's own level); ``"paper"``: ``abar_t`` (the level of the
-    timestep update i started from, ``scheduler.timesteps[i]``).
-    """
+def _schedule_of(trace: Trace) -> Schedule:
+    """The sampling schedule of a trace (:meth:`Schedule.from_trace`; DDPM family or flow
+    matching).  Which level each state 1..T is compared with is the convention's
+    (:meth:`Schedule.state_levels`): ``"m6"`` the state's own level (``abar_next``),
+    ``"paper"`` the level of the timestep update i started from (``abar_t``)."""
     trace.require(["abar_t", "abar_next"], why="the schedule reference of D1/D2")
-    key = "abar_t" if convention == "paper" else "abar_next"
-    return (
-        np.asarray(trace.series[key], dtype=np.float64),
-        float(trace.series["abar_t"][0]),
-    )
+    return Schedule.from_trace(trace)
 
 
 def trace_deviation(
@@ -314,9 +335,9 @@ def trace_deviation(
     """(D1, D2) of one trajectory (basis/schedule default to the convention's; see
     :func:`resolve_convention`)."""
     basis, schedule = resolve_convention(convention, basis, schedule)
-    ab, a1 = _schedule_of(trace, convention)
+    sched = _schedule_of(trace)
     w0, wT = trace_coefficients(trace, basis)
-    return deviation_scores(w0, wT, ab, a1, schedule=schedule, window=window)
+    return deviation_on(w0, wT, sched, schedule=schedule, window=window, convention=convention)
 
 
 def deviation_from_traces(
@@ -339,16 +360,18 @@ def deviation_from_traces(
 
     basis, schedule = resolve_convention(convention, basis, schedule)
     ts = as_traces(traces)
-    ab, a1 = _schedule_of(ts[0], convention)
+    sched = _schedule_of(ts[0])
+    ab = sched.state_levels(convention)[0]
     ws = []
     for t in ts:
-        ab_t, _ = _schedule_of(t, convention)
-        if ab_t.shape != ab.shape or not np.allclose(ab_t, ab):
+        s_t = _schedule_of(t)
+        ab_t = s_t.state_levels(convention)[0]
+        if s_t.family != sched.family or ab_t.shape != ab.shape or not np.allclose(ab_t, ab):
             raise MemberbenchError("traces of one prompt must share the sampling schedule")
         ws.append(trace_coefficients(t, basis))
     W0 = np.mean([w[0] for w in ws], axis=0)
     WT = np.mean([w[1] for w in ws], axis=0)
-    d1, d2 = deviation_scores(W0, WT, ab, a1, schedule=schedule, window=window)
+    d1, d2 = deviation_on(W0, WT, sched, schedule=schedule, window=window, convention=convention)
     return {
         "W0": W0,
         "WT": WT,
@@ -472,12 +495,13 @@ class D2(_Deviation):
 
 def noise_suppression(trace: Trace, first_k: int = 1) -> float:
     """Image-free overestimation score of one trajectory: how far the initial noise's share of
-    the latent, by projection on x_T alone, falls below the schedule's sqrt(1 - abar), summed
+    the latent, by projection on x_T alone, falls below the schedule's b (sqrt(1 - abar) for the
+    DDPM family, sigma for flow matching), summed
     over the first k states: ``-sum_{i<=k} (<x_i, x_T> / ||x_T||^2 - sqrt(1 - abar_i))`` (an
     image-free D2)."""
     trace.require(["latent_dot_xT", "xT_norm2", "abar_next"], why="noise suppression")
     wt = np.asarray(trace.series["latent_dot_xT"][:first_k]) / float(trace.scalars["xT_norm2"])
-    ref = np.sqrt(1.0 - np.asarray(trace.series["abar_next"][:first_k], dtype=np.float64))
+    ref = Schedule.of_levels(trace.series["abar_next"][:first_k], family_of(trace)).b_next
     return -float((wt - ref).sum())
 
 

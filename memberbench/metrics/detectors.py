@@ -53,8 +53,10 @@ def realtime_d1(trace: Trace, k: int) -> float:
     """Real-time D1 at step k: ``sum_{i<=k} (W0_i - sqrt(abar_i))`` with :func:`realtime_w0`
     (``abar_i`` the noise level of state i, ``abar_next`` of update i)."""
     w0 = realtime_w0(trace, k)
-    ab = np.asarray(trace.series["abar_next"][:k], dtype=np.float64)
-    return float((w0 - np.sqrt(ab)).sum())
+    from memberbench.sampling.schedule import Schedule, family_of
+
+    a = Schedule.of_levels(trace.series["abar_next"][:k], family_of(trace)).a_next
+    return float((w0 - a).sum())
 
 
 @detector(

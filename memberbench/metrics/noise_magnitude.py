@@ -41,17 +41,20 @@ def raw_output_factor(abar_t: Any, prediction_type: str) -> np.ndarray:
     """Per step, ``||raw_c - raw_u|| / ||eps_c - eps_u||`` for a model predicting
     ``prediction_type``: 1 (epsilon), ``1 / sqrt(abar_t)`` (v_prediction),
     ``sqrt(1 - abar_t) / sqrt(abar_t)`` (sample, i.e. x0)."""
-    ab = np.asarray(abar_t, dtype=np.float64)
-    if prediction_type == "epsilon":
-        return np.ones_like(ab)
-    if prediction_type == "v_prediction":
-        return 1.0 / np.sqrt(ab)
-    if prediction_type == "sample":
-        return np.sqrt(1.0 - ab) / np.sqrt(ab)
-    raise MemberbenchError(
-        f"unknown prediction_type {prediction_type!r}; Wen et al.'s raw-output magnitude is "
-        f"defined for {', '.join(PREDICTION_TYPES)} (the model's scheduler config says which)"
-    )
+    return _raw_factor(abar_t, prediction_type, "vp")
+
+
+def _raw_factor(abar_t: Any, prediction_type: str, family: str) -> np.ndarray:
+    """:meth:`memberbench.sampling.schedule.Schedule.raw_output_factor` at the levels
+    ``abar_t`` (VP-equivalent, as traces record them) of a ``family`` schedule."""
+    from memberbench.sampling.schedule import Schedule
+
+    if family == "vp" and prediction_type not in PREDICTION_TYPES:
+        raise MemberbenchError(
+            f"unknown prediction_type {prediction_type!r}; Wen et al.'s raw-output magnitude is "
+            f"defined for {', '.join(PREDICTION_TYPES)} (the model's scheduler config says which)"
+        )
+    return Schedule.of_levels(abar_t, family).raw_output_factor(prediction_type)
 
 
 def raw_output_magnitude(trace: Trace, first_k: int = 1, prediction_type: str = "epsilon") -> float:
@@ -70,7 +73,9 @@ def raw_output_magnitude(trace: Trace, first_k: int = 1, prediction_type: str = 
     d = series(trace, "eps_diff_norm")
     if len(d) < first_k:
         raise MemberbenchError(f"first_k={first_k} but the trace has only {len(d)} steps")
-    f = raw_output_factor(series(trace, "abar_t")[:first_k], prediction_type)
+    from memberbench.sampling.schedule import family_of
+
+    f = _raw_factor(series(trace, "abar_t")[:first_k], prediction_type, family_of(trace))
     if trace.has("guidance") and (series(trace, "guidance")[:first_k] <= 1.0).any():
         return float("nan")
     return float((d[:first_k] * f).mean())

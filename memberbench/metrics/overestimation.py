@@ -25,6 +25,7 @@ import numpy as np
 from memberbench.metrics.base import Metric, TraceMetric, scalar, series
 from memberbench.metrics.declare import Placement, declare, metric
 from memberbench.metrics.stats import Stat, mean_stat
+from memberbench.sampling import schedule as _schedule
 from memberbench.types import BRANCHES, MemberbenchError, Trace
 
 Predictor = Callable[[Any, Any, str], Any]  # (x_t (J, ...), t, "u" | "c") -> eps (J, ...)
@@ -35,13 +36,14 @@ Predictor = Callable[[Any, Any, str], Any]  # (x_t (J, ...), t, "u" | "c") -> ep
 
 
 def x0_from_eps(x_t: Any, eps: Any, abar: float) -> Any:
-    """Clean estimate ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)``."""
-    return (x_t - (1.0 - abar) ** 0.5 * eps) / abar**0.5
+    """Clean estimate ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)``: the DDPM-family case of
+    :func:`memberbench.sampling.schedule.x0_from_eps` (``a = sqrt(abar)``, ``b = sqrt(1 - abar)``)."""
+    return _schedule.x0_from_eps(x_t, eps, abar**0.5, (1.0 - abar) ** 0.5)
 
 
 def eps_from_x0(x_t: Any, x0: Any, abar: float) -> Any:
     """Inverse of :func:`x0_from_eps`: ``(x_t - sqrt(abar) x0) / sqrt(1 - abar)``."""
-    return (x_t - abar**0.5 * x0) / (1.0 - abar) ** 0.5
+    return _schedule.eps_from_x0(x_t, x0, abar**0.5, (1.0 - abar) ** 0.5)
 
 
 def overestimation_coefficient(x0_hat: Any, x: Any) -> np.ndarray:
@@ -210,6 +212,12 @@ def training_pair_from_adapter(
     """M2 on the sampling grid of ``adapter.make_scheduler(scheduler)`` with ``steps`` steps."""
     sched = adapter.make_scheduler(scheduler)
     sched.set_timesteps(steps)
+    if _schedule.is_flow_scheduler(sched):
+        raise MemberbenchError(
+            f"M2 (the training-pair loss) forward-noises with alphas_cumprod; model "
+            f"{getattr(adapter, 'name', '?')!r} samples with {type(sched).__name__} (flow "
+            "matching), which has none: M2 is not defined for it yet (M3 and D1/D2 are)"
+        )
     return training_pair_loss(
         x,
         sched.timesteps,

@@ -46,6 +46,7 @@ import torch
 
 from memberbench.sampling import schedulers as _sched
 from memberbench.sampling import series as _series
+from memberbench.sampling.schedule import FLOW_SCALAR, Schedule
 from memberbench.sampling.hooks import SamplerState, StepHook, count_unet_evals
 from memberbench.sampling.projection import decompose_batch
 from memberbench.types import BRANCHES, GenerationRequest, MemberbenchError, Sample, Trace
@@ -207,8 +208,18 @@ class TracedSampler:
         sched.set_timesteps(r0.steps, device=dev)
         timesteps = sched.timesteps
         T = len(timesteps)
-        abar_t, abar_next = _sched.noise_levels(sched)
-        vp0, vp_next = _sched.vp_scales(sched)
+        schedule = Schedule.from_scheduler(sched)
+        flow = schedule.family == "flow"
+        prediction = getattr(adapter, "prediction", "epsilon")
+        if (prediction == "flow") != flow:
+            raise MemberbenchError(
+                f"model {adapter.name!r} predicts {prediction!r} but scheduler "
+                f"{type(sched).__name__} is {'' if flow else 'not '}a flow-matching one; use "
+                "the model's own scheduler"
+            )
+        abar_t, abar_next = (torch.from_numpy(v) for v in schedule.abar_equivalent())
+        # flow-matching states are kept as the scheduler holds them: x = (1 - sigma) x0 + sigma eps
+        vp0, vp_next = (1.0, torch.ones(T, dtype=torch.float64)) if flow else _sched.vp_scales(sched)
 
         # --- initial noise, per request -----------------------------------------------------
         noises, gens = [], []
@@ -217,7 +228,7 @@ class TracedSampler:
             noises.append(z)
             gens.append(g)
         kw = _sched.step_kwargs(sched, float(r0.eta), gens)
-        latents = torch.stack(noises).to(dev, dt) * sched.init_noise_sigma
+        latents = torch.stack(noises).to(dev, dt) * getattr(sched, "init_noise_sigma", 1.0)
 
         # --- text embeddings ------------------------------------------------------------------
         texts = list(dict.fromkeys([r.prompt for r in reqs] + [r.negative_prompt for r in reqs]))
@@ -294,9 +305,17 @@ class TracedSampler:
             state.step = i
             emb = torch.cat([state.uncond_embeds, state.cond_embeds])
             inp = torch.cat([latents] * 2)
-            inp = sched.scale_model_input(inp, t)
-            eps = adapter.predict_noise(inp.to(unet_dtype), t, emb)
-            eps_u, eps_c = eps.chunk(2)
+            if hasattr(sched, "scale_model_input"):
+                inp = sched.scale_model_input(inp, t)
+            if flow:  # velocity v = eps - x0, guided in v as the pipelines do
+                out = adapter.predict_velocity(inp.to(unet_dtype), t, emb)
+                v_u, v_c = out.chunk(2)
+                eps_u, _ = schedule.split(latents, v_u.to(latents.dtype), i, "flow")
+                eps_c, _ = schedule.split(latents, v_c.to(latents.dtype), i, "flow")
+                eps = out
+            else:
+                eps = adapter.predict_noise(inp.to(unet_dtype), t, emb)
+                eps_u, eps_c = eps.chunk(2)
             count_unet_evals(state, 2 * alive.to(torch.long))
 
             g = state.guidance
@@ -310,15 +329,28 @@ class TracedSampler:
                 eps_g = h.combine(state, i, t, eps_u, eps_c, g)
                 if eps_g is not None:
                     break
-            if eps_g is None:
-                gv = g.to(eps.dtype).view(-1, *([1] * (eps.ndim - 1)))
+            if eps_g is not None and flow:
+                raise MemberbenchError(
+                    f"{type(h).__name__} combines epsilon predictions; it does not support "
+                    f"flow-matching models such as {adapter.name!r}"
+                )
+            gv = g.to(eps.dtype).view(-1, *([1] * (eps.ndim - 1)))
+            if flow:
+                v_g = v_u + gv * (v_c - v_u)
+                eps_g, _ = schedule.split(latents, v_g.to(latents.dtype), i, "flow")
+            elif eps_g is None:
                 eps_g = eps_u + gv * (eps_c - eps_u)
 
             # per-step scalars of the predictions (fp64), one batched product for all dots
-            a = float(abar_t[i])
-            E = torch.stack([eps_u, eps_c, eps_g], 1).to(torch.float64).reshape(B, 3, d)
-            xin = inp[:B].to(torch.float64).reshape(B, 1, d)
-            V = torch.cat([E, (xin - (1.0 - a) ** 0.5 * E) / a**0.5], 1)  # eps_b, x0_hat_b
+            if flow:  # from the velocities, without dividing by a = 1 - sigma (0 at sigma = 1)
+                xin = latents.to(torch.float64).reshape(B, 1, d)
+                P = torch.stack([v_u, v_c, v_g], 1).to(torch.float64).reshape(B, 3, d)
+                E, X0 = schedule.split(xin, P, i, "flow")
+            else:
+                xin = inp[:B].to(torch.float64).reshape(B, 1, d)
+                E = torch.stack([eps_u, eps_c, eps_g], 1).to(torch.float64).reshape(B, 3, d)
+                E, X0 = schedule.split(xin, E, i)
+            V = torch.cat([E, X0], 1)  # eps_b, x0_hat_b
             dots = torch.bmm(V, basis)  # (B, 6, 1 or 2): <., x_T> (and <., x>)
             sq = V.pow(2).sum(2)  # (B, 6)
             pv = {"guidance": g.to(torch.float64), "eps_diff_norm": (E[:, 1] - E[:, 0]).norm(dim=1)}
@@ -334,7 +366,8 @@ class TracedSampler:
                     pv[f"x0_{br}_err"] = err[:, j]
             _put(rec, packer, "prediction", i, pv)
 
-            latents = sched.step(eps_g.to(latents.dtype), t, latents, **kw, return_dict=False)[0]
+            model_out = v_g if flow else eps_g
+            latents = sched.step(model_out.to(latents.dtype), t, latents, **kw, return_dict=False)[0]
             state.latents = latents
             for h in self.hooks:
                 h.after_step(state, i, t)
@@ -401,6 +434,8 @@ class TracedSampler:
                 "final_dot_xT": float(scal_finxT[b]),
                 "dim": float(d),
             }
+            if flow:
+                scalars[FLOW_SCALAR] = 1.0
             if has_ref[b]:
                 scalars["x_norm2"] = float(scal_x[b])
                 scalars["x_dot_xT"] = float(scal_xxT[b])
