@@ -46,9 +46,9 @@ import torch
 
 from memberbench.sampling import schedulers as _sched
 from memberbench.sampling import series as _series
-from memberbench.sampling.schedule import FLOW_SCALAR, Schedule
 from memberbench.sampling.hooks import SamplerState, StepHook, count_unet_evals
 from memberbench.sampling.projection import decompose_batch
+from memberbench.sampling.schedule import FLOW_SCALAR, Schedule
 from memberbench.types import BRANCHES, GenerationRequest, MemberbenchError, Sample, Trace
 
 # state.extra[HOOK_META_KEY] = {key: [one value per sample]}: copied into Sample.meta[key]
@@ -219,7 +219,9 @@ class TracedSampler:
             )
         abar_t, abar_next = (torch.from_numpy(v) for v in schedule.abar_equivalent())
         # flow-matching states are kept as the scheduler holds them: x = (1 - sigma) x0 + sigma eps
-        vp0, vp_next = (1.0, torch.ones(T, dtype=torch.float64)) if flow else _sched.vp_scales(sched)
+        vp0, vp_next = (
+            (1.0, torch.ones(T, dtype=torch.float64)) if flow else _sched.vp_scales(sched)
+        )
 
         # --- initial noise, per request -----------------------------------------------------
         noises, gens = [], []
@@ -367,7 +369,9 @@ class TracedSampler:
             _put(rec, packer, "prediction", i, pv)
 
             model_out = v_g if flow else eps_g
-            latents = sched.step(model_out.to(latents.dtype), t, latents, **kw, return_dict=False)[0]
+            latents = sched.step(model_out.to(latents.dtype), t, latents, **kw, return_dict=False)[
+                0
+            ]
             state.latents = latents
             for h in self.hooks:
                 h.after_step(state, i, t)

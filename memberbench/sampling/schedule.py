@@ -66,7 +66,9 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
-            raise MemberbenchError(f"schedule family must be one of {FAMILIES}, not {self.family!r}")
+            raise MemberbenchError(
+                f"schedule family must be one of {FAMILIES}, not {self.family!r}"
+            )
         n = {len(self.a_t), len(self.b_t), len(self.a_next), len(self.b_next)}
         if len(n) != 1:
             raise MemberbenchError("a schedule's a_t, b_t, a_next and b_next need one length")
@@ -134,7 +136,9 @@ class Schedule:
         ``a^2 / (a^2 + b^2)``: alphas_cumprod itself for the DDPM family."""
         if self.family == "vp":
             return self.a_t**2, self.a_next**2
-        return tuple(a**2 / (a**2 + b**2) for a, b in ((self.a_t, self.b_t), (self.a_next, self.b_next)))  # type: ignore[return-value]
+        return tuple(
+            a**2 / (a**2 + b**2) for a, b in ((self.a_t, self.b_t), (self.a_next, self.b_next))
+        )  # type: ignore[return-value]
 
     def state_levels(self, convention: str = "m6") -> tuple[np.ndarray, np.ndarray]:
         """``(a_i, b_i)`` each state 1..T is compared with: its own level (``"m6"``) or the level
@@ -185,7 +189,9 @@ class Schedule:
             return (a**2 + b**2) / a
         if prediction_type == "flow" and self.family == "flow":
             return (a + b) / a
-        allowed = "epsilon, v_prediction, sample" if self.family == "vp" else "epsilon, sample, flow"
+        allowed = (
+            "epsilon, v_prediction, sample" if self.family == "vp" else "epsilon, sample, flow"
+        )
         raise MemberbenchError(
             f"unknown prediction_type {prediction_type!r} for a {self.family} schedule; Wen et "
             f"al.'s raw-output magnitude is defined for {allowed} (the model card says which)"
@@ -204,7 +210,9 @@ class Schedule:
             return pred, (x - b * pred) / a
         if prediction == "flow":
             if self.family != "flow":
-                raise MemberbenchError("a flow (velocity) prediction needs a flow-matching scheduler")
+                raise MemberbenchError(
+                    "a flow (velocity) prediction needs a flow-matching scheduler"
+                )
             return x + a * pred, x - b * pred
         raise MemberbenchError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
 
