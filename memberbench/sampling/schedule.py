@@ -188,7 +188,10 @@ class Schedule:
         if prediction_type == "v_prediction" and self.family == "vp":
             return (a**2 + b**2) / a
         if prediction_type == "flow" and self.family == "flow":
-            return (a + b) / a
+            # at sigma = 1 (a = 0) eps_hat = x whatever v is: ||eps_c - eps_u|| = 0 carries no
+            # velocity difference, so the factor is undefined (NaN), not infinite
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(a > 0, (a + b) / np.where(a > 0, a, 1.0), np.nan)
         allowed = (
             "epsilon, v_prediction, sample" if self.family == "vp" else "epsilon, sample, flow"
         )
