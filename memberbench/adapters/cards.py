@@ -181,6 +181,11 @@ def register_builtin_cards() -> None:
     for name, card in CARDS.items():
         if name not in MODELS:
             MODELS.register(name, CardFactory(card))
+    from memberbench.adapters import sd3
+
+    for name, factory in sd3.factories().items():  # flow-matching SD 3 / 3.5 (adapters/sd3.py)
+        if name not in MODELS:
+            MODELS.register(name, factory)
 
 
 register_builtin_cards()
