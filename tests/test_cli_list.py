@@ -60,11 +60,23 @@ def test_models_are_listed_from_their_cards_without_loading_weights(capsys, monk
     def no_loading(*a, **kw):
         raise AssertionError("memberbench list loaded weights")
 
+    from memberbench.adapters.sd3 import SD3Adapter
+
     monkeypatch.setattr(StableDiffusionAdapter, "from_pretrained", no_loading)
+    monkeypatch.setattr(SD3Adapter, "from_pretrained", no_loading)
     rc, lines, err = run_list(capsys, "models")
     assert rc == 0 and err == ""
     got = rows(lines)
-    assert list(got) == ["bundled", "realistic-vision", "sd-1.4", "sd-1.5", "sd-2.1-base"]
+    assert list(got) == [
+        "bundled",
+        "realistic-vision",
+        "sd-1.4",
+        "sd-1.5",
+        "sd-2.1-base",
+        "sd-3-medium",
+        "sd-3.5-medium",
+    ]
+    assert got["sd-3.5-medium"].startswith("stabilityai/stable-diffusion-3.5-medium, 1024 px, flow: ")
     assert got["sd-1.4"] == (
         "CompVis/stable-diffusion-v1-4, 512 px, epsilon: The paper's main model "
         "(Pearson r about 0.92 between D and SSCD)."
