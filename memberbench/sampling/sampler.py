@@ -17,6 +17,13 @@ Conventions
   and DPM++; divided by ``sqrt(1 + sigma^2)`` for the Euler/Heun/LMS family.  ``x_T`` is state 0
   after the hooks' ``on_start``.
 * The Tweedie estimate uses the scaled model input (the VP ``x_t``) and ``abar_t``.
+* Flow-matching models (``adapter.prediction == "flow"``, ``FlowMatch*`` schedulers): the adapter's
+  ``predict_velocity`` gives ``v = eps - x0``; guidance is applied to v (as the SD3 pipeline
+  does) and each branch is split into ``(eps_hat, x0_hat)`` by
+  :meth:`memberbench.sampling.schedule.Schedule.split`.  States are traced as the scheduler holds
+  them (``(1 - sigma) x0 + sigma eps``), ``abar_t``/``abar_next`` hold the VP-equivalent levels
+  and the trace scalar ``flow_matching`` is 1.  Hooks that replace the CFG combination
+  (``combine``) are refused for them.
 * Noise levels are exact for DDIM / DDPM / DPM++ and the sigma schedulers; for multi-stage
   schedulers (PNDM's repeated first timestep, Heun's two evaluations per step) each loop
   iteration is one "step" of the trace and ``abar_next`` is that of the next grid entry.
