@@ -76,7 +76,9 @@ def test_models_are_listed_from_their_cards_without_loading_weights(capsys, monk
         "sd-3-medium",
         "sd-3.5-medium",
     ]
-    assert got["sd-3.5-medium"].startswith("stabilityai/stable-diffusion-3.5-medium, 1024 px, flow: ")
+    assert got["sd-3.5-medium"].startswith(
+        "stabilityai/stable-diffusion-3.5-medium, 1024 px, flow: "
+    )
     assert got["sd-1.4"] == (
         "CompVis/stable-diffusion-v1-4, 512 px, epsilon: The paper's main model "
         "(Pearson r about 0.92 between D and SSCD)."
