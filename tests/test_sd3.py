@@ -213,3 +213,10 @@ def test_sd3_bad_input_is_one_line(sd3_adapter, tmp_path, monkeypatch):
         load_adapter("sd-3.5-medium:vae=stabilityai/sd-vae-ft-mse")
     with pytest.raises(MemberbenchError, match="samples only with its own"):
         sd3_adapter.make_scheduler("euler")
+    # the card's scheduler is a name every scheduler option accepts
+    from memberbench.sampling.schedulers import check_scheduler_name
+
+    check_scheduler_name(card.defaults["scheduler"])
+    assert type(sd3_adapter.make_scheduler(card.defaults["scheduler"])).__name__ == (
+        "FlowMatchEulerDiscreteScheduler"
+    )

@@ -301,7 +301,7 @@ SD_3_MEDIUM = ModelCard(
         "rectified flow (FlowMatchEulerDiscreteScheduler, shift 3.0); gated repo (accept the "
         "licence on the Hub). The decomposition uses a = 1 - sigma, b = sigma."
     ),
-    defaults={"guidance": 7.0, "steps": 28, "scheduler": "flow_euler"},
+    defaults={"guidance": 7.0, "steps": 28, "scheduler": "FlowMatchEulerDiscreteScheduler"},
 )
 SD_35_MEDIUM = ModelCard(
     name="sd-3.5-medium",
@@ -315,7 +315,7 @@ SD_35_MEDIUM = ModelCard(
         "(FlowMatchEulerDiscreteScheduler, shift 3.0); gated repo. Decomposition: a = 1 - sigma, "
         "b = sigma."
     ),
-    defaults={"guidance": 4.5, "steps": 40, "scheduler": "flow_euler"},
+    defaults={"guidance": 4.5, "steps": 40, "scheduler": "FlowMatchEulerDiscreteScheduler"},
 )
 CARDS: dict[str, ModelCard] = {c.name: c for c in (SD_3_MEDIUM, SD_35_MEDIUM)}
 
