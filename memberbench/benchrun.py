@@ -871,6 +871,12 @@ class BenchRun:
             "device": d.get("device"),
             "scheduler_config": d.get("scheduler_config") or {},
             **{k: v for k, v in d.items() if k not in ("card", "fingerprint", "scheduler_config")},
+            # the scheduler sampling uses (scheduler_config is the one the model shipped with)
+            **(
+                {"scheduler_used": a.describe_scheduler(self.config.scheduler)}
+                if hasattr(a, "describe_scheduler")
+                else {}
+            ),
         }
 
     def describe_mitigation(self) -> dict[str, Any]:

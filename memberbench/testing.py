@@ -52,3 +52,95 @@ def _tokenizer_dir(build) -> Path:
         tok.save_pretrained(tmp)
         tmp.replace(out) if not out.exists() else None
     return out
+
+
+def clip_tokenizer() -> object:
+    """SD 1.x's CLIP tokenizer (the bundled model's files; no network)."""
+    from transformers import CLIPTokenizer
+
+    from memberbench.bundled.train import build_tokenizer
+
+    return CLIPTokenizer.from_pretrained(_tokenizer_dir(build_tokenizer))
+
+
+def make_tiny_sdxl_pipeline(seed: int = 0, sample_size: int = 16) -> object:
+    """A randomly initialised StableDiffusionXLPipeline built from config the way diffusers'
+    own SDXL pipeline tests build theirs (two CLIP text encoders of width 32, the second with a
+    projection, a 2-level text_time UNet), with the bundled CLIP tokenizer for both tokenizers
+    (vocabulary 49408, so the encoders take its ids).  Images are ``8 * sample_size`` px."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + the 32 pooled features
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        sample_size=8 * sample_size,
+        norm_num_groups=32,
+    )
+    tok = clip_tokenizer()
+    cfg = CLIPTextConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tok),
+        hidden_act="gelu",
+        projection_dim=32,
+        max_position_embeddings=tok.model_max_length,
+    )
+    torch.manual_seed(seed)
+    te1 = CLIPTextModel(cfg)
+    torch.manual_seed(seed + 1)
+    te2 = CLIPTextModelWithProjection(cfg)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=tok,
+        tokenizer_2=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+    for m in (unet, vae, te1, te2):
+        m.eval()
+    return pipe

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ class Adapter(ABC):
     card: ModelCard
     device: torch.device
     dtype: torch.dtype
+    # The architecture family ("sd", "sdxl", "pixart", ...): mitigations declare the families
+    # they support and refuse the others.  An adapter of another architecture sets its own.
+    family: ClassVar[str] = "sd"
 
     # --- identity -------------------------------------------------------------------------
     @property
@@ -61,6 +64,7 @@ class Adapter(ABC):
         """Everything a results file needs to trace numbers back to this model."""
         return {
             "card": self.card.to_dict(),
+            "family": self.family,
             "fingerprint": self.fingerprint(),
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
@@ -77,6 +81,13 @@ class Adapter(ABC):
     def make_scheduler(self, name: str = "ddim") -> Any:
         """A fresh diffusers scheduler (by short name, e.g. 'ddim', 'pndm', 'euler', or class
         name) configured with this model's training schedule."""
+
+    def describe_scheduler(self, name: str) -> dict[str, Any]:
+        """The scheduler sampling really uses (``make_scheduler(name)``): its short name, class
+        and config, as opposed to ``scheduler_config``, the one the model shipped with."""
+        sched = self.make_scheduler(name)
+        cfg = {k: v for k, v in dict(sched.config).items() if not k.startswith("_")}
+        return {"name": name, "class": type(sched).__name__, "config": cfg}
 
     @property
     @abstractmethod

@@ -102,9 +102,36 @@ REALISTIC_VISION = ModelCard(
     },
 )
 
-CARDS: dict[str, ModelCard] = {c.name: c for c in (SD_14, SD_15, SD_21_BASE, REALISTIC_VISION)}
+SDXL_BASE = ModelCard(
+    name="sdxl",
+    repo_id="stabilityai/stable-diffusion-xl-base-1.0",
+    revision="462165984030d82259a11f4367a4eed129e94a7b",
+    resolution=1024,
+    prediction_type="epsilon",
+    training_data=(
+        "Undisclosed web-scale image-text data (Podell et al. 2023, arXiv 2307.01952): "
+        "multi-aspect training at about 1024^2 px, conditioned on original size and crop "
+        "coordinates; two text encoders (CLIP ViT-L and OpenCLIP ViT-bigG). No published "
+        "memorized-prompt set: name both prompt sets."
+    ),
+    notes=(
+        "Base model only (no refiner). The unconditional input is zeros "
+        "(force_zeros_for_empty_prompt), as in StableDiffusionXLPipeline's default."
+    ),
+    defaults={"guidance": 5.0, "steps": 50, "scheduler": "ddim"},
+)
 
-SPEC_KEYS = ("path", "revision", "dtype", "device", "vae")
+CARDS: dict[str, ModelCard] = {
+    c.name: c for c in (SD_14, SD_15, SD_21_BASE, REALISTIC_VISION, SDXL_BASE)
+}
+
+# the adapter class of each card that is not an SD-family UNet pipeline ("module:Class")
+ADAPTERS: dict[str, str] = {
+    "sdxl": "memberbench.adapters.sdxl:SDXLAdapter",
+}
+SD_ADAPTER = "memberbench.adapters.stable_diffusion:StableDiffusionAdapter"
+
+SPEC_KEYS = ("path", "revision", "dtype", "device", "vae", "resolution")
 
 
 def _check_keys(name: str, params: dict[str, Any]) -> None:
@@ -119,8 +146,9 @@ def _check_keys(name: str, params: dict[str, Any]) -> None:
 class CardFactory:
     """``factory(params) -> StableDiffusionAdapter`` for one built-in card."""
 
-    def __init__(self, card: ModelCard) -> None:
+    def __init__(self, card: ModelCard, adapter: str = SD_ADAPTER) -> None:
         self.card = card
+        self.adapter = adapter  # "module:Class" of the adapter (loaded on first use)
 
     def __repr__(self) -> str:
         return f"CardFactory({self.card.name!r})"
@@ -133,27 +161,33 @@ class CardFactory:
         # bad values fail here, before any weights are read
         params["dtype"] = parse_dtype(params.get("dtype"))
         params["device"] = parse_device(params.get("device"))
-        return self.load(self.card, params)
+        card = self.card
+        if params.get("resolution") not in (None, ""):
+            card = with_changes(card, resolution=parse_resolution(card.name, params["resolution"]))
+        return self.load(card, params)
 
     def load(self, card: ModelCard, params: dict[str, Any]) -> Adapter:
         """Load the weights for already-checked ``params``; cards of other worlds override it."""
-        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
-
+        cls = load_class(self.adapter)
         path = params.get("path") or None
         revision = params.get("revision") or card.revision
         vae = params.get("vae", card.defaults.get("vae"))
         if isinstance(vae, str) and vae.lower() in ("", "none", "model"):
             vae = None
         if path:
+            # a local copy: the hub revision says nothing about it; describe() records the
+            # full-byte sha256 of its files instead
             card = with_changes(
-                card, notes=(card.notes + f" Loaded from local path {path}.").strip()
+                card,
+                revision="local",
+                notes=(card.notes + f" Loaded from local path {path}.").strip(),
             )
-            return StableDiffusionAdapter.from_pretrained(
+            return cls.from_pretrained(
                 path, card, device=params.get("device"), dtype=params.get("dtype"), vae=vae
             )
         if revision != card.revision:
             card = with_changes(card, revision=revision)
-        return StableDiffusionAdapter.from_pretrained(
+        return cls.from_pretrained(
             card.repo_id,
             card,
             revision=revision,
@@ -161,6 +195,29 @@ class CardFactory:
             dtype=params.get("dtype"),
             vae=vae,
         )
+
+
+def load_class(entry: str) -> type:
+    """The class of a ``"module:Class"`` entry."""
+    import importlib
+
+    mod, _, name = entry.partition(":")
+    return getattr(importlib.import_module(mod), name)
+
+
+def parse_resolution(model: str, raw: Any) -> int:
+    """``resolution=`` of a model spec: a positive multiple of 8 pixels, else one line."""
+    try:
+        f = float(raw)
+        ok = f.is_integer() and f >= 8 and int(f) % 8 == 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise MemberbenchError(
+            f"model {model!r}: resolution={raw!r} is not valid; give the image side in pixels, "
+            "a positive multiple of 8 (e.g. resolution=1024)"
+        )
+    return int(float(raw))
 
 
 def with_changes(card: ModelCard, **changes: Any) -> ModelCard:
@@ -173,6 +230,7 @@ def with_changes(card: ModelCard, **changes: Any) -> ModelCard:
 # The bundled model is an application on top of the library: its card and loader live in
 # memberbench/bundled/card.py and are registered here by name only, imported on first use.
 BUNDLED_ENTRY = "memberbench.bundled.card:FACTORY"
+LOCAL_ENTRY = "memberbench.adapters.local:FACTORY"
 
 
 def register_builtin_cards() -> None:
@@ -180,12 +238,14 @@ def register_builtin_cards() -> None:
         MODELS.register("bundled", BUNDLED_ENTRY)
     for name, card in CARDS.items():
         if name not in MODELS:
-            MODELS.register(name, CardFactory(card))
+            MODELS.register(name, CardFactory(card, ADAPTERS.get(name, SD_ADAPTER)))
     from memberbench.adapters import sd3
 
     for name, factory in sd3.factories().items():  # flow-matching SD 3 / 3.5 (adapters/sd3.py)
         if name not in MODELS:
             MODELS.register(name, factory)
+    if "diffusers" not in MODELS:  # any local diffusers folder (memberbench/adapters/local.py)
+        MODELS.register("diffusers", LOCAL_ENTRY)
 
 
 register_builtin_cards()

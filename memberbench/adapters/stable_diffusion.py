@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +30,28 @@ class StableDiffusionAdapter(Adapter):
     Build it from a loaded pipeline (``StableDiffusionAdapter(pipe, card)``) or from a folder or
     Hugging Face repo (:meth:`from_pretrained`).  ``.pipe`` is the pipeline (its scheduler is the
     one the model shipped with), ``.unet`` the denoiser.
+
+    Subclasses for other architectures (:mod:`memberbench.adapters.sdxl`,
+    :mod:`memberbench.adapters.pixart`) set ``family``, the components they need and the modules
+    the fingerprint hashes, and override the prompt encoding and the denoiser call.
     """
+
+    family: ClassVar[str] = "sd"
+    # the pipeline attributes the adapter needs, and the modules whose weights it computes with
+    COMPONENTS: ClassVar[tuple[str, ...]] = (
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+    )
+    MODULES: ClassVar[tuple[str, ...]] = ("unet", "vae", "text_encoder")
+    DENOISER: ClassVar[str] = "unet"
+    # extra keyword arguments of DiffusionPipeline.from_pretrained for this pipeline class
+    PIPELINE_KWARGS: ClassVar[dict[str, Any]] = {
+        "safety_checker": None,
+        "requires_safety_checker": False,
+    }
 
     def __init__(
         self,
@@ -42,21 +63,23 @@ class StableDiffusionAdapter(Adapter):
         source: str | None = None,
         weight_dirs: list[str | os.PathLike] | None = None,
     ) -> None:
-        for comp in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        for comp in self.COMPONENTS:
             if getattr(pipe, comp, None) is None:
                 raise MemberbenchError(
-                    f"pipeline {type(pipe).__name__} has no {comp}: not a Stable Diffusion-family "
+                    f"pipeline {type(pipe).__name__} has no {comp}: not a {self.family!r}-family "
                     "text-to-image pipeline"
                 )
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
-        if pipe.unet.dtype != self.dtype:
+        den = getattr(pipe, self.DENOISER)
+        if den.dtype != self.dtype:
             pipe = pipe.to(dtype=self.dtype)
-        if pipe.unet.device != self.device:
+        if den.device != self.device:
             pipe = pipe.to(self.device)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        for comp in self.MODULES:
+            m = getattr(pipe, comp)
             m.eval()
             m.requires_grad_(False)
         self.pipe = pipe
@@ -65,6 +88,7 @@ class StableDiffusionAdapter(Adapter):
         # (None: an in-memory pipeline, whose fingerprint hashes every byte of every tensor)
         self.weight_dirs = [Path(d) for d in weight_dirs] if weight_dirs else None
         self._fingerprint_covers = ""
+        self._files_sha256: str | None = None  # sha256 over every file in weight_dirs
         cfg = dict(pipe.scheduler.config)
         pred = cfg.get("prediction_type", "epsilon")
         if card is None:
@@ -72,7 +96,8 @@ class StableDiffusionAdapter(Adapter):
                 name="custom",
                 repo_id=str(source or "local"),
                 revision=None,
-                resolution=int(pipe.unet.config.sample_size) * self.vae_scale_factor,
+                resolution=int(getattr(pipe, self.DENOISER).config.sample_size)
+                * self.vae_scale_factor,
                 prediction_type=pred,
             )
         self.card = card
@@ -110,6 +135,7 @@ class StableDiffusionAdapter(Adapter):
             vae=vae,
             local_files_only=local_files_only,
             model_name=card.name if card else None,
+            pipeline_kwargs=cls.PIPELINE_KWARGS,
         )
         src = str(path_or_repo) + (f"@{revision}" if revision else "")
         dirs = [_local_dir(path_or_repo, revision)]
@@ -142,11 +168,11 @@ class StableDiffusionAdapter(Adapter):
                 except OSError:  # a folder went away after loading: hash the tensors instead
                     files = None
             tensors: dict[str, torch.Tensor] = {}
-            for comp in ("unet", "vae", "text_encoder"):
+            for comp in self.MODULES:
                 for k, v in getattr(self.pipe, comp).state_dict().items():
                     tensors[f"{comp}.{k}"] = v
             if files is not None:
-                extra["files_sha256"] = files[0]
+                extra["files_sha256"] = self._files_sha256 = files[0]
                 # plus a cheap strided sample of the live tensors, for edits made after loading
                 extra["loaded_sample"] = sampled_tensor_hash(tensors)
                 self._fingerprint = stable_hash(extra)
@@ -154,12 +180,15 @@ class StableDiffusionAdapter(Adapter):
                 self._fingerprint_covers = f"every byte of {files[1]} files in {where}"
             else:
                 self._fingerprint = tensor_fingerprint(tensors, extra)
-                self._fingerprint_covers = "every byte of every unet, vae and text-encoder tensor"
+                self._fingerprint_covers = f"every byte of every {', '.join(self.MODULES)} tensor"
         return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         d["source"] = self.source
+        if self._files_sha256:  # loaded from files: the full-byte sha256 of all of them
+            d["weights_sha256"] = self._files_sha256
+        d["scheduler_shipped"] = self._scheduler_config.get("_class_name")
         d["fingerprint_covers"] = self._fingerprint_covers
         d["prediction_type"] = self.prediction_type
         d["pipeline_class"] = type(self.pipe).__name__
@@ -197,7 +226,7 @@ class StableDiffusionAdapter(Adapter):
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         side = self.resolution // self.vae_scale_factor
-        return (int(self.pipe.unet.config.in_channels), side, side)
+        return (int(getattr(self.pipe, self.DENOISER).config.in_channels), side, side)
 
     def latent_shape_for(self, height: int | None, width: int | None) -> tuple[int, int, int]:
         f = self.vae_scale_factor
@@ -205,7 +234,7 @@ class StableDiffusionAdapter(Adapter):
         w = width or self.resolution
         if h % f or w % f:
             raise MemberbenchError(f"height and width must be multiples of {f}; got {h}x{w}")
-        return (int(self.pipe.unet.config.in_channels), h // f, w // f)
+        return (int(getattr(self.pipe, self.DENOISER).config.in_channels), h // f, w // f)
 
     # --- batched operations ------------------------------------------------------------------
     @torch.no_grad()
@@ -351,6 +380,7 @@ def load_pipeline(
     vae: str | None = None,
     local_files_only: bool | None = None,
     model_name: str | None = None,
+    pipeline_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """A diffusers text-to-image pipeline from a local folder or a Hugging Face repo id.
 
@@ -370,7 +400,9 @@ def load_pipeline(
                 f"{src} is not a diffusers pipeline folder (no model_index.json); point path= at "
                 "the folder holding model_index.json, unet/, vae/, text_encoder/, tokenizer/"
             )
-    pipe_kwargs = dict(kwargs, safety_checker=None, requires_safety_checker=False)
+    if pipeline_kwargs is None:
+        pipeline_kwargs = StableDiffusionAdapter.PIPELINE_KWARGS
+    pipe_kwargs = dict(kwargs, **pipeline_kwargs)
 
     def _load(local_only: bool):
         p = DiffusionPipeline.from_pretrained(
