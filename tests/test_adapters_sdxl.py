@@ -195,3 +195,20 @@ def test_missing_sdxl_weights_offline(monkeypatch, tmp_path):
     card = CARDS["sdxl"]
     assert card.repo_id in msg and card.revision in msg
     assert "--model sdxl:path=/local/dir" in msg and "\n" not in msg
+
+
+def test_mitigations_declared_for_sdxl_run_on_it(sdxl):
+    """Every built-in method that declares the sdxl family runs end to end on the tiny SDXL
+    model; the SD-only ones are refused before generation."""
+    from memberbench.mitigations import BUILTIN, build_mitigation, mitigation_class
+    from memberbench.runner import run_generation
+
+    req = GenerationRequest("a red circle", seed=0, steps=3, guidance=5.0)
+    for name in sorted(BUILTIN):
+        m = build_mitigation(name)
+        if "sdxl" in mitigation_class(name).families:
+            (s,) = run_generation(sdxl, [req], mitigation=m, progress=False)
+            assert s.ok and s.image.shape == (128, 128, 3), name
+        else:
+            with pytest.raises(MemberbenchError, match="does not support model 'sdxl'"):
+                run_generation(sdxl, [req], mitigation=m, progress=False)

@@ -447,3 +447,70 @@ def test_overestimation_guard_limits_guidance_only_where_the_signal_exceeds(adap
         r_used = s.trace["x0_g_norm"][:2] / s.trace["x0_c_norm"][:2]
         np.testing.assert_allclose(r_used[over], thr, rtol=1e-5)
         assert s.unet_evals == 2 * STEPS
+
+
+# --- families ------------------------------------------------------------------------------------
+
+
+def test_every_builtin_declares_its_families():
+    from memberbench.mitigations import mitigation_class
+
+    for name in BUILTIN:
+        cls = mitigation_class(name)
+        fam = cls.__dict__.get("families")
+        assert isinstance(fam, frozenset) and "sd" in fam, name  # declared on the class itself
+        assert describe_mitigations()[name]["families"] == sorted(fam)
+    # the methods that edit SD's CLIP token embeddings or its cross-attention are SD-only
+    assert mitigation_class("prompt-embedding").families == {"sd"}
+    assert mitigation_class("attention-reweight").families == {"sd"}
+    assert "sdxl" in mitigation_class("guidance-schedule").families
+
+
+class _OtherFamily:
+    """An adapter of a family no method declares; generating with it would fail loudly."""
+
+    name = "other-model"
+    family = "other"
+    unet = None
+
+    def __getattr__(self, attr):
+        raise AssertionError(f"generation started: adapter.{attr} was used")
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_unsupported_family_is_refused_before_generation(name):
+    from memberbench.runner import run_generation
+
+    m = build_mitigation(name)
+    req = GenerationRequest("a red circle", seed=0, steps=2)
+    with pytest.raises(MemberbenchError) as e:
+        if name == "none":  # the runner samples plainly, without asking the baseline method
+            m.check_compatible(_OtherFamily())
+        else:
+            run_generation(_OtherFamily(), [req], mitigation=m, progress=False)
+    msg = str(e.value)
+    assert f"mitigation {name!r} does not support model 'other-model' (family 'other')" in msg
+    assert "\n" not in msg and "Methods that support 'other': none" in msg
+
+
+def test_sd_only_method_is_refused_for_sdxl_naming_the_alternatives():
+    sdxl_like = type("A", (), {"name": "sdxl", "family": "sdxl", "unet": None})()
+    for name in ("prompt-embedding", "attention-reweight"):
+        with pytest.raises(MemberbenchError) as e:
+            build_mitigation(name).check_compatible(sdxl_like)
+        msg = str(e.value)
+        assert "family 'sdxl'" in msg and "supports the families sd." in msg
+        assert "guidance-schedule" in msg and "prompt-embedding," not in msg
+    build_mitigation("guidance-schedule").check_compatible(sdxl_like)  # declared: accepted
+
+
+def test_own_check_compatible_still_checks_the_family():
+    class Picky(Mitigation):
+        name = "picky"
+
+        def check_compatible(self, adapter):  # does not call super()
+            pass
+
+    with pytest.raises(MemberbenchError, match="does not support model 'other-model'"):
+        Picky().check_compatible(_OtherFamily())
+    Picky().check_compatible(type("A", (), {"name": "sd-model"})())  # no family: "sd"

@@ -114,6 +114,7 @@ def describe_mitigations() -> dict[str, dict[str, Any]]:
             continue
         out[name] = {
             "citation": cls.citation,
+            "families": sorted(getattr(cls, "families", ())),
             "params": {k: p.describe() for k, p in cls.params.items()},
         }
     return out

@@ -241,6 +241,7 @@ class AttentionReweight(Mitigation):
     (padding) tokens masked, optionally the top-attended prompt tokens down-weighted."""
 
     name = "attention-reweight"
+    families = frozenset({"sd"})  # patches SD 1/2 UNet cross-attention over CLIP tokens (BOS logit)
     citation = (
         "Ren, Li, Zeng, Xu, Lyu, Xing & Tang, 'Unveiling and Mitigating Memorization in "
         "Text-to-image Diffusion Models through Cross Attention', ECCV 2024 (arXiv 2403.11052)"

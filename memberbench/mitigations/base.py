@@ -24,6 +24,7 @@ before and after optimisation) go to :func:`record_meta`, which the sampler copi
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -130,6 +131,24 @@ class Mitigation:
     name: ClassVar[str] = "none"
     citation: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
+    # The model families (``adapter.family``: "sd", "sdxl", "pixart", ...) the method is known to
+    # work with; any other is refused by check_compatible, before generation.  Default: the SD
+    # family only, which every method was first written for.
+    families: ClassVar[frozenset[str]] = frozenset({"sd"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a subclass's own check_compatible still refuses unsupported families first
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("check_compatible")
+        if own is not None and not getattr(own, "_checks_family", False):
+
+            @functools.wraps(own)
+            def checked(self: Mitigation, adapter: Any, _own: Any = own) -> None:
+                self.check_family(adapter)
+                _own(self, adapter)
+
+            checked._checks_family = True  # type: ignore[attr-defined]
+            cls.check_compatible = checked  # type: ignore[method-assign]
 
     def __init__(self, **kwargs: Any) -> None:
         unknown = sorted(set(kwargs) - set(self.params))
@@ -183,8 +202,23 @@ class Mitigation:
         return f"<mitigation {self.spec()}>"
 
     # --- plug points ------------------------------------------------------------------------
+    def check_family(self, adapter: Any) -> None:
+        """Refuse, in one line, a model whose family this method does not declare."""
+        family = str(getattr(adapter, "family", "sd"))
+        if family in self.families:
+            return
+        model = getattr(adapter, "name", type(adapter).__name__)
+        others = supporting(family)
+        raise MemberbenchError(
+            f"mitigation {self.name!r} does not support model {model!r} (family {family!r}); "
+            f"it supports the families {', '.join(sorted(self.families))}. Methods that support "
+            f"{family!r}: {', '.join(others) if others else 'none'}"
+        )
+
     def check_compatible(self, adapter: Any) -> None:
-        """Raise MemberbenchError with the reason if this method cannot work with ``adapter``."""
+        """Raise MemberbenchError with the reason if this method cannot work with ``adapter``
+        (the base refuses a family not in ``families``)."""
+        self.check_family(adapter)
 
     def transform_requests(self, requests: list[GenerationRequest]) -> list[GenerationRequest]:
         return requests
@@ -194,6 +228,22 @@ class Mitigation:
 
     def hooks(self) -> list[StepHook]:
         return []
+
+
+def supporting(family: str) -> list[str]:
+    """Names of the registered methods that declare ``family`` (those that fail to import are
+    left out)."""
+    from memberbench.registry import MITIGATIONS
+
+    out = []
+    for name in MITIGATIONS.names():
+        try:
+            cls = MITIGATIONS.get(name)
+        except Exception:  # noqa: BLE001 - an out-of-tree entry that fails to import
+            continue
+        if family in getattr(cls, "families", ()):
+            out.append(name)
+    return out
 
 
 # --- helpers for hooks -------------------------------------------------------------------------

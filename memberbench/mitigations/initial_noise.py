@@ -140,6 +140,9 @@ class InitialNoiseAdjustment(Mitigation):
     AdamW, or collectively by sharpness-style steps followed by a short guidance delay)."""
 
     name = "initial-noise"
+    families = frozenset(
+        {"sd", "sdxl", "pixart"}
+    )  # differentiates the model's predict_noise w.r.t. x_T; any conditioning
     citation = (
         "Han, Kim, Joo, Hong & Lee, 'Adjusting Initial Noise to Mitigate Memorization in "
         "Text-to-Image Diffusion Models', NeurIPS 2025 (arXiv 2510.08625)"

@@ -9,5 +9,6 @@ class NoMitigation(Mitigation):
     """No mitigation: the sampler's own DDIM + CFG loop, unchanged (no parameters, no cost)."""
 
     name = "none"
+    families = frozenset({"sd", "sdxl", "pixart"})  # plain CFG: any model
     citation = ""
     params = {}

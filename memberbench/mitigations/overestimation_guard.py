@@ -109,6 +109,9 @@ class OverestimationGuard(Mitigation):
     exceed ``threshold`` times the conditional one (see the module docstring)."""
 
     name = "overestimation-guard"
+    families = frozenset(
+        {"sd", "sdxl", "pixart"}
+    )  # acts on the noise predictions and abar of a DDPM-family schedule
     citation = (
         "memberbench's own method, from the early-overestimation account of memorization in Kim, "
         "Kim & Lee, 'How Diffusion Models Memorize', arXiv 2509.25705 (2025)"

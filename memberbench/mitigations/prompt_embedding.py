@@ -107,6 +107,7 @@ class PromptEmbeddingOptimization(Mitigation):
     until it reaches ``target`` or ``max_iters`` AdamW steps were spent."""
 
     name = "prompt-embedding"
+    families = frozenset({"sd"})  # optimises SD's (B, L, D) CLIP token embeddings
     citation = (
         "Wen, Liu, Chen & Lyu, 'Detecting, Explaining, and Mitigating Memorization in Diffusion "
         "Models', ICLR 2024"
