@@ -67,7 +67,8 @@ def test_models_are_listed_from_their_cards_without_loading_weights(capsys, monk
     rc, lines, err = run_list(capsys, "models")
     assert rc == 0 and err == ""
     got = rows(lines)
-    assert list(got) == [
+    assert list(got) == sorted(got)
+    assert {
         "bundled",
         "realistic-vision",
         "sd-1.4",
@@ -75,10 +76,14 @@ def test_models_are_listed_from_their_cards_without_loading_weights(capsys, monk
         "sd-2.1-base",
         "sd-3-medium",
         "sd-3.5-medium",
-    ]
+        "sdxl",
+        "diffusers",
+    } <= set(got)
     assert got["sd-3.5-medium"].startswith(
         "stabilityai/stable-diffusion-3.5-medium, 1024 px, flow: "
     )
+    assert got["sdxl"].startswith("stabilityai/stable-diffusion-xl-base-1.0, 1024 px, epsilon")
+    assert "--model diffusers:path=DIR" in got["diffusers"]
     assert got["sd-1.4"] == (
         "CompVis/stable-diffusion-v1-4, 512 px, epsilon: The paper's main model "
         "(Pearson r about 0.92 between D and SSCD)."
