@@ -144,3 +144,111 @@ def make_tiny_sdxl_pipeline(seed: int = 0, sample_size: int = 16) -> object:
     for m in (unet, vae, te1, te2):
         m.eval()
     return pipe
+
+
+T5_TRAINING_TEXT = (
+    "a red circle",
+    "a blue square on green",
+    "zorblat quennix",
+    "the quick brown fox jumps over the lazy dog",
+    "a photo of a cat sitting on a wooden table",
+)
+
+
+def make_t5_tokenizer(vocab_size: int = 120) -> object:
+    """A tiny T5 tokenizer built locally (no network): a unigram sentencepiece-style model
+    trained with the ``tokenizers`` library on :data:`T5_TRAINING_TEXT`, with T5's special tokens
+    (``<pad>`` = 0, ``</s>`` = 1 appended to every sequence, ``<unk>`` = 2) and Metaspace
+    pre-tokenization, wrapped in transformers' ``T5TokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    tok.train_from_iterator(list(T5_TRAINING_TEXT) * 4, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0
+    )
+
+
+def make_tiny_pixart_pipeline(kind: str = "alpha", seed: int = 0, sample_size: int = 8) -> object:
+    """A randomly initialised PixArtAlphaPipeline (``kind="alpha"``) or PixArtSigmaPipeline
+    (``"sigma"``) built from config the way diffusers' PixArt pipeline tests build theirs
+    (a 2-layer PixArtTransformer2DModel with learned sigma, i.e. 2x output channels, and a
+    tiny T5 encoder), with the locally built T5 tokenizer.  Latents 4 x sample_size^2, images
+    2 x sample_size px (sample_size 128 switches PixArt-alpha's micro-conditions on)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+        PixArtTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    tok = make_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        sample_size=sample_size,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        sample_size=2 * sample_size,
+    )
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tok),
+            d_model=32,
+            d_ff=37,
+            d_kv=8,
+            num_heads=4,
+            num_layers=2,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            decoder_start_token_id=tok.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False
+    )
+    cls = {"alpha": PixArtAlphaPipeline, "sigma": PixArtSigmaPipeline}[kind]
+    pipe = cls(
+        tokenizer=tok,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
+    for m in (transformer, vae, text_encoder):
+        m.eval()
+    return pipe

@@ -121,13 +121,55 @@ SDXL_BASE = ModelCard(
     defaults={"guidance": 5.0, "steps": 50, "scheduler": "ddim"},
 )
 
+PIXART_NOTES = (
+    " T5-XXL text encoder (about 4.8B parameters: the largest download); learned sigma (the "
+    "transformer outputs epsilon and a variance; memberbench keeps the epsilon half, as "
+    "diffusers' pipeline does); captions lower-cased, not cleaned (clean_caption=False)."
+)
+
+PIXART_ALPHA = ModelCard(
+    name="pixart-alpha",
+    repo_id="PixArt-alpha/PixArt-XL-2-1024-MS",
+    revision="b89adadeccd9ead2adcb9fa2825d3fabec48d404",
+    resolution=1024,
+    prediction_type="epsilon",
+    training_data=(
+        "Chen et al. 2023 (arXiv 2310.00426): ImageNet-pretrained DiT, then SAM images with "
+        "LLaVA-generated dense captions and a 14M-image internal high-aesthetic set (JourneyDB "
+        "among them). No published memorized-prompt set: name both prompt sets."
+    ),
+    notes="Diffusion transformer (PixArt-alpha, 1024 px, 120 T5 tokens)." + PIXART_NOTES,
+    defaults={"guidance": 4.5, "steps": 50, "scheduler": "ddim", "max_sequence_length": 120},
+)
+
+PIXART_SIGMA = ModelCard(
+    name="pixart-sigma",
+    repo_id="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+    revision="e102b3591cc82e97071b8b4cb90d834d0c487207",
+    resolution=1024,
+    prediction_type="epsilon",
+    training_data=(
+        "Chen et al. 2024 (arXiv 2403.04692): PixArt-alpha weak-to-strong fine-tuned on about "
+        "33M higher-quality images with longer captions, SDXL's VAE. No published "
+        "memorized-prompt set: name both prompt sets."
+    ),
+    notes=(
+        "Diffusion transformer (PixArt-sigma, 1024 px, 300 T5 tokens). Revision e102b359... "
+        "is one observed commit of the repo." + PIXART_NOTES
+    ),
+    defaults={"guidance": 4.5, "steps": 50, "scheduler": "ddim", "max_sequence_length": 300},
+)
+
 CARDS: dict[str, ModelCard] = {
-    c.name: c for c in (SD_14, SD_15, SD_21_BASE, REALISTIC_VISION, SDXL_BASE)
+    c.name: c
+    for c in (SD_14, SD_15, SD_21_BASE, REALISTIC_VISION, SDXL_BASE, PIXART_ALPHA, PIXART_SIGMA)
 }
 
 # the adapter class of each card that is not an SD-family UNet pipeline ("module:Class")
 ADAPTERS: dict[str, str] = {
     "sdxl": "memberbench.adapters.sdxl:SDXLAdapter",
+    "pixart-alpha": "memberbench.adapters.pixart:PixArtAdapter",
+    "pixart-sigma": "memberbench.adapters.pixart:PixArtAdapter",
 }
 SD_ADAPTER = "memberbench.adapters.stable_diffusion:StableDiffusionAdapter"
 

@@ -25,6 +25,8 @@ from memberbench.types import MemberbenchError
 PIPELINES: dict[str, str] = {
     "StableDiffusionPipeline": "memberbench.adapters.stable_diffusion:StableDiffusionAdapter",
     "StableDiffusionXLPipeline": "memberbench.adapters.sdxl:SDXLAdapter",
+    "PixArtAlphaPipeline": "memberbench.adapters.pixart:PixArtAdapter",
+    "PixArtSigmaPipeline": "memberbench.adapters.pixart:PixArtAdapter",
 }
 
 KEYS = ("path", "resolution", "dtype", "device", "vae")
