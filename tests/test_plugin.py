@@ -281,6 +281,21 @@ def test_unknown_option_values_list_the_allowed_ones(bench, option, message):
     r.stderr.fnmatch_lines([message])
 
 
+def test_mitigation_of_another_family_is_refused_before_generation(bench, monkeypatch):
+    """The plugin refuses a (mitigation, model family) pair the method does not declare, in
+    one line, before any task runs (the tiny SD model posing as an SDXL one)."""
+    from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
+
+    monkeypatch.setattr(StableDiffusionAdapter, "family", "sdxl")
+    r = bench("--mitigation=prompt-embedding")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR, r.stdout.str()
+    r.stderr.fnmatch_lines(
+        ["*mitigation 'prompt-embedding' does not support model 'bundled' (family 'sdxl')*"]
+    )
+    assert "passed" not in r.stdout.str()
+    bench("--mitigation=guidance-scale").assert_outcomes(passed=2, skipped=1)
+
+
 def test_duplicate_metric_name_is_an_error(bench, pytester):
     pytester.makepyfile(
         test_dup="""
