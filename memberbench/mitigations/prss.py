@@ -195,6 +195,9 @@ class PRSS(Mitigation):
     phrasing (SS), only for prompts whose first-step magnitude flags them."""
 
     name = "prss"
+    families = frozenset(
+        {"sd"}
+    )  # its embedding-optimisation search edits SD's CLIP token embeddings
     citation = (
         "Chen, Liu, Shah & Xu, 'Enhancing Privacy-Utility Trade-offs to Mitigate Memorization in "
         "Diffusion Models', CVPR 2025 (arXiv 2504.18032)"

@@ -173,6 +173,9 @@ class SAIL(Mitigation):
     then sample from it with plain CFG."""
 
     name = "sail"
+    families = frozenset(
+        {"sd", "sdxl", "pixart"}
+    )  # differentiates predict_noise w.r.t. x_T; any conditioning
     citation = (
         "Jeon, Kim & No, 'Understanding and Mitigating Memorization in Generative Models via "
         "Sharpness of Probability Landscapes', ICML 2025 (arXiv 2412.04140)"
