@@ -458,12 +458,13 @@ def test_every_builtin_declares_its_families():
     for name in BUILTIN:
         cls = mitigation_class(name)
         fam = cls.__dict__.get("families")
-        assert isinstance(fam, frozenset) and "sd" in fam, name  # declared on the class itself
+        assert isinstance(fam, frozenset) and ("sd" in fam or fam == {"*"}), name  # on the class
         assert describe_mitigations()[name]["families"] == sorted(fam)
     # the methods that edit SD's CLIP token embeddings or its cross-attention are SD-only
     assert mitigation_class("prompt-embedding").families == {"sd"}
     assert mitigation_class("attention-reweight").families == {"sd"}
     assert "sdxl" in mitigation_class("guidance-schedule").families
+    assert mitigation_class("none").families == {"*"}  # plain sampling: any model
 
 
 class _OtherFamily:
@@ -477,20 +478,43 @@ class _OtherFamily:
         raise AssertionError(f"generation started: adapter.{attr} was used")
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN))
+@pytest.mark.parametrize("name", sorted(set(BUILTIN) - {"none"}))
 def test_unsupported_family_is_refused_before_generation(name):
     from memberbench.runner import run_generation
 
     m = build_mitigation(name)
     req = GenerationRequest("a red circle", seed=0, steps=2)
     with pytest.raises(MemberbenchError) as e:
-        if name == "none":  # the runner samples plainly, without asking the baseline method
-            m.check_compatible(_OtherFamily())
-        else:
-            run_generation(_OtherFamily(), [req], mitigation=m, progress=False)
+        run_generation(_OtherFamily(), [req], mitigation=m, progress=False)
     msg = str(e.value)
     assert f"mitigation {name!r} does not support model 'other-model' (family 'other')" in msg
     assert "\n" not in msg and "Methods that support 'other': none" in msg
+    build_mitigation("none").check_compatible(_OtherFamily())  # "*": any family
+
+
+def test_mitigations_declared_for_sd3_run_on_it():
+    """The methods that declare the sd3 family run on the tiny SD 3 model (tests/test_sd3.py's
+    components, flow matching); the others are refused before generation."""
+    from test_sd3 import CARD, SEQ, tiny_sd3_pipeline
+
+    from memberbench.adapters.sd3 import SD3Adapter
+    from memberbench.mitigations import mitigation_class
+    from memberbench.runner import run_generation
+
+    ad = SD3Adapter(tiny_sd3_pipeline(), CARD, max_sequence_length=SEQ)
+    req = GenerationRequest("a red circle", seed=0, steps=3, guidance=5.0)
+    ran = []
+    for name in sorted(BUILTIN):
+        m = build_mitigation(name)
+        fams = mitigation_class(name).families
+        if "sd3" in fams or "*" in fams:
+            (s,) = run_generation(ad, [req], mitigation=m, progress=False)
+            assert s.ok, name
+            ran.append(name)
+        else:
+            with pytest.raises(MemberbenchError, match="does not support model 'tiny-sd3'"):
+                run_generation(ad, [req], mitigation=m, progress=False)
+    assert ran == ["caption-randomization", "guidance-scale", "guidance-schedule", "none"]
 
 
 def test_sd_only_method_is_refused_for_sdxl_naming_the_alternatives():

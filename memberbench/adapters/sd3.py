@@ -47,6 +47,7 @@ class SD3Adapter(Adapter):
     """A ``StableDiffusion3Pipeline`` as an Adapter (``prediction = "flow"``)."""
 
     prediction = "flow"
+    family = "sd3"  # mitigations declare whether they support it (memberbench.mitigations)
 
     def __init__(
         self,

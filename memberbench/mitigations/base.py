@@ -131,9 +131,9 @@ class Mitigation:
     name: ClassVar[str] = "none"
     citation: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
-    # The model families (``adapter.family``: "sd", "sdxl", "pixart", ...) the method is known to
-    # work with; any other is refused by check_compatible, before generation.  Default: the SD
-    # family only, which every method was first written for.
+    # The model families (``adapter.family``: "sd", "sdxl", "pixart", "sd3", ...) the method is
+    # known to work with ("*": any); any other is refused by check_compatible, before
+    # generation.  Default: the SD family only, which every method was first written for.
     families: ClassVar[frozenset[str]] = frozenset({"sd"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -205,7 +205,7 @@ class Mitigation:
     def check_family(self, adapter: Any) -> None:
         """Refuse, in one line, a model whose family this method does not declare."""
         family = str(getattr(adapter, "family", "sd"))
-        if family in self.families:
+        if family in self.families or "*" in self.families:  # "*": any family
             return
         model = getattr(adapter, "name", type(adapter).__name__)
         others = supporting(family)
@@ -241,7 +241,8 @@ def supporting(family: str) -> list[str]:
             cls = MITIGATIONS.get(name)
         except Exception:  # noqa: BLE001 - an out-of-tree entry that fails to import
             continue
-        if family in getattr(cls, "families", ()):
+        fams = getattr(cls, "families", ())
+        if family in fams or "*" in fams:
             out.append(name)
     return out
 

@@ -103,7 +103,7 @@ class CaptionRandomization(Mitigation):
     repeated caption words (``mode=repeat``) into each caption, seeded per request."""
 
     name = "caption-randomization"
-    families = frozenset({"sd", "sdxl", "pixart"})  # changes only the caption text
+    families = frozenset({"sd", "sdxl", "pixart", "sd3"})  # changes only the caption text
     citation = (
         "Somepalli, Singla, Goldblum, Geiping & Goldstein, 'Understanding and Mitigating Copying "
         "in Diffusion Models', NeurIPS 2023 (arXiv 2305.20086)"

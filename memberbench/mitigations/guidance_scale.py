@@ -33,7 +33,7 @@ class GuidanceScale(Mitigation):
     """Sample with guidance scale ``scale`` at every step instead of the request's."""
 
     name = "guidance-scale"
-    families = frozenset({"sd", "sdxl", "pixart"})  # changes only the guidance scale
+    families = frozenset({"sd", "sdxl", "pixart", "sd3"})  # changes only the guidance scale
     citation = (
         "Classifier-free guidance scale as a memorization knob: Somepalli et al., 'Understanding "
         "and Mitigating Copying in Diffusion Models', NeurIPS 2023; Kim, Kim & Lee, 'How "

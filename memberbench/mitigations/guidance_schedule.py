@@ -102,7 +102,7 @@ class GuidanceSchedule(Mitigation):
     (``before<0``) until a static or per-sample dynamic transition, then the request's scale."""
 
     name = "guidance-schedule"
-    families = frozenset({"sd", "sdxl", "pixart"})  # changes only the guidance of each step
+    families = frozenset({"sd", "sdxl", "pixart", "sd3"})  # changes only the guidance of each step
     citation = (
         "Jain, Kobayashi, Shibuya, Takida, Memon, Togelius & Mitsufuji, 'Classifier-Free "
         "Guidance inside the Attraction Basin May Cause Memorization', CVPR 2025 "

@@ -9,6 +9,6 @@ class NoMitigation(Mitigation):
     """No mitigation: the sampler's own DDIM + CFG loop, unchanged (no parameters, no cost)."""
 
     name = "none"
-    families = frozenset({"sd", "sdxl", "pixart"})  # plain CFG: any model
+    families = frozenset({"*"})  # plain CFG: any model, whatever its family
     citation = ""
     params = {}
