@@ -32,6 +32,9 @@ prss                     prss.py                      Chen et al. (CVPR 2025): r
                                                       alternative phrasing
 overestimation-guard     overestimation_guard.py      ours: cap the early overestimation of the
                                                       guided clean estimate, online
+overestimation-steer     overestimation_steer.py      ours: flag a prompt by its text-added
+                                                      sharpness before sampling, steer only
+                                                      its early steps
 =======================  ===========================  ==========================================
 """
 
@@ -64,6 +67,7 @@ BUILTIN: dict[str, str] = {
     "sail": "memberbench.mitigations.sail:SAIL",
     "prss": "memberbench.mitigations.prss:PRSS",
     "overestimation-guard": "memberbench.mitigations.overestimation_guard:OverestimationGuard",
+    "overestimation-steer": "memberbench.mitigations.overestimation_steer:OverestimationSteer",
 }
 
 
