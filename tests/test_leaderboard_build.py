@@ -239,23 +239,33 @@ def test_committed_summary_is_short_and_its_headline_columns_are_never_empty():
 
 
 def test_committed_verdicts_agree_with_memberbench_compare(capsys):
-    """Each verdict of the sweep's table is the exit status of `memberbench compare` run on the
-    two files with the tolerance the README names."""
+    """Each verdict of the sweep's table, one per mechanism's level, is the exit status of
+    `memberbench compare` run on the two files with the tolerance the README names; the levels
+    are the ones the setting's own guidance-free row tells apart (dup=64 loses a third of its
+    SSCD without guidance, dup=256 none)."""
     from memberbench import cli
 
     text = (BOARD / "README.md").read_text()
     sweep = text.split("### Setting 2")[1].split("###")[0]
-    spec = re.search(r'--fail "([^"]+)"', sweep).group(1)
-    assert spec == "sscd_mean.dup=256:-50%,clip_score.nonmem:2se"
-    verdict_table = next(t for t in _tables(sweep) if t[0][-1] == "verdict")
+    specs = re.findall(r'--fail\s+"([^"]+)"', sweep)
+    assert specs == [
+        "sscd_mean.dup=64:-50%,clip_score.nonmem:2se",
+        "sscd_mean.dup=256:-50%,clip_score.nonmem:2se",
+    ]
+    verdict_table = next(t for t in _tables(sweep) if t[0][-1].startswith("verdict"))
     assert len(verdict_table) - 1 == 21
     base = BOARD / "results" / "bundled" / "sweep--none.json"
+    passes = [0, 0]
     for row in verdict_table[1:]:
         run = BOARD / "results" / "bundled" / (row[0].strip("`") + ".json")
-        rc = cli.main(["compare", str(base), str(run), "--fail", spec, "--only-checked"])
-        capsys.readouterr()
-        assert (rc == 0) == (row[-1] == "**pass**"), row
-    assert "**0 of 21 pass**" in _flat(sweep)
+        for j, spec in enumerate(specs):
+            rc = cli.main(["compare", str(base), str(run), "--fail", spec, "--only-checked"])
+            capsys.readouterr()
+            assert (rc == 0) == (row[-2 + j] == "**pass**"), (row, spec)
+            passes[j] += rc == 0
+    assert f"**{passes[0]} of 21 pass**" in _flat(sweep)
+    assert f"**{passes[1]} of 21 pass**" in _flat(sweep)
+    assert passes == [2, 0]  # initial-noise at targets 0.15 and 0.3 (at 2.1-2.3x the cost)
 
 
 def test_baselines_one_per_setting_and_verdicts_by_hand(tmp_path):
@@ -498,3 +508,38 @@ def test_add_of_a_version_1_file_migrates_it(tmp_path, built, capsys):
         "detect_auc_set.wen.k1" in added["metrics"] and "detect_auc.wen.k1" not in added["metrics"]
     )
     assert added["metrics"]["detect_auc_set.wen.k1"]["value"] == 0.93
+
+
+def test_levels_are_told_apart_by_the_settings_guidance_free_run(tmp_path):
+    """dup=64 loses 40% of its SSCD without guidance (guidance-driven), dup=256 5% (memorized
+    without guidance), dup=1 is below half the peak (not memorized): two checks, two verdicts."""
+    root = tmp_path / "lb"
+    bundled = root / "results" / "bundled"
+
+    def run(spec: str, s1: float, s64: float, s256: float, clip: float, cfg=None) -> dict:
+        doc = _std(_run(spec, 0.5, clip))
+        for k, v in (("1", s1), ("64", s64), ("256", s256)):
+            doc["metrics"][f"sscd_mean.dup={k}"] = metric_entry(
+                v, higher_is_better=False, stderr=0.01, n=4
+            )
+        doc["metrics"]["clip_score.nonmem"] = metric_entry(
+            clip, higher_is_better=True, stderr=1.0, n=20
+        )
+        if cfg is not None:
+            doc["mitigation"]["config"] = cfg
+        return doc
+
+    write_results(bundled / "none.json", run("none", 0.2, 0.5, 0.6, 66.0))
+    write_results(
+        bundled / "g1.json",
+        run("guidance-scale:scale=1.0", 0.1, 0.3, 0.57, 66.0, {"scale": 1.0}),
+    )
+    # halves dup=64 only: passes the guidance-driven check, fails the other
+    write_results(bundled / "a.json", run("a:x=1", 0.2, 0.2, 0.5, 65.0))
+    text = L.build(root, figures=False)[0].read_text()
+    assert '"sscd_mean.dup=64:-50%,clip_score.nonmem:2se"' in _flat(text)
+    assert '"sscd_mean.dup=256:-50%,clip_score.nonmem:2se"' in _flat(text)
+    table = next(t for t in _tables(text) if t[0][-1].startswith("verdict"))
+    rows = {r[0]: r for r in table[1:]}
+    assert rows["`a`"][-2:] == ["**pass**", "fail"]
+    assert rows["`g1`"][-2:] == ["fail", "fail"]  # -40% is not -50%
