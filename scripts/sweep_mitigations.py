@@ -66,6 +66,8 @@ SWEEPS: dict[str, list[str]] = {
         *(f"overestimation-guard:threshold={thr}" for thr in (1.5, 2.0, 3.0)),
         "overestimation-guard:threshold=1.5,window=1",
     ],
+    # thresholds in the units of the bundled model's flag scores (scripts/calibrate_steer.py)
+    "overestimation-steer": [f"overestimation-steer:threshold={thr}" for thr in (0.35, 0.45, 0.6)],
 }
 
 # The task files that score a mitigation: memorization (SSCD, rates), overestimation (D1/D2, k),

@@ -73,9 +73,7 @@ def adapter(tiny_pipeline_dir):
 def _run(adapter, spec, prompts=("a red circle", "a blue square"), seeds=(0, 1)):
     from memberbench.runner import run_generation
 
-    reqs = [
-        GenerationRequest(p, seed=s, steps=STEPS, guidance=7.5) for p in prompts for s in seeds
-    ]
+    reqs = [GenerationRequest(p, seed=s, steps=STEPS, guidance=7.5) for p in prompts for s in seeds]
     return run_generation(adapter, reqs, mitigation=spec, progress=False)
 
 

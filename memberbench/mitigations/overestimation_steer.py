@@ -23,7 +23,7 @@ averaged over ``probes`` noises x drawn from seeds derived from the prompt's tex
 of a prompt gets the same verdict, whatever its batch).  ``h = rho * sqrt(dim) * sigma_init``.
 A prompt is flagged when the mean exceeds ``threshold``.  Calibrate the threshold on
 non-memorized prompts that are not in the evaluation (the bundled model's value and how it was
-chosen are in docs/mitigations.md).
+chosen are in docs/mitigations.md#overestimation-steer-on-the-bundled-model).
 
 Steer.  For flagged prompts only, the guidance scale is ``before`` while the timestep is above
 ``transition_t`` (default: reversed guidance, -2, until t = 600 of 1000: the window in which the
@@ -131,6 +131,7 @@ class OverestimationSteer(Mitigation):
     and steer only their early, overestimating steps."""
 
     name = "overestimation-steer"
+    families = frozenset({"sd", "sdxl", "pixart"})  # epsilon predictions at a DDPM-family t_1
     citation = (
         "memberbench's own method, from the early-overestimation account of memorization in Kim, "
         "Kim & Lee, 'How Diffusion Models Memorize', arXiv 2509.25705 (2025); the flag is a "
@@ -141,9 +142,7 @@ class OverestimationSteer(Mitigation):
             float, 0.45, "flag a prompt when its mean score exceeds this (model-specific)", 0, 1e9
         ),
         "probes": Param(int, 4, "probe noises per prompt (4 UNet evaluations each)", 1, 64),
-        "rho": Param(
-            float, 0.05, "probe step relative to the expected norm of x_T", 1e-6, 10.0
-        ),
+        "rho": Param(float, 0.05, "probe step relative to the expected norm of x_T", 1e-6, 10.0),
         "transition_t": Param(
             float, 600.0, "steer while the timestep is above this (of 1000)", 0.0, 1000.0
         ),
