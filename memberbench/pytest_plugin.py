@@ -443,7 +443,7 @@ def _family(node: pytest.Item) -> str:
 @pytest.fixture
 def record_metric(request: pytest.FixtureRequest) -> Any:
     """``record_metric(name, value, *, stderr=None, n=None, ci=None, per_prompt=None,
-    prompt_set=None, unit="", description="", note="")``.
+    prompt_set=None, unit="", description="", note="", family="")``.
 
     ``name`` must match exactly one declaration (:mod:`memberbench.metrics.declare`): the
     better direction, and the unit and description where not given, come from it; an
@@ -453,7 +453,8 @@ def record_metric(request: pytest.FixtureRequest) -> Any:
     given).  ``per_prompt``: {prompt_id: value} (a number or a
     list, e.g. per seed) written to the per-prompt JSONL under this metric's name, for the set
     ``prompt_set`` ("memorized" or "nonmemorized"; default: "nonmemorized" if the name has
-    ``.nonmem``, else "memorized").
+    ``.nonmem``, else "memorized").  ``family``: default the recording task file's name
+    (``tasks/test_declared.py`` gives its declarations' own).
     """
     config = request.config
     _activate(config)
@@ -474,6 +475,7 @@ def record_metric(request: pytest.FixtureRequest) -> Any:
         description: str = "",
         note: str = "",
         reason: str = "",
+        family: str = "",
     ) -> dict[str, Any]:
         from memberbench.metrics.declare import lookup
         from memberbench.results import metric_entry
@@ -508,7 +510,7 @@ def record_metric(request: pytest.FixtureRequest) -> Any:
             ci=ci,
             reason=reason,
             note=note,
-            family=_family(request.node),
+            family=family or _family(request.node),
             prompt_set=side,
             unit=unit,
             description=description,

@@ -5,6 +5,9 @@ collapsed onto one image), mean pairwise L2 between the final latents (``latent_
 full latents were recorded (``--mb-latents``), the pairwise L2 at every state: ``collapse_early``
 is the distance at 20% of the steps relative to the distance between the initial noises
 (memorized prompts collapse early, so theirs is small).
+
+``seed_sscd`` and ``latent_l2`` are declared with ``record=`` (memberbench/metrics/diversity.py):
+the generic task ``tasks/test_declared.py`` records them.
 """
 
 from __future__ import annotations
@@ -13,38 +16,16 @@ import numpy as np
 import pytest
 
 from memberbench.benchrun import SIDES, SUFFIX
-from memberbench.metrics.diversity import collapse_profiles, latent_l2, seed_sscd
+from memberbench.metrics.diversity import collapse_profiles, needs_two_seeds
 from memberbench.metrics.stats import mean_stat
 
 pytestmark = pytest.mark.memberbench
 
 
 def _need_seeds(mb) -> None:
-    if len(mb.config.seeds) < 2:
-        pytest.skip("diversity needs at least 2 seeds (--seeds)")
-
-
-@pytest.mark.parametrize("side", SIDES)
-def test_seed_diversity(mb, record_metric, side):
-    _need_seeds(mb)
-    sim, l2 = seed_sscd(mb, side), latent_l2(mb, side)
-    if not sim and not l2:
-        pytest.skip(f"no {side} prompt has two successful generations")
-    sfx = SUFFIX[side]
-    if sim:
-        record_metric(
-            f"seed_sscd{sfx}",
-            mean_stat(list(sim.values()), "seed_sscd"),
-            per_prompt=sim,
-            prompt_set=side,
-        )
-    if l2:
-        record_metric(
-            f"latent_l2{sfx}",
-            mean_stat(list(l2.values()), "latent_l2"),
-            per_prompt=l2,
-            prompt_set=side,
-        )
+    why = needs_two_seeds(mb)
+    if why:
+        pytest.skip(why)
 
 
 @pytest.mark.parametrize("side", SIDES)

@@ -22,6 +22,7 @@ from memberbench.types import MemberbenchError, Trace
 
 REPO = Path(__file__).resolve().parents[1]
 BOARD = REPO / "leaderboard"
+TASKS = REPO / "tasks"
 
 
 def _committed_docs() -> list[dict]:
@@ -94,6 +95,40 @@ def test_malformed_declarations_fail_when_declared():
     with pytest.raises(MemberbenchError, match="declared twice"):
         D.declare("sscd_mean", **bad)  # declared in memberbench.metrics.sscd already
     assert D.find("toy_x") is None and D.lookup("sscd_mean").module == "memberbench.metrics.sscd"
+
+
+def test_record_declarations_are_checked_when_declared():
+    """record= (the generic task's opt-in): names that are the metric's keys, sides that are
+    prompt sets, a compute function; two declarations recording one name is an error."""
+    bad = dict(family="toy", higher_is_better=False, description="toy")
+
+    def fn(mb, side, k=1):
+        return {}
+
+    with pytest.raises(MemberbenchError, match="record= needs a compute function"):
+        D.declare("toy_r", record="toy_r", **bad)
+    with pytest.raises(MemberbenchError, match=r"recorded name 'toy_r\.k1' is not one of its k"):
+        D.declare("toy_r", record="toy_r.k1", compute=fn, **bad)
+    with pytest.raises(MemberbenchError, match="sides must be 'memorized' and/or 'nonmem"):
+        D.declare("toy_r", record=D.Record("toy_r", sides=("both",)), compute=fn, **bad)
+    with pytest.raises(MemberbenchError, match="record= takes recorded names, Records or"):
+        D.declare("toy_r", record=[3], compute=fn, **bad)
+    assert D.find("toy_r") is None
+    try:
+        d = D.declare("toy_r", keys=("toy_r.k{k}[.nonmem]",), record={"toy_r.k5": {"k": 5}},
+                      compute=fn, **bad)  # fmt: skip
+        assert d.records == (D.Record("toy_r.k5", (("k", 5),)),)
+        assert [d.records[0].name(s) for s in d.records[0].sides] == ["toy_r.k5", "toy_r.k5.nonmem"]
+        assert D.get_record("toy_r.k5") == (d, d.records[0])
+        D.declare("toy_r2", keys=("toy_r.k5[.nonmem]",), record="toy_r.k5", compute=fn, **bad)
+        with pytest.raises(MemberbenchError, match=r"'toy_r\.k5' asked for by two declarations"):
+            D.recorded()
+    finally:
+        D.forget("toy_r", kind="metric")
+        D.forget("toy_r2", kind="metric")
+    with pytest.raises(MemberbenchError, match="no declaration records 'toy_r.k5'"):
+        D.get_record("toy_r.k5")
+    assert [r.key for _, r in D.recorded()] == ["seed_sscd", "latent_l2"]  # the in-tree ones
 
 
 def test_overlapping_declarations_are_reported():
@@ -276,12 +311,15 @@ def _board_with(root: Path, extra: dict[str, dict]) -> Path:
 
 
 def test_the_worked_example_of_adding_a_metric_runs(tmp_path, monkeypatch):
-    """docs/adding-a-metric.md's three blocks: the module declares the metric, its test passes,
-    the task records both sets' means (stand-in mb / record_metric), and the leaderboard puts
-    the result where the declaration says."""
+    """docs/adding-a-metric.md's two blocks: the module declares the metric with record=, its
+    test passes, the generic task tasks/test_declared.py (collected after the declaration)
+    records both sets' means (stand-in mb / record_metric), and the leaderboard puts the result
+    where the declaration says."""
+    import importlib.util
+
     text = (REPO / "docs" / "adding-a-metric.md").read_text()
     blocks = dict(re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", text, re.S))
-    assert sorted(blocks) == ["module", "task", "test"]
+    assert sorted(blocks) == ["module", "test"]
     mod = types.ModuleType("memberbench.metrics.nsupp_mean")
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     try:
@@ -291,8 +329,11 @@ def test_the_worked_example_of_adding_a_metric_runs(tmp_path, monkeypatch):
         test_ns: dict = {}
         exec(compile(blocks["test"], "adding-a-metric.md (test)", "exec"), test_ns)
         test_ns["test_nsupp_mean_by_hand"]()
-        task_ns: dict = {}
-        exec(compile(blocks["task"], "adding-a-metric.md (task)", "exec"), task_ns)
+        spec = importlib.util.spec_from_file_location("declared_task", TASKS / "test_declared.py")
+        task = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(task)
+        cases = [tuple(c.values) for c in task.CASES]
+        assert ("nsupp.k1", "memorized") in cases and ("nsupp.k1", "nonmemorized") in cases
         shares = {"memorized": {"p1": [6.0, 7.0], "p2": [8.0]}, "nonmemorized": {"q1": [9.0]}}
 
         def per_prompt(name, side, fn):
@@ -301,12 +342,16 @@ def test_the_worked_example_of_adding_a_metric_runs(tmp_path, monkeypatch):
         mb = SimpleNamespace(config=SimpleNamespace(steps=50), per_prompt=per_prompt)
         recorded: dict = {}
         for side in ("memorized", "nonmemorized"):
-            task_ns["test_nsupp_mean"](mb, lambda n, v, **kw: recorded.update({n: (v, kw)}), side)
+            task.test_declared(
+                mb, lambda n, v, **kw: recorded.update({n: (v, kw)}), "nsupp.k1", side
+            )
         assert sorted(recorded) == ["nsupp.k1", "nsupp.k1.nonmem"]
         mem = recorded["nsupp.k1"][0]  # prompts 0.15 and 0 (see the doc's test)
         assert (mem.value, mem.stderr, mem.n) == pytest.approx((0.075, 0.075, 2))
         assert recorded["nsupp.k1.nonmem"][0].value == pytest.approx(-0.1)  # -(0.9 - 0.8)
         assert recorded["nsupp.k1"][1]["per_prompt"] == pytest.approx({"p1": 0.15, "p2": 0.0})
+        assert recorded["nsupp.k1"][1]["family"] == "overestimation"
+        assert recorded["nsupp.k1.nonmem"][1]["prompt_set"] == "nonmemorized"
         entry = {"value": 0.075, "stderr": 0.075, "n": 2, "higher_is_better": False}
         root = _board_with(tmp_path, {"nsupp.k1": entry, "nsupp.k1.nonmem": entry})
         _, _, entries = L.build(root, figures=False)

@@ -9,6 +9,7 @@ training images making the tasks skip with the reason: tests/test_plugin.py.)
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,116 @@ def test_cost_batch_spreads_over_the_prompt_set():
     assert mod.spread(list(range(10)), 4) == [0, 3, 6, 9]
     assert mod.spread([7, 8], 4) == [7, 8]
     assert mod.spread([7, 8, 9], 1) == [7] and mod.spread([7], 0) == []
+
+
+TOY_DECLARED = """
+import numpy as np
+
+from memberbench.metrics.declare import Headline, Placement, Record, metric
+
+
+@metric(
+    "toy_seed",
+    keys=("toy_seed.p{k}[.nonmem]",),
+    family="toy",
+    higher_is_better=False,
+    description="mean over seeds of (seed + 1) ** power",
+    record=(Record("toy_seed.p1", (("power", 1),)), Record("toy_seed.p2", (("power", 2),),
+            sides=("memorized",))),
+    sections=(Placement("overestimation", ("toy_seed.p2",), rank=46),),
+    headline=(Headline("toy_seed.p1", "toy seed", rank=57),),
+)
+def toy_seed(mb, side, power):
+    return {p: float(np.mean([(g.seed + 1) ** power for g in gs]))
+            for p, gs in mb.ok_gens(side).items()}
+
+
+@metric("toy_never", family="toy", higher_is_better=True, description="never runs",
+        record="toy_never", check=lambda mb: "toy_never needs a golden GPU")
+def toy_never(mb, side):
+    raise AssertionError("the generic task ran a metric whose check says it cannot run")
+"""
+
+
+@pytest.mark.slow
+def test_a_declared_metric_reaches_results_and_leaderboard_with_no_task(
+    pytester, tiny_pipeline_dir, monkeypatch
+):
+    """Issue 22: a metric declared with record= in an installed package's module (entry-point
+    group memberbench.metrics), and nothing else, is recorded by the generic task
+    tasks/test_declared.py on the tiny pipeline (its check's skip reason shown), and a
+    leaderboard built from that run places it in its headline column and its section."""
+    from test_plugin import REPO
+
+    from memberbench import leaderboard as L
+    from memberbench.metrics import declare as D
+    from memberbench.registry import DETECTORS, METRIC_MODULES
+
+    site = pytester.path / "site"
+    site.mkdir()
+    (site / "mb_toy_declared.py").write_text(TOY_DECLARED)
+    info = site / "mb_toy_declared-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mb-toy-declared\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[memberbench.metrics]\ntoy = mb_toy_declared\n")
+    monkeypatch.setenv("PYTHONPATH", f"{REPO}:{site}")
+    mem, non = write_prompt_files(pytester.path, n=2)
+    out = pytester.path / "res" / "run.json"
+    r = pytester.runpytest_subprocess(
+        str(TASKS),
+        "-p",
+        "no:cacheprovider",
+        f"--model=bundled:path={tiny_pipeline_dir}",
+        f"--prompts-memorized={mem}",
+        f"--prompts-nonmemorized={non}",
+        "--seeds=0-1",
+        f"--steps={STEPS}",
+        "--sweep=none",
+        f"--cache-dir={pytester.path / 'cache'}",
+        f"--results={out}",
+        "-k",
+        "test_declared",
+        "-rs",
+    )
+    # seed_sscd, latent_l2 (in-tree, record=) and toy_seed.p1 on both sets, toy_seed.p2 on one
+    r.assert_outcomes(passed=7, skipped=2)
+    r.stdout.fnmatch_lines(["*test_declared?toy_never-memorized?*toy_never needs a golden GPU*"])
+    errors, doc = validate_file(out)
+    assert errors == []
+    m = doc["metrics"]
+    for name, value in (("toy_seed.p1", 1.5), ("toy_seed.p1.nonmem", 1.5), ("toy_seed.p2", 2.5)):
+        assert (m[name]["value"], m[name]["stderr"], m[name]["n"]) == (value, 0.0, 2), name
+        assert m[name]["higher_is_better"] is False and m[name]["family"] == "toy"
+    assert m["toy_seed.p1"]["test"].endswith(
+        "test_declared.py::test_declared[toy_seed.p1-memorized]"
+    )
+    assert "toy_seed.p2.nonmem" not in m and not any(k.startswith("toy_never") for k in m)
+    assert m["seed_sscd"]["family"] == "diversity" and m["latent_l2.nonmem"]["n"] == 2
+    rows = [json.loads(x) for x in out.with_name("run.prompts.jsonl").read_text().splitlines()]
+    assert {r["prompt_id"]: r["metrics"]["toy_seed.p1" + (r["set"] != "memorized") * ".nonmem"]
+            for r in rows} == {"mem0": 1.5, "mem1": 1.5, "non0": 1.5, "non1": 1.5}  # fmt: skip
+
+    # the leaderboard, in this process, reads the same installed declarations
+    monkeypatch.syspath_prepend(str(site))
+    for reg in (DETECTORS, METRIC_MODULES):
+        monkeypatch.setattr(reg, "_loaded_entry_points", False)
+        monkeypatch.setattr(reg, "_entries", dict(reg._entries))
+    try:
+        assert "toy" in D.load_entry_points()
+        _, readme, errors, _ = L.add_runs([out], pytester.path / "board", figures=False)
+        text = readme.read_text()
+    finally:
+        D.forget("toy_seed", kind="metric")
+        D.forget("toy_never", kind="metric")
+        sys.modules.pop("mb_toy_declared", None)
+    assert errors == []
+    head = text.split("## Headline")[1].strip().splitlines()
+    # (this run recorded only the generic task's metrics: the only declared headline is the toy's)
+    col = [c.strip() for c in head[0].split("|")].index("toy seed ↓")
+    assert [c.strip() for c in head[2].split("|")][col] == "1.5 ± 0 (2)"
+    over = text.split("## Overestimation and the schedule decomposition")[1].strip().splitlines()
+    col = [c.strip() for c in over[0].split("|")].index("toy_seed.p2 ↓")
+    assert [c.strip() for c in over[2].split("|")][col] == "2.5 ± 0 (2)"
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "prompts"

@@ -9,7 +9,9 @@ function that computes it from the session's memoized products (the ``mb`` fixtu
 * ``record_metric`` (the pytest plugin) takes the better direction from the declaration of the
   name it records; an undeclared name is an error;
 * ``memberbench leaderboard`` builds its headline table and its sections from them;
-* the terminal summary shows the declared headline metrics.
+* the terminal summary shows the declared headline metrics;
+* a declaration with ``record=`` is recorded by the generic task ``tasks/test_declared.py``
+  (the mean over prompts of its ``compute``, per prompt set): no task of its own.
 
 A declaration's ``family`` names the kind of quantity (memorization, detection, ...); the
 ``family`` field of a recorded result stays the recording task file's (``guidance_sweep`` for
@@ -100,6 +102,22 @@ class Section:
 
 
 @dataclass(frozen=True)
+class Record:
+    """A name the generic task (``tasks/test_declared.py``) records from its declaration's
+    ``compute``: on each prompt set of ``sides``, ``compute(mb, side, **params)`` gives
+    {prompt_id: value}, and the mean over prompts (with its standard error) is recorded as
+    ``key`` on the memorized set, ``key.nonmem`` on the non-memorized one."""
+
+    key: str
+    params: tuple[tuple[str, Any], ...] = ()
+    sides: tuple[str, ...] = ("memorized", "nonmemorized")
+
+    def name(self, side: str) -> str:
+        """The recorded name on prompt set ``side``."""
+        return self.key + (SIDE_SUFFIX if side == "nonmemorized" else "")
+
+
+@dataclass(frozen=True)
 class Declaration:
     name: str
     keys: tuple[str, ...]
@@ -112,6 +130,13 @@ class Declaration:
     compute: Callable[..., Any] | None = field(default=None, compare=False)
     unit: str = ""
     module: str = ""
+    records: tuple[Record, ...] = ()
+    check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+
+    def skip_reason(self, mb: Any) -> str | None:
+        """Why the generic task cannot record it on this run (None: it can); the training
+        images a declaration ``needs_training_image`` are checked per prompt set by the task."""
+        return self.check(mb) if self.check is not None else None
 
     def matches(self, key: str) -> bool:
         return any(_regex(t).fullmatch(key) for t in self.keys)
@@ -275,9 +300,17 @@ def declare(
     compute: Callable[..., Any] | None = None,
     unit: str = "",
     module: str | None = None,
+    record: Any = (),
+    check: Callable[[Any], str | None] | None = None,
 ) -> Declaration:
     """Declare a metric (see the module docstring); ``keys`` defaults to ``name`` and
-    ``name.nonmem``.  Declaring a name again from the same module (a re-import) replaces it."""
+    ``name.nonmem``.  Declaring a name again from the same module (a re-import) replaces it.
+
+    ``record`` opts the metric into the generic task (``tasks/test_declared.py``), which then
+    records it with no task of its own: a recorded name (``"nsupp.k1"``), a :class:`Record`, a
+    list of these, or ``{name: {compute's keyword arguments}}``; it needs ``compute``.
+    ``check(mb)``: None when the generic task can record it on this run, else the reason it
+    skips (as a detector's)."""
     if higher_is_better not in (True, False, None):
         raise MemberbenchError(f"metric {name!r}: higher_is_better must be True, False or None")
     if not name or any(c in name for c in ",: \t\n"):
@@ -285,6 +318,11 @@ def declare(
     if module is None:
         module = getattr(compute, "__module__", None) or _caller_module()
     _check_new(_METRICS, "metric", name, module)
+    records = _records(name, record)
+    if records and compute is None:
+        raise MemberbenchError(
+            f"metric {name!r}: record= needs a compute function (@metric(...) on it, or compute=)"
+        )
     decl = Declaration(
         name=name,
         keys=tuple(keys) if keys else (f"{name}[{SIDE_SUFFIX}]",),
@@ -297,7 +335,16 @@ def declare(
         compute=compute,
         unit=unit,
         module=module,
+        records=records,
+        check=check,
     )
+    for r in decl.records:
+        for side in r.sides:
+            if not decl.matches(r.name(side)):
+                raise MemberbenchError(
+                    f"metric {name!r}: recorded name {r.name(side)!r} is not one of its keys "
+                    f"{decl.keys}"
+                )
     for t in decl.keys + tuple(k for p in decl.placements for k in p.keys):
         _regex(t)  # a malformed template fails here, at declaration time
     for p in decl.placements:
@@ -319,6 +366,30 @@ def declare(
     _METRICS[name] = decl
     _invalidate()
     return decl
+
+
+def _records(name: str, record: Any) -> tuple[Record, ...]:
+    """``declare``'s ``record=`` as Records (see there)."""
+    if isinstance(record, (str, Record)):
+        record = [record]
+    if isinstance(record, dict):
+        record = [Record(k, tuple(sorted(dict(v).items()))) for k, v in record.items()]
+    out = []
+    for r in record:
+        r = Record(r) if isinstance(r, str) else r
+        if not isinstance(r, Record) or not r.key or any(c in r.key for c in ",: \t\n"):
+            raise MemberbenchError(
+                f"metric {name!r}: record= takes recorded names, Records or {{name: params}}, "
+                f"got {r!r}"
+            )
+        bad = [s for s in r.sides if s not in Record.__dataclass_fields__["sides"].default]
+        if bad or not r.sides:
+            raise MemberbenchError(
+                f"metric {name!r}: Record {r.key!r} sides must be 'memorized' and/or "
+                f"'nonmemorized', got {r.sides!r}"
+            )
+        out.append(r)
+    return tuple(out)
 
 
 def metric(name: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -536,6 +607,31 @@ def lookup(key: str) -> Declaration:
         f"metric {key!r} matches several declarations ({', '.join(d.name for d in hit)}); "
         "make their key templates disjoint"
     )
+
+
+def recorded() -> list[tuple[Declaration, Record]]:
+    """Every (declaration, record) the generic task records, in declaration order; a recorded
+    name that two declarations both ask for is an error."""
+    out: list[tuple[Declaration, Record]] = []
+    seen: dict[str, str] = {}
+    for d in declarations():
+        for r in d.records:
+            if r.key in seen and seen[r.key] != d.name:
+                raise MemberbenchError(
+                    f"recorded name {r.key!r} asked for by two declarations ({seen[r.key]} and "
+                    f"{d.name}); record it once"
+                )
+            seen[r.key] = d.name
+            out.append((d, r))
+    return out
+
+
+def get_record(key: str) -> tuple[Declaration, Record]:
+    """The (declaration, record) of the generic task's recorded name ``key``."""
+    for d, r in recorded():
+        if r.key == key:
+            return d, r
+    raise MemberbenchError(f"no declaration records {key!r} (record= of @metric / declare)")
 
 
 def natural_key(s: str) -> list[Any]:

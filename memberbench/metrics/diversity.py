@@ -130,7 +130,15 @@ class SeedSimilarity(Metric):
 
 
 # --------------------------------------------------------------------------------------------
-# declarations with their compute functions (tasks/test_diversity.py records them)
+# declarations with their compute functions: the generic task (tasks/test_declared.py) records
+# seed_sscd and latent_l2 (record=), tasks/test_diversity.py collapse_early
+
+
+def needs_two_seeds(mb: Any) -> str | None:
+    """Why a diversity metric cannot run (None: it can)."""
+    if len(mb.config.seeds) < 2:
+        return "diversity needs at least 2 seeds (--seeds)"
+    return None
 
 
 @metric(
@@ -138,6 +146,8 @@ class SeedSimilarity(Metric):
     family="diversity",
     higher_is_better=False,
     description="M5: mean pairwise SSCD between the final images of different seeds",
+    record="seed_sscd",
+    check=needs_two_seeds,
 )
 def seed_sscd(mb: Any, side: str) -> dict[str, float]:
     """{prompt_id: mean pairwise SSCD of its seeds' final images} (prompts with >= 2)."""
@@ -154,6 +164,8 @@ def seed_sscd(mb: Any, side: str) -> dict[str, float]:
     family="diversity",
     higher_is_better=True,
     description="M5: mean pairwise L2 between the final latents of different seeds",
+    record="latent_l2",
+    check=needs_two_seeds,
 )
 def latent_l2(mb: Any, side: str) -> dict[str, float]:
     """{prompt_id: mean pairwise L2 of its seeds' final latents} (prompts with >= 2)."""
