@@ -706,7 +706,14 @@ class BenchRun:
             }
         return out
 
-    # ---- trace quantities --------------------------------------------------------------------
+    # ---- memoized products --------------------------------------------------------------------
+    def memo(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """The session's product ``key``, computed once by ``compute()`` (the metrics' functions
+        in :mod:`memberbench.metrics` memoize their per-prompt values here)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def per_prompt(
         self,
         name: str,
@@ -776,32 +783,6 @@ class BenchRun:
                 continue
         self._memo[key] = out
         return out
-
-    def wen_raw(self, side: str, k: int = 1, guidance: float | None = None):
-        """Wen et al.'s convention: ``||out_c - out_u||`` of the UNet's raw output (v for a
-        v-prediction model), mean over the first k steps and over seeds."""
-        from memberbench.metrics.noise_magnitude import raw_output_magnitude
-
-        k = min(k, self.config.steps)
-        pred = getattr(self.adapter, "prediction_type", None) or "epsilon"
-        return self.per_prompt(
-            f"wenraw{k}",
-            side,
-            lambda ts: np.mean([raw_output_magnitude(t, k, pred) for t in ts]),
-            guidance,
-        )
-
-    def wen(self, side: str, k: int = 1, guidance: float | None = None, seeds: Any = None):
-        from memberbench.metrics.noise_magnitude import text_conditional_magnitude
-
-        k = min(k, self.config.steps)
-        return self.per_prompt(
-            f"wen{k}",
-            side,
-            lambda ts: np.mean([text_conditional_magnitude(t, k) for t in ts]),
-            guidance,
-            seeds,
-        )
 
     def k_trajectory(self, side: str, guidance: float | None = None, seeds: Any = None):
         from memberbench.metrics.overestimation import TrajectoryK

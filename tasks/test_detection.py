@@ -51,6 +51,7 @@ import pytest
 
 from memberbench.benchrun import DETECTION_WINDOWS, SIDES, SUFFIX
 from memberbench.metrics.declare import detectors, get_detector
+from memberbench.metrics.noise_magnitude import wen_magnitudes, wen_raw_magnitudes
 from memberbench.metrics.stats import (
     mean_stat,
     roc_auc,
@@ -245,7 +246,7 @@ def test_detection_set_labels(mb, record_metric, record_series, score):
 
 def test_noise_magnitude_m4(mb, record_metric):
     for side in SIDES:
-        raw = mb.wen_raw(side, 1)
+        raw = wen_raw_magnitudes(mb, side, 1)
         if raw:
             record_metric(
                 f"wen_raw.k1{SUFFIX[side]}",
@@ -255,7 +256,7 @@ def test_noise_magnitude_m4(mb, record_metric):
                 description="M4, Wen et al.'s convention: ||out_c - out_u|| of the UNet's raw "
                 "output (v for a v-prediction model) at the first step, mean over seeds",
             )
-        vals = mb.wen(side, 1)
+        vals = wen_magnitudes(mb, side, 1)
         if not vals:
             pytest.skip(f"no {side} traces with eps_diff_norm")
         record_metric(

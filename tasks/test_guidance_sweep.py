@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from memberbench.benchrun import SIDES, SUFFIX
+from memberbench.metrics.noise_magnitude import wen_magnitudes
 from memberbench.metrics.stats import mean_stat
 
 pytestmark = pytest.mark.memberbench
@@ -50,7 +51,7 @@ def test_guidance_sweep(mb, record_metric, mb_guidance):
                 prompt_set=side,
                 description=f"M8: trajectory k_i(g), first 10 steps, at guidance {g:g}",
             )
-        wen = {p: v for p, v in mb.wen(side, 1, g, seeds).items() if p in ids}
+        wen = {p: v for p, v in wen_magnitudes(mb, side, 1, g, seeds).items() if p in ids}
         record_metric(
             f"wen.k1{tag}{sfx}",
             mean_stat(list(wen.values()), "wen"),

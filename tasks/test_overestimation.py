@@ -22,6 +22,7 @@ import pytest
 
 from memberbench.benchrun import SIDES, SUFFIX
 from memberbench.metrics.decomposition import schedule_reference
+from memberbench.metrics.noise_magnitude import wen_magnitudes
 from memberbench.metrics.overestimation import k_pair, m2_loss_ratio_gc, trajectory_k
 from memberbench.metrics.stats import correlation, mean_stat
 
@@ -181,7 +182,7 @@ def test_correlation_with_sscd_m7(mb, record_metric):
     scores = {
         "d1": {s: {p: v["D1"] for p, v in mb.deviation(s).items()} for s in sscd},
         "d2": {s: {p: v["D2"] for p, v in mb.deviation(s).items()} for s in sscd},
-        "wen": {s: mb.wen(s, 1) for s in sscd},
+        "wen": {s: wen_magnitudes(mb, s, 1) for s in sscd},
         "d1_paper": {s: {p: v["D1"] for p, v in mb.paper_deviation(s).items()} for s in sscd},
     }
     nb = mb.config.n_boot

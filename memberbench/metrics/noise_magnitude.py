@@ -152,6 +152,36 @@ class RawOutputMagnitude(TraceMetric):
 # declarations (tasks/test_detection.py, tasks/test_guidance_sweep.py record them)
 
 
+def wen_magnitudes(
+    mb: Any, side: str, k: int = 1, guidance: float | None = None, seeds: Any = None
+) -> dict[str, float]:
+    """{prompt_id: Wen's ||eps_c - eps_u|| over the first k steps, mean over seeds} of the
+    session ``mb``'s generations (memoized there)."""
+    k = min(k, mb.config.steps)
+    return mb.per_prompt(
+        f"wen{k}",
+        side,
+        lambda ts: np.mean([text_conditional_magnitude(t, k) for t in ts]),
+        guidance,
+        seeds,
+    )
+
+
+def wen_raw_magnitudes(
+    mb: Any, side: str, k: int = 1, guidance: float | None = None
+) -> dict[str, float]:
+    """Wen et al.'s convention: ``||out_c - out_u||`` of the UNet's raw output (v for a
+    v-prediction model), mean over the first k steps and over seeds."""
+    k = min(k, mb.config.steps)
+    pred = getattr(mb.adapter, "prediction_type", None) or "epsilon"
+    return mb.per_prompt(
+        f"wenraw{k}",
+        side,
+        lambda ts: np.mean([raw_output_magnitude(t, k, pred) for t in ts]),
+        guidance,
+    )
+
+
 declare(
     "wen",
     keys=("wen.k{k}[.g={g}][.nonmem]",),
@@ -176,7 +206,7 @@ declare(
     source="Wen et al., ICLR 2024 (noise-space convention)",
 )
 def wen_scores(mb: Any, side: str, k: int) -> dict[str, float]:
-    return mb.wen(side, k)
+    return wen_magnitudes(mb, side, k)
 
 
 @detector(
@@ -186,4 +216,4 @@ def wen_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     source="Wen et al., ICLR 2024, as their code takes it (raw UNet output)",
 )
 def wen_raw_scores(mb: Any, side: str, k: int) -> dict[str, float]:
-    return mb.wen_raw(side, k)
+    return wen_raw_magnitudes(mb, side, k)
