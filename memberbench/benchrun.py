@@ -735,55 +735,6 @@ class BenchRun:
         self._memo[key] = out
         return out
 
-    def deviation(
-        self,
-        side: str,
-        *,
-        schedule: str = "sqrt_abar",
-        window: str | int = "all",
-        guidance: float | None = None,
-        seeds: Any = None,
-    ) -> dict[str, dict[str, Any]]:
-        """{prompt_id: {"D1", "D2", "W0", "WT"}} for prompts with a training image."""
-        key = ("dev", side, schedule, window, guidance, None if seeds is None else tuple(seeds))
-        if key in self._memo:
-            return self._memo[key]
-        from memberbench.metrics.decomposition import deviation_from_traces
-
-        refs = self.references(side)
-        out: dict[str, dict[str, Any]] = {}
-        for pid, gens in self.ok_gens(side, guidance, seeds).items():
-            if pid not in refs:
-                continue
-            try:
-                out[pid] = deviation_from_traces(
-                    [x.trace for x in gens], schedule=schedule, window=window
-                )
-            except MemberbenchError:
-                continue
-        self._memo[key] = out
-        return out
-
-    def paper_deviation(
-        self, side: str, window: str | int = "all", guidance: float | None = None
-    ) -> dict[str, dict[str, Any]]:
-        """{prompt_id: {"D1", "D2", "W0", "WT"}} with the paper code's conventions (each state
-        fitted on the trajectory's own final latent and x_T; sqrt(abar_t) alignment): needs no
-        training image, so every prompt gets one."""
-        key = ("devpaper", side, window, guidance)
-        if key in self._memo:
-            return self._memo[key]
-        from memberbench.metrics.decomposition import paper_deviation_from_traces
-
-        out: dict[str, dict[str, Any]] = {}
-        for pid, gens in self.ok_gens(side, guidance).items():
-            try:
-                out[pid] = paper_deviation_from_traces([x.trace for x in gens], window=window)
-            except MemberbenchError:
-                continue
-        self._memo[key] = out
-        return out
-
     def k_trajectory(self, side: str, guidance: float | None = None, seeds: Any = None):
         from memberbench.metrics.overestimation import TrajectoryK
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from memberbench.benchrun import SIDES, SUFFIX
+from memberbench.metrics.decomposition import deviations
 from memberbench.metrics.noise_magnitude import wen_magnitudes
 from memberbench.metrics.stats import mean_stat
 
@@ -36,7 +37,9 @@ def test_guidance_sweep(mb, record_metric, mb_guidance):
                     prompt_set=side,
                     description=f"M8: {name} at guidance {g:g}",
                 )
-            dev = {p: v for p, v in mb.deviation(side, guidance=g, seeds=seeds).items() if p in ids}
+            dev = {
+                p: v for p, v in deviations(mb, side, guidance=g, seeds=seeds).items() if p in ids
+            }
             for key, name in (("D1", "d1"), ("D2", "d2")):
                 record_metric(
                     f"{name}{tag}{sfx}",

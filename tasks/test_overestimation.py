@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from memberbench.benchrun import SIDES, SUFFIX
-from memberbench.metrics.decomposition import schedule_reference
+from memberbench.metrics.decomposition import deviations, paper_deviations, schedule_reference
 from memberbench.metrics.noise_magnitude import wen_magnitudes
 from memberbench.metrics.overestimation import k_pair, m2_loss_ratio_gc, trajectory_k
 from memberbench.metrics.stats import correlation, mean_stat
@@ -91,7 +91,7 @@ def test_trajectory_k_m3(mb, record_metric, record_series, side):
 @pytest.mark.parametrize("side", SIDES)
 def test_deviation_d1_d2(mb, record_metric, record_series, side):
     mb.require_images(side)
-    dev = mb.deviation(side)
+    dev = deviations(mb, side)
     if not dev:
         pytest.skip(f"no {side} trajectory has the decomposition fields")
     sfx = SUFFIX[side]
@@ -100,7 +100,7 @@ def test_deviation_d1_d2(mb, record_metric, record_series, side):
             d = (
                 dev
                 if (schedule, window) == ("sqrt_abar", "all")
-                else mb.deviation(side, schedule=schedule, window=window)
+                else deviations(mb, side, schedule=schedule, window=window)
             )
             for key, name in (("D1", "d1"), ("D2", "d2")):
                 vals = {p: v[key] for p, v in d.items()}
@@ -141,7 +141,7 @@ def test_deviation_paper_code(mb, record_metric, side):
     """D1/D2 with the paper code's conventions: each state fitted on the trajectory's own final
     latent and x_T (no training image: every prompt of every set), compared with sqrt(abar) at
     the timestep that produced the state (docs/metrics-conventions.md)."""
-    dev = mb.paper_deviation(side)
+    dev = paper_deviations(mb, side)
     if not dev:
         pytest.skip(f"no {side} trajectory has the final-latent fields")
     for key, name in (("D1", "d1.paper"), ("D2", "d2.paper")):
@@ -180,10 +180,10 @@ def test_correlation_with_sscd_m7(mb, record_metric):
             "the memorized prompt set has no training images: SSCD (and so M7) is undefined"
         )
     scores = {
-        "d1": {s: {p: v["D1"] for p, v in mb.deviation(s).items()} for s in sscd},
-        "d2": {s: {p: v["D2"] for p, v in mb.deviation(s).items()} for s in sscd},
+        "d1": {s: {p: v["D1"] for p, v in deviations(mb, s).items()} for s in sscd},
+        "d2": {s: {p: v["D2"] for p, v in deviations(mb, s).items()} for s in sscd},
         "wen": {s: wen_magnitudes(mb, s, 1) for s in sscd},
-        "d1_paper": {s: {p: v["D1"] for p, v in mb.paper_deviation(s).items()} for s in sscd},
+        "d1_paper": {s: {p: v["D1"] for p, v in paper_deviations(mb, s).items()} for s in sscd},
     }
     nb = mb.config.n_boot
     for score, per_side in scores.items():

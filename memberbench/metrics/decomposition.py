@@ -547,6 +547,55 @@ for _key in ("D1", "D2"):
     )
 
 
+def deviations(
+    mb: Any,
+    side: str,
+    *,
+    schedule: str = "sqrt_abar",
+    window: str | int = "all",
+    guidance: float | None = None,
+    seeds: Any = None,
+) -> dict[str, dict[str, Any]]:
+    """{prompt_id: {"D1", "D2", "W0", "WT"}} of the session ``mb``'s generations, for prompts
+    with a training image (memoized in the session)."""
+    key = ("dev", side, schedule, window, guidance, None if seeds is None else tuple(seeds))
+
+    def compute() -> dict[str, dict[str, Any]]:
+        refs = mb.references(side)
+        out: dict[str, dict[str, Any]] = {}
+        for pid, gens in mb.ok_gens(side, guidance, seeds).items():
+            if pid not in refs:
+                continue
+            try:
+                out[pid] = deviation_from_traces(
+                    [x.trace for x in gens], schedule=schedule, window=window
+                )
+            except MemberbenchError:
+                continue
+        return out
+
+    return mb.memo(key, compute)
+
+
+def paper_deviations(
+    mb: Any, side: str, window: str | int = "all", guidance: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """{prompt_id: {"D1", "D2", "W0", "WT"}} with the paper code's conventions (each state
+    fitted on the trajectory's own final latent and x_T; sqrt(abar_t) alignment): needs no
+    training image, so every prompt gets one (memoized in the session)."""
+
+    def compute() -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for pid, gens in mb.ok_gens(side, guidance).items():
+            try:
+                out[pid] = paper_deviation_from_traces([x.trace for x in gens], window=window)
+            except MemberbenchError:
+                continue
+        return out
+
+    return mb.memo(("devpaper", side, window, guidance), compute)
+
+
 @detector(
     "nsupp",
     description="noise suppression: the initial noise's share of the latent (projection on "
@@ -569,7 +618,7 @@ def nsupp_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     source="the paper's code (final-latent basis)",
 )
 def d1_paper_scores(mb: Any, side: str, k: int) -> dict[str, float]:
-    return {p: v["D1"] for p, v in mb.paper_deviation(side, window=k).items()}
+    return {p: v["D1"] for p, v in paper_deviations(mb, side, window=k).items()}
 
 
 @detector(
@@ -581,4 +630,4 @@ def d1_paper_scores(mb: Any, side: str, k: int) -> dict[str, float]:
 )
 def d1_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     mb.require_images(side)
-    return {p: v["D1"] for p, v in mb.deviation(side, window=k).items()}
+    return {p: v["D1"] for p, v in deviations(mb, side, window=k).items()}
