@@ -735,50 +735,6 @@ class BenchRun:
         self._memo[key] = out
         return out
 
-    def k_trajectory(self, side: str, guidance: float | None = None, seeds: Any = None):
-        from memberbench.metrics.overestimation import TrajectoryK
-
-        metric = TrajectoryK(branch="g", early=min(10, self.config.steps))
-        refs = self.references(side)
-        vals = self.per_prompt("ktraj", side, lambda ts: metric(ts).value, guidance, seeds)
-        return {p: v for p, v in vals.items() if p in refs}
-
-    def training_pair(self, side: str) -> dict[str, Any]:
-        """M2 at the first (highest-noise) min(10, steps) timesteps of the sampling grid, for
-        the first ``m2_limit`` prompts with a training image: {prompt_id: TrainingPairResult}.
-        Measured on the model itself (no mitigation): it is a property of the model."""
-        key = ("m2", side)
-        if key in self._memo:
-            return self._memo[key]
-        from memberbench.metrics.overestimation import adapter_predictor, training_pair_loss
-
-        refs = self.references(side)
-        ids = [p for p in self.prompt_set(side).prompt_ids() if p in refs]
-        if self.config.m2_limit > 0:
-            ids = ids[: self.config.m2_limit]
-        sched = self.adapter.make_scheduler(self.config.scheduler)
-        sched.set_timesteps(self.config.steps)
-        ts = sched.timesteps[: min(10, self.config.steps)]
-        recs = self.records(side)
-        out = {}
-        t0 = time.perf_counter()
-        for pid in ids:
-            out[pid] = training_pair_loss(
-                refs[pid],
-                ts,
-                sched.alphas_cumprod,
-                adapter_predictor(self.adapter, recs[pid].caption),
-                guidance=self.config.guidance,
-                n_noises=self.config.m2_noises,
-                seed=0,
-            )
-        self.log(
-            f"memberbench: M2 training-pair loss for {len(ids)} {side} prompts in "
-            f"{time.perf_counter() - t0:.1f} s"
-        )
-        self._memo[key] = out
-        return out
-
     def latents_of(self, gen: Gen) -> np.ndarray | None:
         p = gen.latents_path
         if not p or not Path(p).is_file():

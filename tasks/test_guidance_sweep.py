@@ -13,6 +13,7 @@ import pytest
 from memberbench.benchrun import SIDES, SUFFIX
 from memberbench.metrics.decomposition import deviations
 from memberbench.metrics.noise_magnitude import wen_magnitudes
+from memberbench.metrics.overestimation import trajectory_k_per_prompt
 from memberbench.metrics.stats import mean_stat
 
 pytestmark = pytest.mark.memberbench
@@ -47,7 +48,7 @@ def test_guidance_sweep(mb, record_metric, mb_guidance):
                     prompt_set=side,
                     description=f"M8: {key} (sqrt(abar) schedule) at guidance {g:g}",
                 )
-            kt = {p: v for p, v in mb.k_trajectory(side, g, seeds).items() if p in ids}
+            kt = {p: v for p, v in trajectory_k_per_prompt(mb, side, g, seeds).items() if p in ids}
             record_metric(
                 f"k_traj_g{tag}{sfx}",
                 mean_stat(list(kt.values()), "k_traj_g"),

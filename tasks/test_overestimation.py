@@ -23,7 +23,13 @@ import pytest
 from memberbench.benchrun import SIDES, SUFFIX
 from memberbench.metrics.decomposition import deviations, paper_deviations, schedule_reference
 from memberbench.metrics.noise_magnitude import wen_magnitudes
-from memberbench.metrics.overestimation import k_pair, m2_loss_ratio_gc, trajectory_k
+from memberbench.metrics.overestimation import (
+    k_pair,
+    m2_loss_ratio_gc,
+    training_pair,
+    trajectory_k,
+    trajectory_k_per_prompt,
+)
 from memberbench.metrics.stats import correlation, mean_stat
 
 pytestmark = pytest.mark.memberbench
@@ -32,7 +38,7 @@ pytestmark = pytest.mark.memberbench
 @pytest.mark.parametrize("side", SIDES)
 def test_training_pair_m2(mb, record_metric, record_series, side):
     mb.require_images(side)
-    res = mb.training_pair(side)
+    res = training_pair(mb, side)
     if not res:
         pytest.skip(f"no {side} prompt with a training image for M2")
     sfx = SUFFIX[side]
@@ -68,7 +74,7 @@ def test_training_pair_m2(mb, record_metric, record_series, side):
 @pytest.mark.parametrize("side", SIDES)
 def test_trajectory_k_m3(mb, record_metric, record_series, side):
     mb.require_images(side)
-    vals = mb.k_trajectory(side)
+    vals = trajectory_k_per_prompt(mb, side)
     if not vals:
         pytest.skip(f"no {side} trajectory was traced against a training latent")
     record_metric(

@@ -389,7 +389,7 @@ def test_moved_compute_functions_by_hand():
         SimpleNamespace(sscd_emb=None, final_latent=None),
     ]
     mb = SimpleNamespace(
-        training_pair=lambda side: {"p": pair},
+        memo=lambda key, compute: {("m2", "memorized"): {"p": pair}}[key],  # the M2 product
         sscd=lambda side: SimpleNamespace(per_prompt={"p": {"mean": 0.3}, "q": {"mean": 0.2}}),
         sscd_ceiling=lambda side: {"p": 0.6, "q": 0.0},
         ok_gens=lambda side: {"p": gens, "lonely": gens[:1]},

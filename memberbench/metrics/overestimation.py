@@ -337,9 +337,59 @@ class TrajectoryK(TraceMetric):
 # declarations (tasks/test_overestimation.py, tasks/test_guidance_sweep.py record them)
 
 
+def training_pair(mb: Any, side: str) -> dict[str, TrainingPairResult]:
+    """M2 at the first (highest-noise) min(10, steps) timesteps of the sampling grid, for
+    the first ``m2_limit`` prompts with a training image of the session ``mb``:
+    {prompt_id: TrainingPairResult} (memoized in the session).  Measured on the model itself
+    (no mitigation): it is a property of the model."""
+
+    def compute() -> dict[str, TrainingPairResult]:
+        import time
+
+        cfg = mb.config
+        refs = mb.references(side)
+        ids = [p for p in mb.prompt_set(side).prompt_ids() if p in refs]
+        if cfg.m2_limit > 0:
+            ids = ids[: cfg.m2_limit]
+        sched = mb.adapter.make_scheduler(cfg.scheduler)
+        sched.set_timesteps(cfg.steps)
+        ts = sched.timesteps[: min(10, cfg.steps)]
+        recs = mb.records(side)
+        out = {}
+        t0 = time.perf_counter()
+        for pid in ids:
+            out[pid] = training_pair_loss(
+                refs[pid],
+                ts,
+                sched.alphas_cumprod,
+                adapter_predictor(mb.adapter, recs[pid].caption),
+                guidance=cfg.guidance,
+                n_noises=cfg.m2_noises,
+                seed=0,
+            )
+        mb.log(
+            f"memberbench: M2 training-pair loss for {len(ids)} {side} prompts in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+        return out
+
+    return mb.memo(("m2", side), compute)
+
+
+def trajectory_k_per_prompt(
+    mb: Any, side: str, guidance: float | None = None, seeds: Any = None
+) -> dict[str, float]:
+    """{prompt_id: M3's trajectory k_i(g), mean over the first min(10, steps) steps and over
+    seeds} for the session's prompts with a training image."""
+    metric = TrajectoryK(branch="g", early=min(10, mb.config.steps))
+    refs = mb.references(side)
+    vals = mb.per_prompt("ktraj", side, lambda ts: metric(ts).value, guidance, seeds)
+    return {p: v for p, v in vals.items() if p in refs}
+
+
 def k_pair(mb: Any, side: str, branch: str) -> dict[str, float]:
     """{prompt_id: M2's k of one branch at the training pair, mean over timesteps and noises}."""
-    return {p: float(r.k[branch].mean()) for p, r in mb.training_pair(side).items()}
+    return {p: float(r.k[branch].mean()) for p, r in training_pair(mb, side).items()}
 
 
 declare(
@@ -372,7 +422,7 @@ for _b in ("c", "u"):
 )
 def m2_loss_ratio_gc(mb: Any, side: str) -> dict[str, float]:
     """{prompt_id: guided / conditional training loss at the first timestep, mean over noises}."""
-    res = mb.training_pair(side)
+    res = training_pair(mb, side)
     return {p: float(r.loss["g"][0].mean() / r.loss["c"][0].mean()) for p, r in res.items()}
 
 
