@@ -565,7 +565,7 @@ class BenchRun:
         return sum(not x.ok for gs in self.samples(side, guidance, seeds).values() for x in gs)
 
     # ---- SSCD --------------------------------------------------------------------------------
-    def _ref_embeddings(self, side: str) -> dict[str, np.ndarray]:
+    def ref_embeddings(self, side: str) -> dict[str, np.ndarray]:
         """{prompt_id: (R, D) SSCD embeddings of the prompt's R training images}."""
         key = ("ref_emb", side)
         if key not in self._memo:
@@ -578,54 +578,6 @@ class BenchRun:
                 i += len(r.images)
             self._memo[key] = out
         return self._memo[key]
-
-    def sscd(self, side: str, guidance: float | None = None, seeds: Any = None) -> Any:
-        """SSCDSummary of the side's generations against their training images (a prompt with
-        several training images scores each generation by its best match among them)."""
-        key = ("sscd", side, guidance, None if seeds is None else tuple(seeds))
-        if key in self._memo:
-            return self._memo[key]
-        from memberbench.metrics.sscd import aggregate_prompts, sscd_max_over_refs
-
-        refs = self._ref_embeddings(side)
-        scores: dict[str, Any] = {}
-        for pid, gens in self.ok_gens(side, guidance, seeds).items():
-            embs = [x.sscd_emb for x in gens if x.sscd_emb is not None]
-            if pid not in refs or not embs:
-                scores[pid] = None
-            else:
-                scores[pid] = sscd_max_over_refs(np.stack(embs), refs[pid])
-        summary = aggregate_prompts(scores, self.sscd_scorer.thresholds)
-        summary.model = self.sscd_scorer.describe()
-        self._memo[key] = summary
-        return summary
-
-    def sscd_ceiling(self, side: str) -> dict[str, float]:
-        """{prompt_id: SSCD of the training image vs its own VAE reconstruction} -- the most a
-        generated image can score through this model's VAE."""
-        key = ("ceiling", side)
-        if key in self._memo:
-            return self._memo[key]
-        import torch
-
-        from memberbench.metrics.sscd import sscd_cosine
-
-        refs = self.references(side)
-        out: dict[str, float] = {}
-        if refs:
-            ids = list(refs)
-            with torch.no_grad():
-                imgs = []
-                for i in range(0, len(ids), 32):
-                    lat = torch.stack([refs[p] for p in ids[i : i + 32]])
-                    lat = lat.to(self.adapter.device, getattr(self.adapter, "dtype", lat.dtype))
-                    imgs.extend(list(self.adapter.decode(lat)))
-            rec_emb = self.sscd_scorer.embed(imgs)
-            ref_emb = self._ref_embeddings(side)
-            for pid, e in zip(ids, rec_emb):
-                out[pid] = float(sscd_cosine(e, ref_emb[pid][0])[0])  # the first image's
-        self._memo[key] = out
-        return out
 
     # ---- measured memorization labels -----------------------------------------------------
     def mem_rule(self) -> dict[str, Any]:
@@ -661,13 +613,15 @@ class BenchRun:
     def measure_scores(self, side: str) -> dict[str, float]:
         """{prompt_id: the value the memorization rule thresholds} for the side's prompts with
         a training image and a scored generation (SSCD mean, or mean over VAE ceiling)."""
+        from memberbench.metrics import sscd as S
+
         if self.prompt_set(side).n_with_image == 0:
             return {}
-        means = self.sscd(side).prompt_means()
+        means = S.sscd_summary(self, side).prompt_means()
         rule = self.mem_rule()
         if rule["kind"] == "sscd" and rule["min_ceiling"] <= 0:
             return means
-        ceiling = self.sscd_ceiling(side)
+        ceiling = S.sscd_ceiling(self, side)
         floor = rule["min_ceiling"]
         keep = {p: m for p, m in means.items() if ceiling.get(p, 0) > 0 and ceiling[p] >= floor}
         if rule["kind"] == "sscd":

@@ -14,6 +14,7 @@ from memberbench.benchrun import SIDES, SUFFIX
 from memberbench.metrics.decomposition import deviations
 from memberbench.metrics.noise_magnitude import wen_magnitudes
 from memberbench.metrics.overestimation import trajectory_k_per_prompt
+from memberbench.metrics.sscd import sscd_summary
 from memberbench.metrics.stats import mean_stat
 
 pytestmark = pytest.mark.memberbench
@@ -29,7 +30,7 @@ def test_guidance_sweep(mb, record_metric, mb_guidance):
         sfx = SUFFIX[side]
         has_images = mb.prompt_set(side).n_with_image > 0
         if has_images:
-            summary = mb.sscd(side, g, seeds)
+            summary = sscd_summary(mb, side, g, seeds)
             per = {p: d for p, d in summary.per_prompt.items() if p in ids}
             for key, name in (("mean", "sscd_mean"), ("frac_ge_0.5", "mem_rate_0.5")):
                 record_metric(

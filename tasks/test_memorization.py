@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from memberbench.metrics.sscd import sscd_rel_mean
+from memberbench.metrics.sscd import sscd_ceiling, sscd_rel_mean, sscd_summary
 from memberbench.metrics.stats import mean_stat
 
 pytestmark = pytest.mark.memberbench
@@ -47,7 +47,7 @@ def _record_summary(record_metric, summary, side: str, suffix: str, ids=None) ->
 
 def test_sscd_memorized(mb, record_metric, record_per_prompt):
     mb.require_images("memorized")
-    summary = mb.sscd("memorized")
+    summary = sscd_summary(mb, "memorized")
     if summary.n_scored == 0:
         pytest.skip("no memorized prompt could be scored (no training image or all failed)")
     _record_summary(record_metric, summary, "memorized", "")
@@ -60,7 +60,7 @@ def test_sscd_memorized(mb, record_metric, record_per_prompt):
 
 def test_sscd_nonmemorized(mb, record_metric):
     mb.require_images("nonmemorized")
-    summary = mb.sscd("nonmemorized")
+    summary = sscd_summary(mb, "nonmemorized")
     if summary.n_scored == 0:
         pytest.skip("no non-memorized prompt could be scored")
     _record_summary(record_metric, summary, "nonmemorized", ".nonmem")
@@ -72,7 +72,7 @@ def test_sscd_by_group(mb, record_metric):
     groups = mb.memorized_groups()
     if not groups:
         pytest.skip("the memorized prompt set has no groups (duplication level / verbatim type)")
-    summary = mb.sscd("memorized")
+    summary = sscd_summary(mb, "memorized")
     recorded = 0
     for group, ids in sorted(groups.items()):
         ids = [p for p in ids if p in summary.per_prompt]
@@ -98,7 +98,7 @@ def test_sscd_ceiling(mb, record_metric):
     """How far SSCD can go through this model's VAE: each training image against its own VAE
     reconstruction; and the generations' SSCD relative to that ceiling."""
     mb.require_images("memorized")
-    ceiling = mb.sscd_ceiling("memorized")
+    ceiling = sscd_ceiling(mb, "memorized")
     if not ceiling:
         pytest.skip("the adapter cannot reconstruct training images (no encode/decode)")
     record_metric(

@@ -30,6 +30,7 @@ from memberbench.metrics.overestimation import (
     trajectory_k,
     trajectory_k_per_prompt,
 )
+from memberbench.metrics.sscd import sscd_summary
 from memberbench.metrics.stats import correlation, mean_stat
 
 pytestmark = pytest.mark.memberbench
@@ -180,7 +181,7 @@ def test_correlation_with_sscd_m7(mb, record_metric):
     sscd = {}
     for side in SIDES:
         if mb.prompt_set(side).n_with_image:
-            sscd[side] = mb.sscd(side).prompt_means()
+            sscd[side] = sscd_summary(mb, side).prompt_means()
     if "memorized" not in sscd:
         pytest.skip(
             "the memorized prompt set has no training images: SSCD (and so M7) is undefined"

@@ -389,9 +389,13 @@ def test_moved_compute_functions_by_hand():
         SimpleNamespace(sscd_emb=None, final_latent=None),
     ]
     mb = SimpleNamespace(
-        memo=lambda key, compute: {("m2", "memorized"): {"p": pair}}[key],  # the M2 product
-        sscd=lambda side: SimpleNamespace(per_prompt={"p": {"mean": 0.3}, "q": {"mean": 0.2}}),
-        sscd_ceiling=lambda side: {"p": 0.6, "q": 0.0},
+        memo=lambda key, compute: {  # the session's memoized products
+            ("m2", "memorized"): {"p": pair},
+            ("sscd", "memorized", None, None): SimpleNamespace(
+                per_prompt={"p": {"mean": 0.3}, "q": {"mean": 0.2}}
+            ),
+            ("ceiling", "memorized"): {"p": 0.6, "q": 0.0},
+        }[key],
         ok_gens=lambda side: {"p": gens, "lonely": gens[:1]},
     )
     assert k_pair(mb, "memorized", "g") == {"p": 2.0}

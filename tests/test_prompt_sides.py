@@ -18,6 +18,7 @@ import pytest
 
 from memberbench.benchrun import BenchRun, make_config, parse_mem_rule
 from memberbench.data import PromptRecord, PromptSet, load_prompt_file
+from memberbench.metrics import sscd as S
 from memberbench.metrics.sscd import aggregate_prompts, sscd_max_over_refs
 from memberbench.types import MemberbenchError
 
@@ -270,8 +271,8 @@ def _labelled_run(monkeypatch, bundled: bool, rule: str = "auto") -> BenchRun:
     ceilings = {"memorized": {"a": 0.6, "b": 0.6, "c": 0.9}, "nonmemorized": {"n1": 0.25}}
     run._memo.update({("prompts", s): ps for s, ps in sets.items()})
     monkeypatch.setattr(BenchRun, "is_bundled", property(lambda self: bundled))
-    monkeypatch.setattr(run, "sscd", lambda side: aggregate_prompts(scores[side]))
-    monkeypatch.setattr(run, "sscd_ceiling", lambda side: ceilings[side])
+    monkeypatch.setattr(S, "sscd_summary", lambda mb, side: aggregate_prompts(scores[side]))
+    monkeypatch.setattr(S, "sscd_ceiling", lambda mb, side: ceilings[side])
     return run
 
 

@@ -557,6 +557,59 @@ def embed_in_batches(scorer: SSCDScorer, images: Iterable[np.ndarray]) -> np.nda
 # declarations (tasks/test_memorization.py, tasks/test_guidance_sweep.py record them)
 
 
+# --------------------------------------------------------------------------------------------
+# from the session's memoized products (the ``mb`` fixture: generations, SSCD embeddings)
+
+
+def sscd_summary(mb: Any, side: str, guidance: float | None = None, seeds: Any = None) -> Any:
+    """SSCDSummary of the session ``mb``'s generations against their training images (a prompt
+    with several training images scores each generation by its best match among them);
+    memoized in the session."""
+    key = ("sscd", side, guidance, None if seeds is None else tuple(seeds))
+
+    def compute() -> Any:
+        refs = mb.ref_embeddings(side)
+        scores: dict[str, Any] = {}
+        for pid, gens in mb.ok_gens(side, guidance, seeds).items():
+            embs = [x.sscd_emb for x in gens if x.sscd_emb is not None]
+            if pid not in refs or not embs:
+                scores[pid] = None
+            else:
+                scores[pid] = sscd_max_over_refs(np.stack(embs), refs[pid])
+        summary = aggregate_prompts(scores, mb.sscd_scorer.thresholds)
+        summary.model = mb.sscd_scorer.describe()
+        return summary
+
+    return mb.memo(key, compute)
+
+
+def sscd_ceiling(mb: Any, side: str) -> dict[str, float]:
+    """{prompt_id: SSCD of the training image vs its own VAE reconstruction} -- the most a
+    generated image can score through this model's VAE (memoized in the session)."""
+
+    def compute() -> dict[str, float]:
+        import torch
+
+        refs = mb.references(side)
+        adapter = mb.adapter
+        out: dict[str, float] = {}
+        if refs:
+            ids = list(refs)
+            with torch.no_grad():
+                imgs = []
+                for i in range(0, len(ids), 32):
+                    lat = torch.stack([refs[p] for p in ids[i : i + 32]])
+                    lat = lat.to(adapter.device, getattr(adapter, "dtype", lat.dtype))
+                    imgs.extend(list(adapter.decode(lat)))
+            rec_emb = mb.sscd_scorer.embed(imgs)
+            ref_emb = mb.ref_embeddings(side)
+            for pid, e in zip(ids, rec_emb):
+                out[pid] = float(sscd_cosine(e, ref_emb[pid][0])[0])  # the first image's
+        return out
+
+    return mb.memo(("ceiling", side), compute)
+
+
 _SSCD_FAMILY = dict(family="memorization", higher_is_better=False, needs_training_image=True)
 declare(
     "sscd_mean",
@@ -611,9 +664,9 @@ declare(
 def sscd_rel_mean(mb: Any, side: str = "memorized") -> dict[str, float]:
     """{prompt_id: mean SSCD of its generations / SSCD of its training image to its own VAE
     reconstruction} (prompts with a positive ceiling)."""
-    ceiling = mb.sscd_ceiling(side)
+    ceiling = sscd_ceiling(mb, side)
     return {
         p: d["mean"] / ceiling[p]
-        for p, d in mb.sscd(side).per_prompt.items()
+        for p, d in sscd_summary(mb, side).per_prompt.items()
         if p in ceiling and ceiling[p] > 0
     }
