@@ -3,9 +3,14 @@
 The pytest plugin (:mod:`memberbench.pytest_plugin`) builds one :class:`BenchRun` per session
 from the command-line options (:class:`BenchConfig`) and hands it to the tasks as the ``mb``
 fixture.  It owns the expensive objects (adapter, mitigation, SSCD and CLIP scorers, the
-generation cache) and memoizes every derived quantity, so that each (prompt, seed, guidance) is
-generated once per session and each per-prompt number (SSCD, D1, Wen's magnitude, ...) is
-computed once, whichever tasks ask for it and in whatever order they run.
+generation cache), generates (each (prompt, seed, guidance) once per session, through the
+runner and its cache) and memoizes the products the metrics read: generations and their traces,
+images and embeddings, the training images' latents and SSCD embeddings, the measured labels.
+The metric formulas live in :mod:`memberbench.metrics` as functions of the session (``fn(mb,
+side, ...)``, e.g. ``metrics.sscd.sscd_summary``, ``metrics.decomposition.deviations``,
+``metrics.noise_magnitude.wen_magnitudes``), which memoize their per-prompt values here
+(:meth:`BenchRun.memo`, :meth:`BenchRun.per_prompt`), so each is computed once whichever tasks
+ask for it and in whatever order they run.
 
 Kept apart from the plugin so that the plugin module stays light (it is imported by every pytest
 run on a machine where memberbench is installed; it imports this module only when memberbench
