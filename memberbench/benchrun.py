@@ -118,6 +118,7 @@ class BenchRun:
         self.gen_stats: dict[str, Any] = {}  # run_generation's counts, summed over the run
         self.skipped_counts: dict[str, int] = {}
         self._moved_in: dict[str, int] = {}  # prompts that came from the other side's set
+        self.rank_stats: dict[int, dict[str, Any]] = {}  # generate_on_ranks' counts per rank
 
     # ---- expensive objects ---------------------------------------------------------------
     @property
@@ -416,10 +417,10 @@ class BenchRun:
         self._memo[key] = self._generate(side, ids, g, seeds)
         return self._memo[key]
 
-    def _generate(
+    def _requests(
         self, side: str, ids: list[str], guidance: float, seeds: Sequence[int]
-    ) -> dict[str, list[Gen]]:
-        from memberbench.runner import run_generation
+    ) -> tuple[list[Any], list[Any]]:
+        """The generation requests of (side, prompts, guidance, seeds) and their references."""
         from memberbench.types import GenerationRequest
 
         recs = self.records(side)
@@ -439,12 +440,121 @@ class BenchRun:
                     )
                 )
                 ref_list.append(refs.get(pid))
+        return reqs, ref_list
+
+    def _chunk(self) -> int:
+        """Requests per run_generation call: a multiple of the batch size, so that the batches
+        (and the cache keys) are those of one call over all of them (``memberbench generate
+        --tasks`` and the ranks of a multi-process run plan them so)."""
+        b = self.config.batch_size
+        return b * max(1, -(-256 // b))
+
+    def generation_plan(self, sweep: Sequence[float] | None = None) -> list[tuple]:
+        """The (side, guidance, seeds) generations the tasks ask for: every side at the main
+        guidance with the run's seeds, and at each guidance of ``sweep`` (default ``--sweep``)
+        with the sweep's seeds (none where the main generations hold them)."""
+        cfg = self.config
+        sweep = cfg.sweep if sweep is None else sweep
+        plan = [(side, float(cfg.guidance), tuple(cfg.seeds)) for side in SIDES]
+        seeds = tuple(cfg.sweep_seed_list)
+        for g in sweep:
+            if float(g) == cfg.guidance and set(seeds) <= set(cfg.seeds):
+                continue
+            plan += [(side, float(g), seeds) for side in SIDES]
+        return list(dict.fromkeys(plan))
+
+    def pregenerate(
+        self, rank: int = 0, world_size: int = 1, sweep: Sequence[float] | None = None
+    ) -> dict[str, Any]:
+        """Generate into the cache this process's share (of ``world_size``) of the batches of
+        every generation of :meth:`generation_plan`, exactly as the tasks will ask for them;
+        returns the counts (requested, generated, from_cache, padding, cache)."""
+        from memberbench.runner import run_generation
+
+        if self.cache is None:
+            raise MemberbenchError(
+                "generating for the tasks ahead of them needs the generation cache: pass "
+                "--cache-dir DIR (a folder all processes share), not --cache-dir none"
+            )
+        stats: dict[str, Any] = {}
+        requested = 0
+        t0 = time.perf_counter()
+        for side, g, seeds in self.generation_plan(sweep):
+            main = g == self.config.guidance
+            ids = self.prompt_set(side).prompt_ids() if main else self.sweep_prompt_ids(side)
+            reqs, refs = self._requests(side, ids, g, seeds)
+            latents_dir = self._latents_dir(len(reqs))
+            chunk = self._chunk()
+            for i in range(0, len(reqs), chunk):
+                run_generation(
+                    self.adapter,
+                    reqs[i : i + chunk],
+                    references=refs[i : i + chunk],
+                    mitigation=self.mitigation,
+                    cache=self.cache,
+                    batch_size=self.config.batch_size,
+                    record_latents_dir=latents_dir,
+                    progress=self.config.progress,
+                    stats=stats,
+                    shard=(rank, world_size, stats.get("batches", 0)),
+                )
+                requested += len(stats.pop("indices", ()))
+        return {
+            "rank": rank,
+            "requested": requested,
+            "generated": int(stats.get("generated", 0)),
+            "from_cache": int(stats.get("cached", 0)),
+            "padding_rows": int(stats.get("padding", 0)),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "cache": self.cache.stats(),
+        }
+
+    def generate_on_ranks(
+        self, rank: int, world_size: int, sweep: Sequence[float] | None = None
+    ) -> dict[int, dict[str, Any]]:
+        """Each rank generates its share of every generation into the shared cache, then the
+        ranks wait for each other (:class:`memberbench.ranks.RankGroup` in the cache folder);
+        returns {rank: its counts}.  A rank that fails tells the others, which stop naming it."""
+        from memberbench.ranks import RankGroup
+
+        if self.cache is None:
+            raise MemberbenchError(
+                f"a run on {world_size} processes needs a generation cache they share: pass "
+                "--cache-dir DIR (not none)"
+            )
+        group = RankGroup(self.cache.root, rank, world_size)
+        try:
+            try:
+                mine = self.pregenerate(rank, world_size, sweep)
+            except BaseException as e:
+                group.fail(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+                raise
+            self.log(
+                f"memberbench: rank {rank} of {world_size}: {mine['generated']} of its "
+                f"{mine['requested']} images generated, {mine['from_cache']} from the cache, in "
+                f"{mine['seconds']:.1f} s; waiting for the other ranks"
+            )
+            got = group.wait("generated", mine)
+        finally:
+            group.close()
+        self.rank_stats = {k: got[k] for k in sorted(got)}
+        from memberbench.cache import GenerationCache
+
+        self._cache = GenerationCache(self.cache.root)  # the tasks' own counts from here on
+        return self.rank_stats
+
+    def _generate(
+        self, side: str, ids: list[str], guidance: float, seeds: Sequence[int]
+    ) -> dict[str, list[Gen]]:
+        from memberbench.runner import run_generation
+
+        reqs, ref_list = self._requests(side, ids, guidance, seeds)
         latents_dir = self._latents_dir(len(reqs))
         out: dict[str, list[Gen]] = {pid: [] for pid in ids}
         keep_images = self._keep_images(len(reqs))
         t0 = time.perf_counter()
         stats: dict[str, Any] = {}
-        chunk = max(self.config.batch_size, 256)
+        chunk = self._chunk()
         label = f"{side}, g={guidance:g}"
         for i in range(0, len(reqs), chunk):
             report: Any = self.config.progress
@@ -490,7 +600,7 @@ class BenchRun:
         cache = self._cache.stats() if self._cache is not None else None
         if cache is not None:
             cache["dir"] = str(self._cache.root)
-        return {
+        out = {
             "images_requested": self.n_requested,
             "images_generated": self.n_generated,
             "padding_rows": int(g.get("padding", 0)),
@@ -499,6 +609,10 @@ class BenchRun:
             "batch_sizes": dict(sorted((g.get("batch_sizes") or {}).items())),
             "numerics": g.get("numerics"),
         }
+        if self.rank_stats:  # a multi-process run: what each rank generated before the tasks
+            out["world_size"] = len(self.rank_stats)
+            out["ranks"] = [self.rank_stats[k] for k in sorted(self.rank_stats)]
+        return out
 
     def cache_summary(self) -> str:
         """One line for the terminal summary: what the cache did."""
@@ -511,10 +625,19 @@ class BenchRun:
             else f"generation cache: {c['hits']} hits, {c['misses']} misses "
             f"({c['corrupt']} corrupt entries regenerated)"
         )
+        ranks = d.get("ranks") or []
+        before = (
+            f"; before the tasks, {len(ranks)} ranks generated "
+            f"{sum(r['generated'] for r in ranks)} of {sum(r['requested'] for r in ranks)} images "
+            f"({', '.join(str(r['generated']) for r in ranks)})"
+            if ranks
+            else ""
+        )
         return (
             f"{head}; {d['images_generated']} of {d['images_requested']} images generated"
             + (f" (+{d['padding_rows']} padding rows)" if d["padding_rows"] else "")
             + f"; batch sizes that produced them: {sizes}"
+            + before
         )
 
     def _keep_images(self, n: int) -> bool:

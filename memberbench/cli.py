@@ -19,7 +19,9 @@ Subcommands (each imports what it needs only when run)::
     memberbench list [KIND] [--tasks DIR]        what is registered, one line each: models,
                                                  mitigations, prompt-sets, detectors, tasks
 
-``memberbench run`` passes every argument after it to pytest, e.g.
+``memberbench run --processes N ...`` runs it as N ranks (memberbench.ranks.launch): each
+generates its share of the generations into the shared cache, rank 0 writes the results.
+``memberbench run`` passes every other argument after it to pytest, e.g.
 ``memberbench run --model sd-1.4 --profile paper -x``; ``--tasks DIR`` picks another task
 folder (default: the installed package's ``memberbench.tasks``, which a wheel ships from the
 repository's tasks/ folder; in a source checkout, that tasks/ folder).
@@ -88,6 +90,12 @@ def cmd_run(argv: Sequence[str]) -> int:
             if a.startswith("--tasks="):
                 tasks = a.split("=", 1)[1]
                 args.remove(a)
+    processes = _pop_processes(args)
+    if processes is not None and processes > 1:  # each rank runs this command without it
+        from memberbench.ranks import launch
+
+        rest = ([f"--tasks={tasks}"] if tasks else []) + args
+        return launch([sys.executable, "-m", "memberbench.cli", "run", *rest], processes)
     target = find_tasks_dir(tasks)
     # -p memberbench.pytest_plugin makes the plugin available even without installed metadata
     plugin_args = [] if _plugin_installed() else ["-p", "memberbench.pytest_plugin"]
@@ -107,6 +115,20 @@ def _inside_cwd(path: Path) -> bool:
 
 def _has_rootdir(args: Sequence[str]) -> bool:
     return any(a == "--rootdir" or a.startswith("--rootdir=") for a in args)
+
+
+def _pop_processes(args: list[str]) -> int | None:
+    """Remove ``--processes N`` / ``--processes=N`` from ``args``; N, or None if absent."""
+    for i, a in enumerate(args):
+        if a == "--processes" or a.startswith("--processes="):
+            raw = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+            del args[i : i + (1 if "=" in a else 2)]
+            if not raw.isdigit() or int(raw) < 1:
+                raise MemberbenchError(
+                    f"--processes must be a positive integer (1, 2, ...), got {raw!r}"
+                )
+            return int(raw)
+    return None
 
 
 def _plugin_installed() -> bool:

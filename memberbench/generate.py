@@ -8,11 +8,16 @@ Examples::
         --seeds 0-3 --cache-dir cache/ --out out/            # CPU or GPU processes
     accelerate launch --multi_gpu --num_processes 4 -m memberbench.generate ...   # 4 GPUs
 
-Under a launcher each process generates a disjoint slice of the requests into the shared cache
-(rank and world size from ``accelerate.PartialState``; RANK / WORLD_SIZE as a fallback) and
-writes its own images and traces.  Note: accelerate 1.x runs ``accelerate launch --cpu
+Under a launcher each process generates a disjoint slice of the planned batches into the shared
+cache (rank and world size from ``accelerate.PartialState``; RANK / WORLD_SIZE as a fallback) and
+writes its own images and traces; every sample keeps the batch, and so the cache key, that one
+process gives it, so a cache filled by any number of processes is the cache of one.  Note: accelerate 1.x runs ``accelerate launch --cpu
 --num_processes N`` as ONE process unless an MPI hostfile is given (``--mpirun_hostfile``); that
 process then generates everything (correct, not parallel).  On CPUs use torchrun.
+
+``memberbench generate --tasks [BENCHMARK OPTIONS]`` instead generates what ``pytest tasks/``
+with those options will ask for, under the keys the tasks use, into the cache only (any number of
+processes or independent jobs with RANK / WORLD_SIZE), so that the suite then only reads it.
 
 Output per request: ``<out>/<stem>.png`` (ok samples) and ``<out>/<stem>.json`` (request, status,
 UNet evaluations, wall time, trace series and scalars), where ``stem`` is
@@ -341,10 +346,14 @@ def run(args: argparse.Namespace) -> int:
     ]
     stems = [_stem(pi, s) for pi in range(len(prompts)) for s in seeds]
 
-    from memberbench.runner import resolve_mitigation, run_generation, shard_indices
+    from memberbench.runner import resolve_mitigation, run_generation
 
     mitigation = resolve_mitigation(args.mitigation)  # bad specs fail before loading a model
     rank, world, state = dist_info()
+    from memberbench.ranks import launcher_mismatch
+
+    if warn := launcher_mismatch():
+        print(f"{PROG}: {warn}", file=sys.stderr)
     from memberbench.adapters import load_adapter
 
     adapter = load_adapter(args.model, device=args.device, dtype=args.dtype)
@@ -355,19 +364,20 @@ def run(args: argparse.Namespace) -> int:
 
     cache = None if args.no_cache else GenerationCache(args.cache_dir)
     out.mkdir(parents=True, exist_ok=True)
-    idx = list(shard_indices(len(requests), rank, world))
     latents_dir = out / "latents" if args.record_latents else None
     gen: dict[str, Any] = {}
-    samples = run_generation(
+    samples = run_generation(  # this rank's share of the batches a single process would run
         adapter,
-        [requests[i] for i in idx],
+        requests,
         mitigation=mitigation,
         cache=cache,
         batch_size=args.batch_size,
         record_latents_dir=latents_dir,
         progress=not args.no_progress and rank == 0,
         stats=gen,
+        shard=(rank, world),
     )
+    idx = list(gen["indices"])
     generation = {
         "requested": len(idx),
         "generated": int(gen.get("generated", 0)),
@@ -422,7 +432,70 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OptionGroup:
+    """pytest's ``group.addoption`` over an argparse parser (for the benchmark's options)."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def addoption(self, *flags: str, **kw: Any) -> None:
+        self.parser.add_argument(*flags, **kw)
+
+
+def run_tasks(argv: list[str]) -> int:
+    """``memberbench generate --tasks [BENCHMARK OPTIONS]``: generate into the cache exactly
+    the generations ``pytest tasks/`` with the same options asks for (same requests, training
+    latents, batches, so the same cache keys), so that the suite then only reads the cache.
+    Under a launcher, or with RANK / WORLD_SIZE set by hand for independent jobs, each process
+    generates its share of the batches (no process waits for another)."""
+    from memberbench import ranks
+    from memberbench.benchrun import BenchRun
+    from memberbench.config import add_pytest_options, make_config, raw_pytest_options
+
+    parser = _Parser(
+        prog=f"{PROG} --tasks",
+        description="Generate the task suite's generations into the cache (the options of "
+        "`memberbench run` / pytest tasks/; docs/options.md).",
+    )
+    add_pytest_options(_OptionGroup(parser))
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    rank, world = ranks.world()
+    warn = ranks.launcher_mismatch()
+    if warn:
+        print(f"{PROG}: {warn}", file=sys.stderr)
+    cfg = make_config(raw_pytest_options(lambda dest: getattr(ns, dest)))
+    run = BenchRun(cfg, log=lambda msg: print(msg, file=sys.stderr))
+    try:
+        _check_steps(cfg.steps, run.adapter)
+        run.mitigation.check_compatible(run.adapter)
+        d = run.pregenerate(rank, world)
+    finally:
+        run.close()
+    where = f" (rank {rank} of {world})" if world > 1 else ""
+    c = d["cache"]
+    print(
+        f"{PROG} --tasks{where}: {d['generated']} of {d['requested']} images generated, "
+        f"{d['from_cache']} from the cache ({c['hits']} hits, {c['misses']} misses, "
+        f"{c['corrupt']} corrupt entries regenerated) in {run.cache.root}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--tasks"]:
+        try:
+            return run_tasks(argv[1:])
+        except MemberbenchError as e:
+            print(f"{PROG} --tasks: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted (finished samples are in the cache)", file=sys.stderr)
+            return 130
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

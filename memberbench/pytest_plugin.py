@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the session object, for readers and type checkers (imported
 
 RUN_KEY = pytest.StashKey[Any]()
 REC_KEY = pytest.StashKey[Any]()
+RANK_KEY = pytest.StashKey[int]()  # set on the ranks > 0 of a multi-process run
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -372,6 +373,42 @@ def pytest_collection_modifyitems(
         return
     config.stash[REC_KEY].items = {it.nodeid for it in mb_items}
     _check_run(config, run)
+    if not config.option.collectonly:
+        _generate_on_ranks(config, run, items, mb_items)
+
+
+def _generate_on_ranks(config: pytest.Config, run: Any, items: list, mb_items: list) -> None:
+    """Under a launcher (torchrun, accelerate --multi_gpu, memberbench run --processes N): every
+    rank generates its share of the tasks' generations into the shared cache and waits for the
+    others; rank 0 then runs the tasks (reading the cache) and writes the results, the other
+    ranks' tasks are deselected.  A launcher that started one process of several is named."""
+    from memberbench import ranks
+    from memberbench.types import MemberbenchError
+
+    try:
+        rank, world = ranks.world()
+    except MemberbenchError as e:
+        raise pytest.UsageError(str(e)) from None
+    warn = ranks.launcher_mismatch()
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if warn and tr is not None:
+        tr.write_line(f"memberbench: {warn}", yellow=True)
+    if world == 1:
+        return
+    sweep = set()
+    for it in mb_items:
+        g = getattr(getattr(it, "callspec", None), "params", {}).get("mb_guidance")
+        if g is not None:
+            sweep.add(float(g))
+    try:
+        run.generate_on_ranks(rank, world, sorted(sweep))
+    except MemberbenchError as e:
+        raise pytest.UsageError(f"rank {rank} of {world}: {e}") from None
+    if rank != 0:  # rank 0 alone computes the metrics and writes the results
+        config.hook.pytest_deselected(items=list(mb_items))
+        keep = set(map(id, mb_items))
+        items[:] = [it for it in items if id(it) not in keep]
+        config.stash[RANK_KEY] = rank
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -697,6 +734,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state is None or state[0] != "run" or rec is None:
         return
     run = state[1]
+    if config.stash.get(RANK_KEY, 0) and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # a rank > 0 only generated its share
     try:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             rec.write_error = (

@@ -46,6 +46,19 @@ def shard(requests: Sequence[Any], rank: int, world_size: int) -> list[Any]:
     return [requests[i] for i in shard_indices(len(requests), rank, world_size)]
 
 
+def shard_batches(
+    plan: Sequence[Sequence[int]], rank: int, world_size: int, offset: int = 0
+) -> list[list[int]]:
+    """The batches of ``plan`` that process ``rank`` of ``world_size`` generates: batch ``b``
+    goes to rank ``(b + offset) % world_size`` (disjoint; their union is the plan; ``offset``
+    carries the turn on across calls).  Sharding batches, not requests, keeps each sample in the
+    batch it has in one process, so the sample and its cache key do not depend on the number of
+    processes."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise MemberbenchError(f"bad shard: rank {rank} of world size {world_size}")
+    return [list(c) for b, c in enumerate(plan) if (b + offset) % world_size == rank]
+
+
 def _progress(total: int, progress: Any, desc: str):
     """A tqdm bar (``progress`` True / False), or one that calls ``progress(done, total)``."""
     if callable(progress):
@@ -80,6 +93,7 @@ def run_generation(
     record_latents_dir: str | os.PathLike | None = None,
     progress: Any = True,
     stats: dict[str, Any] | None = None,
+    shard: tuple[int, ...] | None = None,
 ) -> list[Sample]:
     """Generate ``requests`` (through ``mitigation`` and ``cache`` when given), in order.
 
@@ -100,6 +114,11 @@ def run_generation(
     * ``references``: per request, the training latent to trace against (or None).
     * ``progress``: a tqdm bar (True) or none (False), or a callable ``progress(done, total)``
       called with the requests done so far (cache hits first, then after each batch).
+    * ``shard``: ``(rank, world_size)`` or ``(rank, world_size, offset)``: generate (or read)
+      only this process's share of the planned *batches* (:func:`shard_batches`), so that every
+      sample keeps the batch size, and so the cache key, a single process gives it; the samples
+      of the other shares are not returned (``stats["indices"]`` lists the indices of the ones
+      returned, ``stats["batches"]`` counts the planned batches of every call).
 
     Returned samples carry the caller's request (``sample.request``); the request actually
     sampled after the mitigation's transform is in ``sample.meta["sampled_request"]`` when it
@@ -136,6 +155,11 @@ def run_generation(
     # depend on the size of the batch it is computed in (not on its neighbours), so that size is
     # part of its key, and a batch with some entries cached is topped up to its planned size.
     plan = batch_plan(sampled, batch_size)
+    if stats is not None:
+        stats["batches"] = stats.get("batches", 0) + len(plan)
+    if shard is not None:
+        plan = shard_batches(plan, *shard)
+    mine = sorted(i for chunk in plan for i in chunk)
     planned = [0] * n
     for chunk in plan:
         for i in chunk:
@@ -151,15 +175,17 @@ def run_generation(
             batch=planned[i],
             numerics=numerics,
         )
+        if planned[i]
+        else ""
         for i in range(n)
     ]
 
     out: list[Sample | None] = [None] * n
     need_latents = record_latents_dir is not None
-    for i in range(n):
+    for i in mine:
         if cache is not None:
             out[i] = cache.get(keys[i], need_latents=need_latents)
-    todo = [i for i in range(n) if out[i] is None]
+    todo = [i for i in mine if out[i] is None]
 
     if todo:
         sampler = TracedSampler(
@@ -168,8 +194,8 @@ def run_generation(
             record_latents_dir=record_latents_dir,
             batch_size=batch_size,
         )
-        bar = _progress(n, progress, "generate")
-        bar.update(n - len(todo))
+        bar = _progress(len(mine), progress, "generate")
+        bar.update(len(mine) - len(todo))
         for chunk in plan:
             idx = [i for i in chunk if out[i] is None]
             if not idx:
@@ -198,15 +224,18 @@ def run_generation(
             bar.update(len(idx))
         bar.close()
     if stats is not None:
-        stats["cached"] = stats.get("cached", 0) + (n - len(todo))
+        stats["cached"] = stats.get("cached", 0) + (len(mine) - len(todo))
+        if shard is not None:
+            stats["indices"] = mine
         sizes = stats.setdefault("batch_sizes", {})
-        for s in out:
+        for s in (out[i] for i in mine):
             b = str((s.meta or {}).get("batch_size"))  # type: ignore[union-attr]
             sizes[b] = sizes.get(b, 0) + 1
         stats["numerics"] = numerics
 
     result: list[Sample] = []
-    for i, s in enumerate(out):
+    for i in mine:
+        s = out[i]
         assert s is not None
         meta = dict(s.meta, cache_key=keys[i])
         if sampled[i] != requests[i]:

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "memberbench"
 # layer -> units (a unit is a module or a subpackage, named from the package root)
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("memberbench", "memberbench.types", "memberbench.registry", "memberbench.io",
-        "memberbench.devices", "memberbench.config", "memberbench.errors"),
+        "memberbench.devices", "memberbench.config", "memberbench.errors", "memberbench.ranks"),
     1: ("memberbench.sampling", "memberbench.data"),
     2: ("memberbench.adapters",),
     3: ("memberbench.metrics",),
