@@ -198,6 +198,10 @@ def main() -> None:
         f"images, traced vs pipeline (uint8 levels): max |diff| {diff.max():.0f}, "
         f"mean {diff.mean():.4f}, fraction of pixels differing {(diff > 0).mean():.5f}"
     )
+    ips = B / med["traced+ref"]
+    print(
+        f"images/s (traced+ref, what the tasks run; for memberbench cost --images-per-s): {ips:.3f}"
+    )
     print(f"fingerprint (hash of all weights, once per model): {fp_s:.2f} s ({fp[:12]})")
     print(f"cache cold (generate + store) {cold:.3f} s, warm (read only) {warm:.3f} s, ")
     print(f"warm/cold ratio {warm / cold:.4f}")
@@ -212,6 +216,7 @@ def main() -> None:
                     "batch": B,
                     "resolution": args.resolution,
                     "times": times,
+                    "images_per_s": ips,
                     "peak_mib": peak,
                     "image_max_abs_diff": float(diff.max()),
                     "image_mean_abs_diff": float(diff.mean()),

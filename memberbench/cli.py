@@ -16,6 +16,9 @@ Subcommands (each imports what it needs only when run)::
     memberbench evidence ...                     the bundled model's evidence report
     memberbench fetch-images SOURCE --out DIR    recover a prompt set's training images from
                                                  its URLs (memberbench.data.fetch)
+    memberbench cost [--profile P] [--model M] [--images-per-s X --gpus 1,8]
+                                                 generations and UNet evaluations per task
+                                                 (memberbench.cost; docs/cost-model.md)
     memberbench list [KIND] [--tasks DIR]        what is registered, one line each: models,
                                                  mitigations, prompt-sets, detectors, tasks
 
@@ -37,7 +40,7 @@ from typing import Any
 
 from memberbench.types import MemberbenchError
 
-PASSTHROUGH = ("run", "generate", "evidence")
+PASSTHROUGH = ("run", "generate", "evidence", "cost")
 
 
 def find_tasks_dir(explicit: str | None = None) -> Path:
@@ -342,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the benchmark (pytest tasks/ ...); options go to pytest")
     sub.add_parser("generate", help="generate images and traces (see `memberbench generate -h`)")
     sub.add_parser("evidence", help="the bundled model's evidence report")
+    sub.add_parser("cost", help="generations, UNet evaluations and wall time of a profile")
 
     v = sub.add_parser("validate", help="check results files against the schema")
     v.add_argument("files", nargs="+", metavar="FILE")
@@ -555,6 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_run(rest)
             if argv[0] == "generate":
                 return cmd_generate(rest)
+            if argv[0] == "cost":
+                from memberbench import cost
+
+                return int(cost.main(rest) or 0)
             return cmd_evidence(rest)
         parser = build_parser()
         ns = parser.parse_args(argv)

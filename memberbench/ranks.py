@@ -151,7 +151,7 @@ class RankGroup:
         rid: str | None = None,
         heartbeat_s: float = 1.0,
         dead_after_s: float = 60.0,
-        join_timeout_s: float = 600.0,
+        join_timeout_s: float = 1800.0,
         poll_s: float = 0.2,
     ) -> None:
         base = Path(root) / RANKS_DIR

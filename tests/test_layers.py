@@ -26,7 +26,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     3: ("memberbench.metrics",),
     4: ("memberbench.mitigations",),
     5: ("memberbench.cache", "memberbench.runner"),
-    6: ("memberbench.benchrun", "memberbench.generate"),
+    6: ("memberbench.benchrun", "memberbench.generate", "memberbench.cost"),
     7: ("memberbench.results", "memberbench.compare"),
     8: ("memberbench.pytest_plugin",),
     9: ("memberbench.leaderboard", "memberbench.site"),

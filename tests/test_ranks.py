@@ -95,6 +95,15 @@ def test_generate_fills_the_tasks_keys_and_two_ranks_equal_one(tmp_path, tiny_pi
     assert gen["cache"]["hits"] == gen["images_requested"] == n_entries
     assert f"generation cache: {n_entries} hits, 0 misses" in r.stdout
     assert len(GenerationCache(pre)) == n_entries  # nothing new was written
+    # the cost model counts what the run generated (main + sweep; the cost task's 8 are fresh)
+    from memberbench.cost import suite_cost
+
+    rows = suite_cost(
+        "quick", "bundled", prompts=(2, 2), seeds="0-1", steps="4", sweep="1", m2_limit="1"
+    )
+    assert sum(r.generations for r in rows if r.distributed) == gen["images_requested"]
+    per_image = json.loads(one.read_text())["metrics"]["unet_evals_per_image"]["value"]
+    assert per_image == rows[0].unet_evals / rows[0].generations == 2 * 4
 
     # 2. torchrun with 2 processes on a fresh cache: the same results as one process
     two = tmp_path / "two" / "run.json"
