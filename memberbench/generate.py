@@ -468,6 +468,10 @@ def run_tasks(argv: list[str]) -> int:
         print(f"{PROG}: {warn}", file=sys.stderr)
     cfg = make_config(raw_pytest_options(lambda dest: getattr(ns, dest)))
     run = BenchRun(cfg, log=lambda msg: print(msg, file=sys.stderr))
+    if run.cache_dir is None:  # before the model loads
+        raise MemberbenchError(
+            "--tasks fills the generation cache the tasks read: pass --cache-dir DIR, not none"
+        )
     try:
         _check_steps(cfg.steps, run.adapter)
         run.mitigation.check_compatible(run.adapter)

@@ -34,7 +34,10 @@ run                 ``id``, ``started`` / ``finished`` (ISO 8601 UTC), ``duratio
                     ``images_requested``, ``images_generated``, ``padding_rows``,
                     ``from_cache``, ``cache`` {hits, misses, corrupt, writes,
                     stale_tmp_removed, dir} or null, ``batch_sizes`` {size: samples},
-                    ``numerics``; docs/reliability.md)
+                    ``numerics``; docs/reliability.md; in a multi-process run also
+                    ``world_size`` and ``ranks``: per rank {rank, requested, generated,
+                    from_cache, padding_rows, seconds, cache} before the tasks;
+                    docs/cost-model.md)
 model               ``spec`` (as given to --model), ``name``, ``card`` (the model card
                     dict: repo_id, revision, resolution, prediction_type, ...),
                     ``fingerprint`` (hash of weights + scheduler config), ``revision``,

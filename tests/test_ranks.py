@@ -292,3 +292,25 @@ def test_accelerate_launch_without_multi_gpu_is_named(tmp_path):
     lines = [x for x in p.stdout.splitlines() if x.startswith("PROBE")]
     assert p.returncode == 0 and len(lines) == 1, p.stdout + p.stderr  # one process
     assert lines[0].startswith("PROBE (0, 1) accelerate launch was asked for several processes")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["generate", "--tasks", "--seeds=x"], {}, "--seeds 'x' not understood"),
+        (["generate", "--tasks", "--cache-dir=none"], {}, "pass --cache-dir DIR, not none"),
+        (["generate", "--tasks"], {"WORLD_SIZE": "2"}, "WORLD_SIZE=2 but RANK=None"),
+        (["run", "--processes", "x"], {}, "--processes must be a positive integer"),
+        (["run", "--processes=0"], {}, "--processes must be a positive integer"),
+    ],
+)
+def test_bad_input_is_one_line(argv, env, message, monkeypatch, capsys):
+    from memberbench.cli import main
+
+    for k in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
