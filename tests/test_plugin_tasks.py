@@ -9,6 +9,7 @@ training images making the tasks skip with the reason: tests/test_plugin.py.)
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -230,7 +231,8 @@ def test_a_declared_metric_reaches_results_and_leaderboard_with_no_task(
     """Issue 22: a metric declared with record= in an installed package's module (entry-point
     group memberbench.metrics), and nothing else, is recorded by the generic task
     tasks/test_declared.py on the tiny pipeline (its check's skip reason shown), and a
-    leaderboard built from that run places it in its headline column and its section."""
+    leaderboard built from that run places it in its headline column (README) and its section
+    (the site)."""
     from test_plugin import REPO
 
     from memberbench import leaderboard as L
@@ -290,18 +292,24 @@ def test_a_declared_metric_reaches_results_and_leaderboard_with_no_task(
         assert "toy" in D.load_entry_points()
         _, readme, errors, _ = L.add_runs([out], pytester.path / "board", figures=False)
         text = readme.read_text()
+        from memberbench.site import build_site
+
+        index = (build_site(pytester.path / "board")[0] / "index.html").read_text()
     finally:
         D.forget("toy_seed", kind="metric")
         D.forget("toy_never", kind="metric")
         sys.modules.pop("mb_toy_declared", None)
     assert errors == []
-    head = text.split("## Headline")[1].strip().splitlines()
-    # (this run recorded only the generic task's metrics: the only declared headline is the toy's)
-    col = [c.strip() for c in head[0].split("|")].index("toy seed ↓")
-    assert [c.strip() for c in head[2].split("|")][col] == "1.5 ± 0 (2)"
-    over = text.split("## Overestimation and the schedule decomposition")[1].strip().splitlines()
-    col = [c.strip() for c in over[0].split("|")].index("toy_seed.p2 ↓")
-    assert [c.strip() for c in over[2].split("|")][col] == "2.5 ± 0 (2)"
+    # the README's table of this (non-standard: 4 steps, 2 seeds) setting: the headline columns,
+    # and the only declared headline this run recorded is the toy's
+    lines = text.split("### Setting 1: non-standard")[1].splitlines()
+    head, _, row = [[c.strip() for c in x.split("|")] for x in lines if x.startswith("|")][:3]
+    assert row[head.index("toy seed ↓")] == "1.5 ± 0"
+    # the site's table of the section the declaration places toy_seed.p2 in
+    sec = index.split('id="sec-overestimation-table"')[1].split("</table>")[0]
+    head = re.findall(r"<th>(.*?)</th>", sec)
+    row = re.findall(r"<td[^>]*>(.*?)</td>", sec.split('<tr data-run="bundled/none">')[1])
+    assert head == ["run", "toy_seed.p2 ↓"] and row[1] == "2.5 ± 0", (head, row)
 
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "prompts"
