@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import re
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from memberbench.io import atomic_open, file_sha256
+from memberbench.io import atomic_open, file_sha256, remove_stale_temps
 from memberbench.sampling.sampler import SAMPLER_VERSION
 from memberbench.types import GenerationRequest, Sample, Trace, stable_hash
 
@@ -144,57 +143,21 @@ def sample_key(
     )
 
 
-# temporary names of a write in progress: memberbench.io's (``.<name>.mbtmp-<pid>-<hex>.part``),
-# run_generation's padding latents (``.<key>.mbpad-<pid>-<hex>-<k>.npz``) and older versions'
-# (``.<name>.<pid>.<hex>.tmp``); the pid is the writer's
+# temporary names of a write in progress besides memberbench.io's own
+# (``.<name>.mbtmp-<pid>-<hex>.part``): run_generation's padding latents
+# (``.<key>.mbpad-<pid>-<hex>-<k>.npz``) and older versions' (``.<name>.<pid>.<hex>.tmp``)
 _TEMP_NAMES = (
-    re.compile(r"^\..*\.mbtmp-(\d+)-[0-9a-f]{8}\.part$"),
     re.compile(r"^\..*\.mbpad-(\d+)-[0-9a-f]{8}-\d+\.npz$"),
     re.compile(r"^\..*\.(\d+)\.[0-9a-f]{8}\.tmp$"),
 )
 
 
-def _writer_pid(name: str) -> int | None:
-    """The writer's pid if ``name`` is a temporary name (see ``_TEMP_NAMES``), else None."""
-    for rx in _TEMP_NAMES:
-        m = rx.match(name)
-        if m:
-            return int(m.group(1))
-    return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def remove_stale_tmp(folder: Path, now: float | None = None) -> int:
     """Remove the stale temporary files of killed writes in ``folder`` (not below it): those
     older than :data:`STALE_TMP_S`, or older than a minute whose writer is not running here."""
-    now = time.time() if now is None else now
-    n = 0
-    for p in folder.glob(".*"):
-        pid = _writer_pid(p.name)
-        if pid is None:
-            continue
-        try:
-            st = p.lstat()
-        except OSError:
-            continue
-        if not p.is_file() or p.is_symlink():
-            continue
-        age = now - st.st_mtime
-        dead = pid != os.getpid() and not _pid_alive(pid)
-        if age > STALE_TMP_S or (dead and age > _DEAD_TMP_S):
-            with contextlib.suppress(OSError):
-                p.unlink()
-                n += 1
-    return n
+    return remove_stale_temps(
+        folder, min_age_s=STALE_TMP_S, dead_writer_age_s=_DEAD_TMP_S, patterns=_TEMP_NAMES, now=now
+    )
 
 
 def _digest(header_wo_sum: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:

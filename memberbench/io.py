@@ -15,8 +15,10 @@ manifests, the leaderboard README) goes through :func:`atomic_open` / :func:`ato
 
 A reader therefore sees either the old complete file or the new complete file, never a part.
 A process killed with SIGKILL cannot run step 4: it leaves a temporary file, which
-:func:`remove_stale_temps` removes later (only those older than ``min_age_s``, so that a
-concurrent writer's temporary file is not pulled from under it).
+:func:`remove_stale_temps` removes later (only those older than ``min_age_s``, or whose writer
+process is gone, so that a concurrent writer's temporary file is not pulled from under it); it is
+the one such cleaner (the generation cache, the results folder, the image fetcher and the site
+build all call it).
 
 :func:`file_sha256` is the one sha256-of-a-file helper.
 """
@@ -28,14 +30,15 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 TEMP_MARK = ".mbtmp-"
 TEMP_SUFFIX = ".part"
-_TEMP_RE = re.compile(r"^\..*\.mbtmp-\d+-[0-9a-f]{8}\.part$")
+_TEMP_RE = re.compile(r"^\..*\.mbtmp-(\d+)-[0-9a-f]{8}\.part$")
 # keep the temporary name within the usual 255-byte limit
 _MAX_STEM = 180
 
@@ -121,23 +124,70 @@ def atomic_write_text(
     return atomic_write_bytes(path, text.encode(encoding), mkdir=mkdir)
 
 
-def remove_stale_temps(folder: str | Path, *, min_age_s: float = 3600.0) -> int:
-    """Remove :func:`temp_path` files in ``folder`` (not below it) last modified at least
-    ``min_age_s`` seconds ago; returns how many were removed.  ``min_age_s=0`` removes all:
-    only for a folder the caller holds a lock on."""
+def temp_writer_pid(name: str, patterns: Sequence[re.Pattern[str]] = ()) -> int | None:
+    """The writer's pid when ``name`` is a temporary name (:func:`temp_path`'s, or one of
+    ``patterns``, whose first group is the pid), else None."""
+    for rx in (_TEMP_RE, *patterns):
+        m = rx.match(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but not ours (PermissionError), or cannot tell: keep its file
+        return True
+    return True
+
+
+def remove_stale_temps(
+    folder: str | Path,
+    *,
+    min_age_s: float = 3600.0,
+    dead_writer_age_s: float | None = None,
+    patterns: Sequence[re.Pattern[str]] = (),
+    dirs: bool = False,
+    now: float | None = None,
+) -> int:
+    """The one cleaner of what killed writes leave: remove the temporary entries in ``folder``
+    (not below it) last modified at least ``min_age_s`` seconds ago, and, with
+    ``dead_writer_age_s``, those at least that old whose writer (the pid in the name) is not
+    running on this machine; returns how many were removed.
+
+    Temporary names are :func:`temp_path`'s plus ``patterns`` (regexes whose first group is the
+    writer's pid).  ``dirs=False`` removes files (never links); ``dirs=True`` removes folders
+    (a site build in progress) and nothing else.  ``min_age_s=0`` removes all: only for a folder
+    the caller holds a lock on."""
     root = Path(folder)
     if not root.is_dir():
         return 0
-    now = time.time()
+    now = time.time() if now is None else now
     n = 0
     for p in root.iterdir():
-        if not is_temp_name(p.name):
+        pid = temp_writer_pid(p.name, patterns)
+        if pid is None:
             continue
         try:
             st = p.lstat()
-            if not p.is_file() or p.is_symlink() or now - st.st_mtime < min_age_s:
+            if p.is_symlink() or not (p.is_dir() if dirs else p.is_file()):
                 continue
-            p.unlink()
+            age = now - st.st_mtime
+            dead = (
+                dead_writer_age_s is not None
+                and age >= dead_writer_age_s
+                and pid != os.getpid()
+                and not _pid_alive(pid)
+            )
+            if age < min_age_s and not dead:
+                continue
+            if dirs:
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink()
             n += 1
         except FileNotFoundError:  # removed by someone else meanwhile
             continue

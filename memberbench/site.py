@@ -33,7 +33,6 @@ import json
 import math
 import os
 import shutil
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 from urllib.parse import quote
 
 from memberbench.errors import MemberbenchError
-from memberbench.io import atomic_write_text, fsync_dir, is_temp_name, replace, temp_path
+from memberbench.io import atomic_write_text, fsync_dir, remove_stale_temps, replace, temp_path
 from memberbench.leaderboard import Entry, collect, headline_columns
 from memberbench.metrics.declare import natural_key, section_columns, sections
 from memberbench.results import load_per_prompt, per_prompt_file, validate_file
@@ -692,17 +691,9 @@ def render(root: str | Path, entries: Sequence[Entry], errors: Sequence[str]) ->
 
 
 def _remove_stale_builds(root: Path, min_age_s: float = 3600.0) -> None:
-    """Temporary site folders left by a killed build (older than ``min_age_s``)."""
-    if not root.is_dir():
-        return
-    now = time.time()
-    for p in root.iterdir():
-        if p.name.startswith(f".{SITE_DIR}.") and is_temp_name(p.name) and p.is_dir():
-            try:
-                if now - p.stat().st_mtime >= min_age_s:
-                    shutil.rmtree(p, ignore_errors=True)
-            except FileNotFoundError:
-                continue
+    """Temporary site folders left by a killed build (older than ``min_age_s``, or whose
+    builder is gone)."""
+    remove_stale_temps(root, min_age_s=min_age_s, dead_writer_age_s=60.0, dirs=True)
 
 
 def write_site(site: Path, pages: Mapping[str, str]) -> Path:

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,31 @@ def test_stale_temp_cleaner_removes_only_old_temps(tmp_path):
     assert not old.exists() and fresh.exists()
     assert mio.remove_stale_temps(tmp_path, min_age_s=0) == 1
     assert sorted(x.name for x in tmp_path.iterdir()) == sorted(x.name for x in keep)
+
+
+def test_stale_temp_cleaner_dead_writers_and_folders(tmp_path):
+    """A temporary entry whose writer pid is gone is stale after ``dead_writer_age_s`` (a live
+    writer's, this process's, is kept until ``min_age_s``); ``dirs=True`` removes folders only."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dead = tmp_path / f".a.json{mio.TEMP_MARK}{gone}-0123abcd{mio.TEMP_SUFFIX}"
+    mine = mio.temp_path(tmp_path / "b.json")
+    folder = mio.temp_path(tmp_path / "site")
+    for x in (dead, mine):
+        x.write_bytes(b"part")
+    folder.mkdir()
+    (folder / "index.html").write_text("x")
+    for x in (dead, mine, folder):
+        os.utime(x, (time.time() - 120,) * 2)
+    assert mio.temp_writer_pid(dead.name) == int(gone)
+    assert mio.remove_stale_temps(tmp_path, min_age_s=3600, dead_writer_age_s=300) == 0
+    assert mio.remove_stale_temps(tmp_path, min_age_s=3600, dead_writer_age_s=60) == 1
+    assert not dead.exists() and mine.exists() and folder.is_dir()
+    assert mio.remove_stale_temps(tmp_path, min_age_s=60, dirs=True) == 1
+    assert not folder.exists() and mine.exists()
 
 
 def test_one_file_sha256_for_everyone(tmp_path):
