@@ -997,9 +997,9 @@ def _window_order(k: str) -> tuple[int, int]:
 def detection_rows(e: Entry) -> list[dict[str, Any]]:
     """Per (detector, window): AUC and TPR@1%FPR (measured labels) with their CIs, cost per
     prompt (UNet evaluations, gradient passes) and the measured seconds per prompt."""
-    from memberbench.metrics.declare import _DETECTORS, detectors
+    from memberbench.metrics.declare import detectors
 
-    detectors()  # declared (entry points loaded)
+    declared = {d.name: d for d in detectors()}
     ms = shown_metrics(e)
     rows = []
     for key in ms:
@@ -1007,7 +1007,7 @@ def detection_rows(e: Entry) -> list[dict[str, Any]]:
         if not m:
             continue
         score, k = m.group("score"), m.group("k")
-        det = _DETECTORS.get(score)
+        det = declared.get(score)
 
         def get(stat: str) -> dict[str, Any]:
             return ms.get(f"{stat}.{score}.{k}") or {}  # noqa: B023

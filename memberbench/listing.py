@@ -140,7 +140,7 @@ def detector_rows() -> list[tuple[str, str]]:
     try:
         declared_all = D.detectors()
     except MemberbenchError:  # a broken entry point (listed below); the rest are declared
-        declared_all = list(D._DETECTORS.values())
+        declared_all = D.detectors(entry_points=False)
     for d in sorted(declared_all, key=lambda d: d.name):
         text = first_sentence(d.description)
         if d.module in by_module:

@@ -558,8 +558,14 @@ def declarations() -> list[Declaration]:
     return list(_METRICS.values())
 
 
-def detectors() -> list[Detector]:
-    _load()
+def detectors(*, entry_points: bool = True) -> list[Detector]:
+    """The declared detectors; ``entry_points=False``: without loading the out-of-tree ones
+    (what is declared so far: the built-ins, and whichever entry points loaded before one
+    failed)."""
+    if entry_points:
+        _load()
+    else:
+        import memberbench.metrics  # noqa: F401
     return list(_DETECTORS.values())
 
 
