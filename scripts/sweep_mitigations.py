@@ -68,6 +68,21 @@ SWEEPS: dict[str, list[str]] = {
     ],
     # thresholds in the units of the bundled model's flag scores (scripts/calibrate_steer.py)
     "overestimation-steer": [f"overestimation-steer:threshold={thr}" for thr in (0.35, 0.45, 0.6)],
+    # SAIL's objective at x_T on the bundled model (docs/mitigations.md): held-out prompts
+    # 2.3-3.05, 64/256-copy canaries 2.1-3.95; the first target keeps the held-out ones as they are
+    "sail": [
+        *(f"sail:target={tgt}" for tgt in (3.0, 2.6, 2.2)),
+        "sail:target=2.6,candidates=4",
+    ],
+    # PRSS: first-step ||eps_c - eps_u|| on the bundled model, held-out prompts 0.6-1.45,
+    # 256-copy canaries 1.0-2.3 (the reference's 1 / 3 / 5 are SD 1.4's units); no language
+    # model ships, so the search is none (re-anchoring alone) or Wen's embedding optimisation
+    "prss": [
+        "prss:target_ss=1.35,target_pr=1.5,thres_pr=2.5",
+        "prss:target_ss=1.35,target_pr=1.0,thres_pr=2.0",
+        "prss:target_ss=1.0,target_pr=1.0,thres_pr=1.5",
+        "prss:target_ss=1.35,target_pr=1.5,thres_pr=2.5,search=embedding",
+    ],
 }
 
 # The task files that score a mitigation: memorization (SSCD, rates), overestimation (D1/D2, k),
