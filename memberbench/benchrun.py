@@ -417,6 +417,30 @@ class BenchRun:
         self._memo[key] = self._generate(side, ids, g, seeds)
         return self._memo[key]
 
+    def perturbed_samples(
+        self, side: str, scale: float, seeds: Sequence[int] | None = None
+    ) -> dict[str, list[Gen]]:
+        """{prompt_id: [Gen per seed]} of the side's prompts (the sweep's subset) at the main
+        guidance, sampled with the run's mitigation after each prompt's text embedding was
+        perturbed by ``scale`` (:class:`memberbench.mitigations.perturbation.Perturbed`; the
+        robustness task), generated once per session, through the cache (the perturbation is
+        part of the key)."""
+        from memberbench.mitigations.perturbation import Perturbed
+
+        seeds = tuple(self.config.sweep_seed_list if seeds is None else seeds)
+        key = ("gen-perturbed", side, float(scale), seeds)
+        if key not in self._memo:
+            mit = Perturbed(self.mitigation, float(scale))
+            self._memo[key] = self._generate(
+                side,
+                self.sweep_prompt_ids(side),
+                self.config.guidance,
+                seeds,
+                mitigation=mit,
+                label=f"perturbation {float(scale):g}",
+            )
+        return self._memo[key]
+
     def _requests(
         self, side: str, ids: list[str], guidance: float, seeds: Sequence[int]
     ) -> tuple[list[Any], list[Any]]:
@@ -544,7 +568,14 @@ class BenchRun:
         return self.rank_stats
 
     def _generate(
-        self, side: str, ids: list[str], guidance: float, seeds: Sequence[int]
+        self,
+        side: str,
+        ids: list[str],
+        guidance: float,
+        seeds: Sequence[int],
+        *,
+        mitigation: Any = None,
+        label: str = "",
     ) -> dict[str, list[Gen]]:
         from memberbench.runner import run_generation
 
@@ -555,7 +586,8 @@ class BenchRun:
         t0 = time.perf_counter()
         stats: dict[str, Any] = {}
         chunk = self._chunk()
-        label = f"{side}, g={guidance:g}"
+        mitigation = self.mitigation if mitigation is None else mitigation
+        label = f"{side}, g={guidance:g}" + (f", {label}" if label else "")
         for i in range(0, len(reqs), chunk):
             report: Any = self.config.progress
             if self.progress is not None:
@@ -564,7 +596,7 @@ class BenchRun:
                 self.adapter,
                 reqs[i : i + chunk],
                 references=ref_list[i : i + chunk],
-                mitigation=self.mitigation,
+                mitigation=mitigation,
                 cache=self.cache,
                 batch_size=self.config.batch_size,
                 record_latents_dir=latents_dir,
@@ -587,7 +619,7 @@ class BenchRun:
             else:
                 self.gen_stats[k] = self.gen_stats.get(k, 0) + v
         self.log(
-            f"memberbench: {len(reqs)} images ({side}, g={guidance:g}, {len(seeds)} seeds, "
+            f"memberbench: {len(reqs)} images ({label}, {len(seeds)} seeds, "
             f"{self.config.steps} steps) in {dt:.1f} s: {stats.get('generated', 0)} generated, "
             f"{stats.get('cached', 0)} from the cache"
         )

@@ -53,6 +53,7 @@ from memberbench.types import MemberbenchError
 # what a {placeholder} in a key template stands for (regular expressions)
 PLACEHOLDERS: dict[str, str] = {
     "g": r"\d+(?:\.\d+)?",  # a guidance scale: .g=7.5
+    "scale": r"\d+(?:\.\d+)?",  # a text-embedding perturbation scale: .s=0.1
     "k": r"\d+",  # a window of the first k steps: .k5
     "group": r"[A-Za-z0-9=._+-]+",  # a group of the memorized set: dup=256, MV
     "method": r"pearson|spearman",  # a correlation

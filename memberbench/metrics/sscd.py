@@ -566,21 +566,23 @@ def sscd_summary(mb: Any, side: str, guidance: float | None = None, seeds: Any =
     with several training images scores each generation by its best match among them);
     memoized in the session."""
     key = ("sscd", side, guidance, None if seeds is None else tuple(seeds))
+    return mb.memo(key, lambda: summary_of_gens(mb, side, mb.ok_gens(side, guidance, seeds)))
 
-    def compute() -> Any:
-        refs = mb.ref_embeddings(side)
-        scores: dict[str, Any] = {}
-        for pid, gens in mb.ok_gens(side, guidance, seeds).items():
-            embs = [x.sscd_emb for x in gens if x.sscd_emb is not None]
-            if pid not in refs or not embs:
-                scores[pid] = None
-            else:
-                scores[pid] = sscd_max_over_refs(np.stack(embs), refs[pid])
-        summary = aggregate_prompts(scores, mb.sscd_scorer.thresholds)
-        summary.model = mb.sscd_scorer.describe()
-        return summary
 
-    return mb.memo(key, compute)
+def summary_of_gens(mb: Any, side: str, gens_by_prompt: Mapping[str, Any]) -> Any:
+    """SSCDSummary of ``{prompt_id: [ok Gen]}`` of the side's prompts against their training
+    images (the computation of :func:`sscd_summary`, for any generations of the session)."""
+    refs = mb.ref_embeddings(side)
+    scores: dict[str, Any] = {}
+    for pid, gens in gens_by_prompt.items():
+        embs = [x.sscd_emb for x in gens if x.sscd_emb is not None]
+        if pid not in refs or not embs:
+            scores[pid] = None
+        else:
+            scores[pid] = sscd_max_over_refs(np.stack(embs), refs[pid])
+    summary = aggregate_prompts(scores, mb.sscd_scorer.thresholds)
+    summary.model = mb.sscd_scorer.describe()
+    return summary
 
 
 def sscd_ceiling(mb: Any, side: str) -> dict[str, float]:

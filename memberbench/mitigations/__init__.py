@@ -30,6 +30,9 @@ sail                     sail.py                      Jeon et al. (ICML 2025): c
 prss                     prss.py                      Chen et al. (CVPR 2025): re-anchor CFG on
                                                       the memorized prompt, sample with an
                                                       alternative phrasing
+anisotropy-prompt        anisotropy_prompt.py         Asthana & Belagiannis (ICLR 2026): adapt a
+                                                      flagged prompt's embedding until its
+                                                      anisotropy score is low
 overestimation-guard     overestimation_guard.py      ours: cap the early overestimation of the
                                                       guided clean estimate, online
 overestimation-steer     overestimation_steer.py      ours: flag a prompt by its text-added
@@ -66,6 +69,7 @@ BUILTIN: dict[str, str] = {
     "initial-noise": "memberbench.mitigations.initial_noise:InitialNoiseAdjustment",
     "sail": "memberbench.mitigations.sail:SAIL",
     "prss": "memberbench.mitigations.prss:PRSS",
+    "anisotropy-prompt": "memberbench.mitigations.anisotropy_prompt:AnisotropyPrompt",
     "overestimation-guard": "memberbench.mitigations.overestimation_guard:OverestimationGuard",
     "overestimation-steer": "memberbench.mitigations.overestimation_steer:OverestimationSteer",
 }
