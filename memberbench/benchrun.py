@@ -473,26 +473,37 @@ class BenchRun:
         b = self.config.batch_size
         return b * max(1, -(-256 // b))
 
-    def generation_plan(self, sweep: Sequence[float] | None = None) -> list[tuple]:
-        """The (side, guidance, seeds) generations the tasks ask for: every side at the main
-        guidance with the run's seeds, and at each guidance of ``sweep`` (default ``--sweep``)
-        with the sweep's seeds (none where the main generations hold them)."""
+    def generation_plan(
+        self, sweep: Sequence[float] | None = None, robustness: Sequence[float] | None = None
+    ) -> list[tuple]:
+        """The (side, guidance, seeds, perturbation scale or None) generations the tasks ask
+        for: every side at the main guidance with the run's seeds, at each guidance of ``sweep``
+        (default ``--sweep``) with the sweep's seeds (none where the main generations hold
+        them), and the memorized side at the main guidance with the sweep's seeds at each scale
+        of ``robustness`` (default ``--robustness``; :meth:`perturbed_samples`)."""
         cfg = self.config
         sweep = cfg.sweep if sweep is None else sweep
-        plan = [(side, float(cfg.guidance), tuple(cfg.seeds)) for side in SIDES]
+        robustness = cfg.robustness if robustness is None else robustness
+        plan = [(side, float(cfg.guidance), tuple(cfg.seeds), None) for side in SIDES]
         seeds = tuple(cfg.sweep_seed_list)
         for g in sweep:
             if float(g) == cfg.guidance and set(seeds) <= set(cfg.seeds):
                 continue
-            plan += [(side, float(g), seeds) for side in SIDES]
+            plan += [(side, float(g), seeds, None) for side in SIDES]
+        plan += [("memorized", float(cfg.guidance), seeds, float(s)) for s in robustness]
         return list(dict.fromkeys(plan))
 
     def pregenerate(
-        self, rank: int = 0, world_size: int = 1, sweep: Sequence[float] | None = None
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        sweep: Sequence[float] | None = None,
+        robustness: Sequence[float] | None = None,
     ) -> dict[str, Any]:
         """Generate into the cache this process's share (of ``world_size``) of the batches of
         every generation of :meth:`generation_plan`, exactly as the tasks will ask for them;
         returns the counts (requested, generated, from_cache, padding, cache)."""
+        from memberbench.mitigations.perturbation import Perturbed
         from memberbench.runner import run_generation
 
         if self.cache is None:
@@ -503,9 +514,10 @@ class BenchRun:
         stats: dict[str, Any] = {}
         requested = 0
         t0 = time.perf_counter()
-        for side, g, seeds in self.generation_plan(sweep):
-            main = g == self.config.guidance
+        for side, g, seeds, scale in self.generation_plan(sweep, robustness):
+            main = g == self.config.guidance and scale is None
             ids = self.prompt_set(side).prompt_ids() if main else self.sweep_prompt_ids(side)
+            mit = self.mitigation if scale is None else Perturbed(self.mitigation, scale)
             reqs, refs = self._requests(side, ids, g, seeds)
             latents_dir = self._latents_dir(len(reqs))
             chunk = self._chunk()
@@ -514,7 +526,7 @@ class BenchRun:
                     self.adapter,
                     reqs[i : i + chunk],
                     references=refs[i : i + chunk],
-                    mitigation=self.mitigation,
+                    mitigation=mit,
                     cache=self.cache,
                     batch_size=self.config.batch_size,
                     record_latents_dir=latents_dir,
@@ -534,7 +546,11 @@ class BenchRun:
         }
 
     def generate_on_ranks(
-        self, rank: int, world_size: int, sweep: Sequence[float] | None = None
+        self,
+        rank: int,
+        world_size: int,
+        sweep: Sequence[float] | None = None,
+        robustness: Sequence[float] | None = None,
     ) -> dict[int, dict[str, Any]]:
         """Each rank generates its share of every generation into the shared cache, then the
         ranks wait for each other (:class:`memberbench.ranks.RankGroup` in the cache folder);
@@ -549,7 +565,7 @@ class BenchRun:
         group = RankGroup(self.cache.root, rank, world_size)
         try:
             try:
-                mine = self.pregenerate(rank, world_size, sweep)
+                mine = self.pregenerate(rank, world_size, sweep, robustness)
             except BaseException as e:
                 group.fail(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
                 raise

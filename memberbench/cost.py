@@ -9,6 +9,8 @@ task, the generations and the UNet evaluations the suite makes with a profile's 
 * the guidance sweep generates every memorized prompt and the first ``--sweep-limit``
   non-memorized ones with the first ``--sweep-seeds`` seeds at each scale, except a scale that
   equals the main guidance (its samples are the main ones);
+* the robustness task generates every memorized prompt with the sweep's seeds at the main
+  guidance once per perturbation scale of ``--robustness`` (its text embedding perturbed);
 * the cost task generates 8 images afresh (never from the cache);
 * M2 (overestimation's training-pair loss) runs the UNet without sampling: per prompt with a
   training image (the first ``--m2-limit`` of each set), ``min(10, steps)`` timesteps, the
@@ -123,6 +125,17 @@ def suite_cost(
             True,
             f"scales {','.join(f'{g:g}' for g in scales) or 'none'} (the main guidance's samples "
             f"are shared) x ({n_mem} + {sweep_non} prompts) x {len(sweep_seeds)} seeds",
+        )
+    )
+    n_rob = len(cfg.robustness) * n_mem * len(sweep_seeds)
+    rows.append(
+        TaskCost(
+            "robustness",
+            n_rob,
+            n_rob * per_gen,
+            True,
+            f"perturbation scales {','.join(f'{s:g}' for s in cfg.robustness) or 'none'} x "
+            f"{n_mem} memorized prompts x {len(sweep_seeds)} seeds",
         )
     )
     rows.append(

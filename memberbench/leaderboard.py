@@ -406,14 +406,22 @@ def tradeoff_label(e: Entry) -> str:
     return label
 
 
+# MemBench's two utility scenarios (Hong et al.): CLIP score on general (non-memorized) prompts,
+# and on the memorized prompts themselves; the trade-off figure has a row of panels for each
+UTILITY_SCENARIOS = (
+    ("clip_score.nonmem", "non-memorized (general) prompts"),
+    ("clip_score", "memorized prompts"),
+)
+
+
 def tradeoff_points(
-    entries: Sequence[Entry], sscd_key: str
+    entries: Sequence[Entry], sscd_key: str, clip_key: str = "clip_score.nonmem"
 ) -> list[tuple[Entry, dict[str, Any], dict[str, Any]]]:
-    """(entry, CLIP metric, SSCD metric) of every run that has both."""
+    """(entry, CLIP metric ``clip_key``, SSCD metric ``sscd_key``) of every run that has both."""
     pts = []
     for e in entries:
         s = e.metrics.get(sscd_key) or {}
-        c = e.metrics.get("clip_score.nonmem") or e.metrics.get("clip_score") or {}
+        c = e.metrics.get(clip_key) or {}
         if s.get("value") is not None and c.get("value") is not None:
             pts.append((e, c, s))
     return pts
@@ -427,7 +435,7 @@ def _place_numbers(ax: Any, xy: Sequence[tuple[float, float]], labels: Sequence[
     renderer = fig.canvas.get_renderer()
     pts = ax.transData.transform(xy) if len(xy) else []
     taken = [(x - 5, y - 5, x + 5, y + 5) for x, y in pts]
-    rings = [(r, a) for r in (10, 16, 24, 34, 46) for a in range(0, 360, 30)]
+    rings = [(r, a) for r in (10, 16, 24, 34, 46, 60, 76, 94) for a in range(0, 360, 20)]
     import math
 
     for (x, y), (text, col) in zip(xy, labels):
@@ -465,22 +473,40 @@ def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
 
 def tradeoff_figure(entries: Sequence[Entry]) -> Any:
     """SSCD against CLIP score: one point per run, the settings of one method (a sweep) joined
-    into a trade-off curve, per model.  Left panel: SSCD over the whole memorized set; right
-    panel (when runs report duplication groups): SSCD of the most duplicated group, the measure
-    a regression check on the bundled model uses."""
-    panels = [("sscd_mean", "all memorized prompts")]
+    into a trade-off curve, per model.  Columns: SSCD over the whole memorized set; (when runs
+    report duplication groups) SSCD of the most duplicated group, the measure a regression check
+    on the bundled model uses.  Rows: MemBench's two utility scenarios
+    (:data:`UTILITY_SCENARIOS`): CLIP score on the non-memorized (general) prompts, then on the
+    memorized prompts; a scenario no run reports is left out."""
+    columns = [("sscd_mean", "all memorized prompts")]
     group_key = _most_duplicated_sscd_key(entries)
     if group_key:
-        panels.append((group_key, f"memorized prompts, {group_key.split('=', 1)[1]} copies"))
-    panels = [(k, t, tradeoff_points(entries, k)) for k, t in panels]
-    panels = [p for p in panels if p[2]]
-    if not panels:
+        columns.append((group_key, f"memorized prompts, {group_key.split('=', 1)[1]} copies"))
+    rows = []
+    for clip_key, scenario in UTILITY_SCENARIOS:
+        row = [
+            (k, t, clip_key, scenario, tradeoff_points(entries, k, clip_key)) for k, t in columns
+        ]
+        if any(p[4] for p in row):
+            rows.append(row)
+    if not rows:
         return None
+    n_cols = max(sum(1 for p in row if p[4]) for row in rows)
     plt = _plt()
-    everything = [e for _, _, pts in panels for e, _, _ in pts]
+    everything = [e for row in rows for *_, pts in row for e, _, _ in pts]
     ordered = sorted({id(e): e for e in everything}.values(), key=lambda e: (e.model, e.mitigation))
     number = {id(e): i for i, e in enumerate(ordered, 1)}
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), n_cols, figsize=(7.5 * n_cols, 6 * len(rows)), squeeze=False
+    )
+    panels = []
+    for r, row in enumerate(rows):
+        kept = [p for p in row if p[4]]
+        for c in range(n_cols):
+            if c < len(kept):
+                panels.append((axes[r][c], *kept[c]))
+            else:
+                axes[r][c].set_visible(False)
     markers = "osd^v<>pP*X"
     models = sorted({e.model for e in everything})
     methods = sorted({e.mitigation_name for e in everything})
@@ -493,7 +519,7 @@ def tradeoff_figure(entries: Sequence[Entry]) -> Any:
         return palette[methods.index(m) % len(palette)]
 
     todo = []
-    for ax, (key, title, pts) in zip(axes[0], panels):
+    for ax, key, title, clip_key, scenario, pts in panels:
         for e, c, s in pts:
             ax.errorbar(
                 c["value"],
@@ -520,9 +546,9 @@ def tradeoff_figure(entries: Sequence[Entry]) -> Any:
             if len(xy) > 1:
                 xs, ys = zip(*sorted(xy))
                 ax.plot(xs, ys, "-", color=colour(m), alpha=0.5, lw=1)
-        ax.set_xlabel("CLIP score (non-memorized prompts; memorized if absent) ↑")
+        ax.set_xlabel(f"CLIP score on {scenario} ({clip_key}) ↑")
         ax.set_ylabel(f"SSCD to training image ({key}) ↓")
-        ax.set_title(f"Memorization vs utility: {title}")
+        ax.set_title(f"Memorization ({title}) vs utility ({scenario})", fontsize=10)
         ax.grid(alpha=0.3)
     ax = axes[0][0]
     for m in methods:  # one legend entry per method, one per model

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the session object, for readers and type checkers (imported
 RUN_KEY = pytest.StashKey[Any]()
 REC_KEY = pytest.StashKey[Any]()
 RANK_KEY = pytest.StashKey[int]()  # set on the ranks > 0 of a multi-process run
+ROBUSTNESS_TEST = "test_sscd_regain"  # tasks/test_robustness.py's test (its generations)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -400,8 +401,12 @@ def _generate_on_ranks(config: pytest.Config, run: Any, items: list, mb_items: l
         g = getattr(getattr(it, "callspec", None), "params", {}).get("mb_guidance")
         if g is not None:
             sweep.add(float(g))
+    # the robustness task's perturbed generations, when it was collected
+    robust = (
+        run.config.robustness if any(it.name.startswith(ROBUSTNESS_TEST) for it in mb_items) else []
+    )
     try:
-        run.generate_on_ranks(rank, world, sorted(sweep))
+        run.generate_on_ranks(rank, world, sorted(sweep), robust)
     except MemberbenchError as e:
         raise pytest.UsageError(f"rank {rank} of {world}: {e}") from None
     if rank != 0:  # rank 0 alone computes the metrics and writes the results

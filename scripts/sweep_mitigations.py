@@ -66,6 +66,13 @@ SWEEPS: dict[str, list[str]] = {
         *(f"overestimation-guard:threshold={thr}" for thr in (1.5, 2.0, 3.0)),
         "overestimation-guard:threshold=1.5,window=1",
     ],
+    # targets in the anisotropy detector's units; on the bundled model (50 DDIM steps, seeds
+    # 0-1) held-out prompts score 0.42-1.40 (mean 0.88), the 64-copy canaries 0.31-1.61 (mean
+    # 1.18), the 256-copy ones 1.16-2.64 (mean 2.17): weak (most 256-copy samples) to strong
+    # (most held-out samples adapted too)
+    "anisotropy-prompt": [
+        f"anisotropy-prompt:target={tgt},max_iters=10,lr=0.05" for tgt in (1.6, 1.2, 0.8)
+    ],
     # thresholds in the units of the bundled model's flag scores (scripts/calibrate_steer.py)
     "overestimation-steer": [f"overestimation-steer:threshold={thr}" for thr in (0.35, 0.45, 0.6)],
     # SAIL's objective at x_T on the bundled model (docs/mitigations.md): held-out prompts

@@ -26,6 +26,7 @@ def test_paper_profile_on_sd14_by_hand():
     assert got == {
         "main generations": (10_000, 1_000_000),
         "guidance sweep": (50_000, 5_000_000),
+        "robustness": (15_000, 1_500_000),  # 3 scales x 500 memorized x 10 seeds
         "cost": (8, 800),
         "overestimation: M2 training-pair loss": (0, 80_000),
     }
@@ -41,6 +42,7 @@ def test_quick_profile_on_the_bundled_sets_by_hand():
     assert got["main generations"] == ((n_mem + n_non) * 4, (n_mem + n_non) * 4 * 100)
     sweep = 2 * (n_mem + min(n_non, 20)) * 2
     assert got["guidance sweep"] == (sweep, sweep * 100)
+    assert got["robustness"] == (3 * n_mem * 2, 3 * n_mem * 2 * 100)  # 3 scales, 2 sweep seeds
     m2 = (min(n_mem, 30) + min(n_non, 30)) * 10 * 2 * 2
     assert got["overestimation: M2 training-pair loss"] == (0, m2)
     # a sweep scale equal to the main guidance with seeds it does not hold is generated
@@ -50,9 +52,10 @@ def test_quick_profile_on_the_bundled_sets_by_hand():
 
 def test_wall_time_formula():
     rows = cost.suite_cost("paper", "sd-1.4")
-    # (shared / N + the cost task's 8 + M2's 80,000 evaluations / 100 per image) / ips
-    assert cost.wall_time_s(rows, 2.0, 1, 50) == pytest.approx((60_000 + 8 + 800) / 2)
-    assert cost.wall_time_s(rows, 2.0, 8, 50) == pytest.approx((7_500 + 8 + 800) / 2)
+    # (shared / N + the cost task's 8 + M2's 80,000 evaluations / 100 per image) / ips; shared:
+    # main 10,000 + sweep 50,000 + robustness 15,000
+    assert cost.wall_time_s(rows, 2.0, 1, 50) == pytest.approx((75_000 + 8 + 800) / 2)
+    assert cost.wall_time_s(rows, 2.0, 8, 50) == pytest.approx((9_375 + 8 + 800) / 2)
 
 
 def test_the_doc_holds_the_commands_output():
@@ -82,8 +85,8 @@ def test_projection_lines(capsys):
     assert cost.main(["--images-per-s", "2", "--gpus", "1,8"]) == 0
     out = capsys.readouterr().out
     assert (
-        "projected on 1 device(s) at 2 images/s each: 8 h 26 min" in out
-    )  # 30,404 s = 8 h 26 min 44 s
+        "projected on 1 device(s) at 2 images/s each: 10 h 31 min" in out
+    )  # 37,904 s = 10 h 31 min 44 s
     assert (
-        "projected on 8 device(s) at 2 images/s each: 1 h 09 min" in out
-    )  # 4,154 s = 1 h 9 min 14 s
+        "projected on 8 device(s) at 2 images/s each: 1 h 24 min" in out
+    )  # 5,091.5 s = 1 h 24 min 52 s

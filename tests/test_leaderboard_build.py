@@ -405,6 +405,54 @@ def test_roc_legends_lie_outside_the_axes():
         plt.close(fig)
 
 
+def test_tradeoff_figure_shows_both_utility_scenarios(tmp_path):
+    """MemBench's two-scenario utility: a row of panels with CLIP score on the non-memorized
+    (general) prompts, a row with CLIP score on the memorized prompts; each panel's points sit at
+    the runs' own values of that scenario's metric."""
+    root = tmp_path / "leaderboard"
+    runs = {"none": (0.61, 28.0, 30.5), "guidance-scale:scale=2": (0.4, 26.0, 24.0)}
+    for spec, (sscd, clip_non, clip_mem) in runs.items():
+        doc = _run(spec, sscd, clip_non)
+        doc["metrics"]["clip_score"] = metric_entry(
+            clip_mem, higher_is_better=True, stderr=0.4, n=15
+        )
+        write_results(root / "results" / "bundled" / f"{L.slug(spec)}.json", doc)
+    _, errors, entries = L.build(root, figures=False)
+    assert not errors
+    fig = L.tradeoff_figure(entries)
+    try:
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        assert len(axes) == 2  # one SSCD column (no groups) x two scenarios
+        by_label = {ax.get_xlabel(): ax for ax in axes}
+        non = next(ax for lbl, ax in by_label.items() if "(clip_score.nonmem)" in lbl)
+        mem = next(ax for lbl, ax in by_label.items() if "(clip_score)" in lbl)
+        assert "non-memorized" in non.get_xlabel() and "memorized prompts" in mem.get_xlabel()
+
+        def xs(ax):
+            return sorted(float(c.lines[0].get_xdata()[0]) for c in ax.containers)
+
+        assert xs(non) == [26.0, 28.0]
+        assert xs(mem) == [24.0, 30.5]
+        # a run without CLIP on the memorized prompts drops out of that row only
+        only = L.tradeoff_points(entries, "sscd_mean", "clip_score")
+        assert len(only) == 2 and {c["value"] for _, c, _ in only} == {24.0, 30.5}
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    # no run reports the memorized-prompt CLIP score: the figure has the general row alone
+    bare = [e for e in entries]
+    for e in bare:
+        e.metrics.pop("clip_score")
+    fig = L.tradeoff_figure(bare)
+    try:
+        assert [ax.get_xlabel() for ax in fig.axes if ax.get_visible()] == [
+            "CLIP score on non-memorized (general) prompts (clip_score.nonmem) ↑"
+        ]
+    finally:
+        plt.close(fig)
+
+
 def test_tradeoff_labels_do_not_overlap_even_for_coinciding_points(tmp_path):
     """The committed sweep has two settings of prompt-embedding with equal scores: their numbers
     are placed apart, every number is listed beside the axes."""
