@@ -73,9 +73,11 @@ class _AnisotropyPrompt(StepHook):
             return
         ad = state.adapter
         t_hi, t_lo = state.timesteps[0], _low_noise_t(state.timesteps)
-        # the detector scores pure noise at both timesteps: the same x_T, scaled for each
+        # the detector scores the same pure-noise input at both timesteps (the sampler's first
+        # model input; asking the scheduler to scale it for t_lo would move a stateful
+        # scheduler's step index)
         inp_hi = model_input(state, state.latents, t_hi)
-        inp_lo = model_input(state, state.latents, t_lo)
+        inp_lo = inp_hi
         emb_dtype = state.cond_embeds.dtype
         with torch.no_grad():
             eu_hi = ad.predict_noise(inp_hi, t_hi, state.uncond_embeds)
