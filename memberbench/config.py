@@ -399,7 +399,7 @@ OPTIONS: tuple[Option, ...] = (
        profiles={"quick": 20, "paper": 0}),
     _o("robustness", "S,S,...", "text-embedding perturbation scales of the robustness task "
        "(each token moved by S of its norm; none: skip it)", _parse_sweep, "list[float]",
-       default="0.05,0.1,0.2"),
+       profiles={"quick": "0.1", "paper": "0.05,0.1,0.2"}),
     _o("results", "PATH", "results JSON (default memberbench-results/<model>/<mitigation>.json;"
        " per-prompt JSONL beside it; checked writable before the run)", text("a file path"),
        "str | None", name=None),

@@ -93,12 +93,14 @@ SWEEPS: dict[str, list[str]] = {
 }
 
 # The task files that score a mitigation: memorization (SSCD, rates), overestimation (D1/D2, k),
-# utility (CLIP score on both sets) and cost (UNet evaluations, wall time per image).
+# utility (CLIP score on both sets), cost (UNet evaluations, wall time per image) and robustness
+# (how much SSCD a perturbed text embedding brings back under the method).
 DEFAULT_TASKS = (
     "tasks/test_memorization.py",
     "tasks/test_overestimation.py",
     "tasks/test_utility.py",
     "tasks/test_cost.py",
+    "tasks/test_robustness.py",
 )
 
 

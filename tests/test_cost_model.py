@@ -42,7 +42,7 @@ def test_quick_profile_on_the_bundled_sets_by_hand():
     assert got["main generations"] == ((n_mem + n_non) * 4, (n_mem + n_non) * 4 * 100)
     sweep = 2 * (n_mem + min(n_non, 20)) * 2
     assert got["guidance sweep"] == (sweep, sweep * 100)
-    assert got["robustness"] == (3 * n_mem * 2, 3 * n_mem * 2 * 100)  # 3 scales, 2 sweep seeds
+    assert got["robustness"] == (n_mem * 2, n_mem * 2 * 100)  # the quick profile: 1 scale, 2 seeds
     m2 = (min(n_mem, 30) + min(n_non, 30)) * 10 * 2 * 2
     assert got["overestimation: M2 training-pair loss"] == (0, m2)
     # a sweep scale equal to the main guidance with seeds it does not hold is generated
