@@ -151,3 +151,19 @@ def test_the_task_end_to_end_scale_zero_gives_zero_regain_exactly(pytester, tiny
     doc2 = json.loads(out2.read_text())
     assert doc2["run"]["images_generated"] == 0
     assert doc2["metrics"]["sscd_regain.s=0.3"]["value"] == m["sscd_regain.s=0.3"]["value"]
+
+
+def test_robustness_metrics_have_their_leaderboard_section():
+    """The site shows the robustness metrics in their own section: the perturbed SSCD first,
+    then the regain overall and per group, at each recorded scale (and nothing else)."""
+    from memberbench.metrics.declare import section_columns, sections
+
+    assert "robustness" in [s.id for s in sections()]
+    recorded = {"sscd_regain.s=0.1", "sscd_regain.s=0.1.dup=64", "sscd_perturbed.s=0.1",
+                "sscd_regain.s=0.2", "sscd_mean", "sscd_mean.dup=64"}  # fmt: skip
+    assert section_columns("robustness", recorded) == [
+        "sscd_perturbed.s=0.1",
+        "sscd_regain.s=0.1",
+        "sscd_regain.s=0.1.dup=64",
+        "sscd_regain.s=0.2",
+    ]

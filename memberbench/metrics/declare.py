@@ -496,7 +496,7 @@ def _caller_module() -> str:
 
 def _example(template: str) -> str:
     """A key the template matches (placeholders filled), for declaration-time checks."""
-    fill = {"g": "1", "k": "1", "group": "x", "method": "pearson", "quantity": "x"}
+    fill = {"g": "1", "scale": "0.1", "k": "1", "group": "x", "method": "pearson", "quantity": "x"}
     out = re.sub(r"\[|\]", "", template)
     for p, v in fill.items():
         out = out.replace("{" + p + "}", v)
@@ -697,3 +697,12 @@ section(
 )
 section("duplication", "Memorization by duplication level", 40)
 section("guidance_sweep", "Guidance sweep (M8)", 50)
+section(
+    "robustness",
+    "Robustness: SSCD after a random text-embedding perturbation",
+    60,
+    intro="sscd_regain.s=S: mean SSCD of the memorized prompts after each token of the text "
+    "embedding moved by S of its norm, minus without (the run's mitigation applied both times; "
+    "docs/metrics.md#robustness-sscd-regain).",
+    rows="having",
+)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memberbench.metrics.declare import declare
+from memberbench.metrics.declare import Placement, declare
 from memberbench.metrics.sscd import sscd_summary, summary_of_gens
 
 
@@ -52,6 +52,7 @@ declare(
     "relative size minus without it (the run's mitigation applied both times), mean over "
     "memorized prompts",
     compute=sscd_regain,
+    sections=(Placement("robustness", ("sscd_regain.s={scale}", "sscd_regain.s={scale}.{group}")),),
 )
 declare(
     "sscd_perturbed",
@@ -61,4 +62,5 @@ declare(
     needs_training_image=True,
     description="robustness: mean SSCD of the memorized prompts' generations after a random "
     "text-embedding perturbation of the given relative size (the run's mitigation applied)",
+    sections=(Placement("robustness", ("sscd_perturbed.s={scale}",), rank=1),),
 )
