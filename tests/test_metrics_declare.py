@@ -297,6 +297,7 @@ def test_section_order_kinds():
         "overestimation",
         "duplication",
         "guidance_sweep",
+        "robustness",
     ]
 
 
