@@ -379,6 +379,23 @@ class BenchRun:
         if not self.references(side):
             raise Skip(f"the model adapter cannot encode training images ({side} set)")
 
+    def unconditional_reason(self) -> str:
+        """Why this run's model has no unconditional branch at sampling ("" when it has one):
+        a guidance-distilled model (FLUX) sampled without ``true_cfg=on``."""
+        a = self.adapter
+        if getattr(a, "has_unconditional", True):
+            return ""
+        return str(getattr(a, "unconditional_reason", "") or "") or (
+            f"model {getattr(a, 'name', '?')!r} has no unconditional branch at sampling"
+        )
+
+    def require_unconditional(self, what: str) -> None:
+        """Skip (with the reason) a task that needs the unconditional branch -- the cond - uncond
+        difference, CFG's scale or the guidance decomposition -- on a model without one."""
+        why = self.unconditional_reason()
+        if why:
+            raise Skip(f"{what} needs the unconditional branch (cond - uncond): {why}")
+
     # ---- generation --------------------------------------------------------------------------
     def _latents_dir(self, n_requests: int) -> Path | None:
         pol = self.config.latents

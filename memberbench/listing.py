@@ -78,6 +78,8 @@ def _describe_model(name: str, obj: Any) -> str:
     where = "shipped with memberbench" if card.repo_id == "bundled" else card.repo_id
     about = first_sentence(card.notes or card.training_data, 70)
     head = f"{where}, {card.resolution} px, {card.prediction_type}"
+    if getattr(card, "guidance_distilled", False):
+        head += ", guidance-distilled"
     return f"{head}: {about}" if about else head
 
 

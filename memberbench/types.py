@@ -92,6 +92,7 @@ class GenerationRequest:
 #   guidance            the guidance scale actually used at step i (hooks may change it)
 #   eps_{b}_norm        ||eps_b||
 #   eps_diff_norm       ||eps_c - eps_u||   (Wen et al.'s text-conditional magnitude)
+#   x0_diff_norm        ||x0_hat_c - x0_hat_u||  (Wen's magnitude of a flow model: / sigma)
 #   eps_{b}_dot_xT      <eps_b, x_T>
 #   x0_{b}_norm         ||x0_hat_b||
 #   latent_norm         ||x_i||  (state after update i)

@@ -137,6 +137,7 @@ def _record_roc(record_metric, record_series, variant: str, score_k: str, pos, n
 def test_detection(mb, record_metric, record_series, score):
     """The headline: prompts labelled by what the model does (``mb.measured_labels()``, the
     run's memorization rule on SSCD against the training images), pooled over both sets."""
+    _runnable(mb, score)  # a detector this model cannot run is skipped first, with its reason
     labels = mb.measured_labels()
     if not any(labels.values()):
         pytest.skip(
@@ -151,7 +152,6 @@ def test_detection(mb, record_metric, record_series, score):
             f"measured labels are all {'non-' if n_mem == 0 else ''}memorized ({n_all} prompts, "
             f"rule {mb.mem_rule()['rule']}): detection is undefined"
         )
-    _runnable(mb, score)
     for k in _windows(mb, score):
         pos, neg, failed = [], [], []
         for side in SIDES:
@@ -245,6 +245,7 @@ def test_detection_set_labels(mb, record_metric, record_series, score):
 
 
 def test_noise_magnitude_m4(mb, record_metric):
+    mb.require_unconditional("Wen's magnitude (M4, ||cond - uncond||)")
     for side in SIDES:
         raw = wen_raw_magnitudes(mb, side, 1)
         if raw:

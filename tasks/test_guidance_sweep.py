@@ -21,6 +21,7 @@ pytestmark = pytest.mark.memberbench
 
 
 def test_guidance_sweep(mb, record_metric, mb_guidance):
+    mb.require_unconditional("the guidance sweep (M8)")  # no CFG scale to sweep without it
     g = float(mb_guidance)
     seeds = mb.config.sweep_seed_list
     tag = f".g={g:g}"

@@ -221,3 +221,75 @@ def test_flow_prediction_needs_a_flow_scheduler():
     ad.make_scheduler = lambda name="ddim": DDIMScheduler()
     with pytest.raises(MemberbenchError, match="predicts 'flow' but scheduler DDIMScheduler"):
         TracedSampler(ad).sample([GenerationRequest("p", seed=0, steps=2)])
+
+
+def _flow_trace(sigmas, eps_diff, x0_diff=None):
+    """A flow-matching trace by hand: levels sigma_t, and the recorded difference norms."""
+    from memberbench.types import Trace
+
+    sig = np.asarray(sigmas, dtype=np.float64)
+    abar = (1 - sig) ** 2 / ((1 - sig) ** 2 + sig**2)  # the VP-equivalent level traces record
+    ser = {"abar_t": abar, "abar_next": abar, "eps_diff_norm": np.asarray(eps_diff, float)}
+    if x0_diff is not None:
+        ser["x0_diff_norm"] = np.asarray(x0_diff, float)
+    return Trace(series=ser, scalars={"flow_matching": 1.0})
+
+
+def test_wen_magnitude_of_a_flow_trace_is_the_velocity_difference_by_hand():
+    """Hand-computed: at sigma = 1 then 0.5, ||x0_c - x0_u|| = 3 then 2 (so ||eps_c - eps_u|| =
+    ((1 - sigma) / sigma) ||x0_c - x0_u|| = 0 then 2).  Wen's magnitude of a flow model is
+    ||v_c - v_u|| = ||x0_c - x0_u|| / sigma: 3 at step 1 (not the degenerate 0), 4 at step 2."""
+    from memberbench.metrics.noise_magnitude import (
+        raw_output_magnitude,
+        text_conditional_magnitude,
+    )
+
+    tr = _flow_trace([1.0, 0.5], eps_diff=[0.0, 2.0], x0_diff=[3.0, 2.0])
+    assert text_conditional_magnitude(tr, 1) == pytest.approx(3.0)
+    assert text_conditional_magnitude(tr, 2) == pytest.approx((3.0 + 4.0) / 2)
+    assert raw_output_magnitude(tr, 1, "flow") == pytest.approx(3.0)
+    assert raw_output_magnitude(tr, 2, "flow") == pytest.approx(3.5)
+    # = ||eps_c - eps_u|| + ||x0_c - x0_u|| where both are defined (step 2: 2 + 2)
+    # a trace from before x0_diff_norm (sampler version 2): undefined at sigma = 1, not 0
+    old = _flow_trace([1.0, 0.5], eps_diff=[0.0, 2.0])
+    assert np.isnan(text_conditional_magnitude(old, 1))
+    # step 2 alone from eps: ||dv|| = ||d eps|| / (1 - sigma) = 2 / 0.5
+    from memberbench.metrics.noise_magnitude import flow_velocity_diff
+
+    assert flow_velocity_diff(old)[1] == pytest.approx(4.0)
+    # a DDPM-family trace keeps the epsilon-space definition
+    from memberbench.types import Trace
+
+    vp = Trace(series={"abar_t": np.array([0.01]), "eps_diff_norm": np.array([0.7])})
+    assert text_conditional_magnitude(vp, 1) == pytest.approx(0.7)
+
+
+class PromptFlowAdapter(OracleFlowAdapter):
+    """The oracle plus a prompt-dependent velocity: v = (x_t - k x) / sigma + c * 1, with c = 1
+    for a prompt and 0 for the empty (unconditional) one, so v_c - v_u = 1 everywhere."""
+
+    def encode_prompts(self, prompts):
+        return torch.tensor([[[0.0 if p == "" else 1.0]] for p in prompts])
+
+    def predict_velocity(self, latents, t, embeds):
+        c = embeds.reshape(-1, 1, 1, 1).to(latents.dtype)
+        return super().predict_velocity(latents, t, embeds) + c
+
+
+def test_wen_magnitude_at_sigma_one_through_the_sampler():
+    """Through the traced sampler on FlowMatchEuler (sigma_1 = 1): ||v_c - v_u|| = ||1|| =
+    sqrt(d) = 16 for the (4, 8, 8) latent at every step; the epsilon difference is 0 at step 1
+    (eps_hat = x_t in both branches) and x0_diff_norm carries the signal."""
+    from memberbench.metrics.noise_magnitude import raw_output_magnitude, text_conditional_magnitude
+
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    ad = PromptFlowAdapter(x, 1.0)
+    (s,) = TracedSampler(ad).sample([GenerationRequest("a prompt", seed=0, steps=4, guidance=3.0)])
+    tr = s.trace
+    sig = ad.sched.sigmas.double().numpy()[:4]
+    assert sig[0] == pytest.approx(1.0)
+    assert tr.series["eps_diff_norm"][0] == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(tr.series["x0_diff_norm"], 16.0 * sig, rtol=1e-5)
+    assert text_conditional_magnitude(tr, 1) == pytest.approx(16.0, rel=1e-5)
+    assert text_conditional_magnitude(tr, 4) == pytest.approx(16.0, rel=1e-5)
+    assert raw_output_magnitude(tr, 1, "flow") == pytest.approx(16.0, rel=1e-5)

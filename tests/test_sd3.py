@@ -220,3 +220,34 @@ def test_sd3_bad_input_is_one_line(sd3_adapter, tmp_path, monkeypatch):
     assert type(sd3_adapter.make_scheduler(card.defaults["scheduler"])).__name__ == (
         "FlowMatchEulerDiscreteScheduler"
     )
+
+
+def test_sd3_local_folder_is_detected_from_model_index(sd3_pipe, sd3_adapter, tmp_path):
+    """``diffusers:path=DIR`` maps StableDiffusion3Pipeline (model_index.json) to the SD3
+    adapter: revision "local", the weights' sha256, the same samples as the in-memory adapter;
+    a folder without a text encoder it needs is one line."""
+    import json
+    import shutil
+
+    from memberbench.adapters import load_adapter
+    from memberbench.adapters.sd3 import SD3Adapter
+    from memberbench.sampling.sampler import TracedSampler
+
+    d = tmp_path / "sd3"
+    sd3_pipe.save_pretrained(d)
+    assert json.loads((d / "model_index.json").read_text())["_class_name"] == (
+        "StableDiffusion3Pipeline"
+    )
+    ad = load_adapter(f"diffusers:path={d}")
+    assert isinstance(ad, SD3Adapter) and ad.family == "sd3"
+    assert (ad.card.revision, ad.card.prediction_type, ad.card.resolution) == ("local", "flow", 32)
+    assert len(ad.describe()["weights_sha256"]) == 64
+    ad.max_sequence_length = SEQ
+    req = GenerationRequest("a red square", seed=2, steps=3)
+    (a,) = TracedSampler(ad).sample([req])
+    (b,) = TracedSampler(sd3_adapter).sample([req])
+    np.testing.assert_allclose(a.final_latent, b.final_latent, rtol=1e-6, atol=1e-6)
+    shutil.rmtree(d / "text_encoder_2")
+    with pytest.raises(MemberbenchError, match="no component 'text_encoder_2'") as e:
+        load_adapter(f"diffusers:path={d}")
+    assert "\n" not in str(e.value)

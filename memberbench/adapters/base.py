@@ -29,13 +29,17 @@ class ModelCard:
     repo_id: str  # Hugging Face repo id, or "bundled" for the shipped model
     revision: str | None  # pinned commit of repo_id (None for the bundled model)
     resolution: int  # native image side in pixels
-    prediction_type: str = "epsilon"  # "epsilon" or "v_prediction"
+    prediction_type: str = "epsilon"  # "epsilon", "v_prediction" or "flow" (velocity)
     training_data: str = ""  # known facts about the training data
     notes: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)  # e.g. {"guidance": 7.5}
     # The prompt sets a run uses when none is given: {"memorized": SET, "nonmemorized": SET},
     # each a registered set name (memberbench.data.sets).  Empty: the user must name both.
     prompt_sets: dict[str, str] = field(default_factory=dict)
+    # True for a guidance-distilled model (FLUX): the guidance scale is an input of the denoiser
+    # and sampling runs no unconditional branch (the tasks that need one are skipped unless the
+    # adapter is asked for true CFG); recorded with the card in every result
+    guidance_distilled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

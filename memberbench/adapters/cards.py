@@ -281,9 +281,12 @@ def register_builtin_cards() -> None:
     for name, card in CARDS.items():
         if name not in MODELS:
             MODELS.register(name, CardFactory(card, ADAPTERS.get(name, SD_ADAPTER)))
-    from memberbench.adapters import sd3
+    from memberbench.adapters import flux, sd3
 
     for name, factory in sd3.factories().items():  # flow-matching SD 3 / 3.5 (adapters/sd3.py)
+        if name not in MODELS:
+            MODELS.register(name, factory)
+    for name, factory in flux.factories().items():  # guidance-distilled FLUX.1 (adapters/flux.py)
         if name not in MODELS:
             MODELS.register(name, factory)
     if "diffusers" not in MODELS:  # any local diffusers folder (memberbench/adapters/local.py)

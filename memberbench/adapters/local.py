@@ -8,7 +8,8 @@ of such a model is built from the folder: ``repo_id`` is the folder, ``revision`
 ``weights_sha256``), the resolution is the denoiser's ``sample_size`` times the VAE's scale
 factor unless ``resolution=`` overrides it, and the prediction type is the shipped scheduler's.
 
-Keys: ``path`` (required), ``resolution``, ``dtype``, ``device``, ``vae``.
+Keys: ``path`` (required), ``resolution``, ``dtype``, ``device``, ``vae``; for a FLUX folder also
+``true_cfg`` and ``guidance_embed`` (:mod:`memberbench.adapters.flux`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ PIPELINES: dict[str, str] = {
     "StableDiffusionXLPipeline": "memberbench.adapters.sdxl:SDXLAdapter",
     "PixArtAlphaPipeline": "memberbench.adapters.pixart:PixArtAdapter",
     "PixArtSigmaPipeline": "memberbench.adapters.pixart:PixArtAdapter",
+    "StableDiffusion3Pipeline": "memberbench.adapters.sd3:SD3Adapter",
+    "FluxPipeline": "memberbench.adapters.flux:FluxAdapter",
 }
 
-KEYS = ("path", "resolution", "dtype", "device", "vae")
+KEYS = ("path", "resolution", "dtype", "device", "vae", "true_cfg", "guidance_embed")
+# keys only some adapters take (the adapter class lists them in EXTRA_KEYS)
+ADAPTER_KEYS = ("true_cfg", "guidance_embed")
 
 
 def read_model_index(path: str | Path) -> dict[str, Any]:
@@ -114,7 +119,8 @@ class LocalFolderFactory:
         cls = adapter_class(cls_name, str(root))
         check_components(root, index, tuple(cls.COMPONENTS))
         vae = params.get("vae") or None
-        adapter = cls.from_pretrained(root, None, device=device, dtype=dtype, vae=vae)
+        extra = _adapter_params(cls, cls_name, params)
+        adapter = cls.from_pretrained(root, None, device=device, dtype=dtype, vae=vae, **extra)
         native = adapter.card.resolution  # from the denoiser's sample_size
         adapter.card = ModelCard(
             name="diffusers",
@@ -122,12 +128,31 @@ class LocalFolderFactory:
             revision="local",
             resolution=resolution or native,
             prediction_type=adapter.prediction_type,
+            guidance_distilled=bool(getattr(adapter.card, "guidance_distilled", False)),
             notes=(
                 f"Local {cls_name} folder {root} (adapter {cls.__name__}, native resolution "
                 f"{native} px); weights identified by weights_sha256."
             ),
         )
         return adapter
+
+
+def _adapter_params(cls: type, cls_name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The adapter-specific keys of the spec (``true_cfg=``, ``guidance_embed=``: FLUX only)."""
+    given = [k for k in ADAPTER_KEYS if params.get(k) not in (None, "")]
+    if not given:
+        return {}
+    if cls_name != "FluxPipeline":
+        raise MemberbenchError(
+            f"model 'diffusers': {given[0]}= applies to FLUX folders only; this folder holds a "
+            f"{cls_name} (leave {given[0]}= out)"
+        )
+    from memberbench.adapters.flux import parse_guidance_embed, parse_true_cfg
+
+    return {
+        "true_cfg": parse_true_cfg("diffusers", params.get("true_cfg")),
+        "guidance_embed": parse_guidance_embed("diffusers", params.get("guidance_embed")),
+    }
 
 
 FACTORY = LocalFolderFactory()

@@ -47,7 +47,10 @@ class SD3Adapter(Adapter):
     """A ``StableDiffusion3Pipeline`` as an Adapter (``prediction = "flow"``)."""
 
     prediction = "flow"
+    prediction_type = "flow"
     family = "sd3"  # mitigations declare whether they support it (memberbench.mitigations)
+    # what a local folder must hold (adapters/local.py checks it; the T5 slot is optional)
+    COMPONENTS = tuple(c for c in COMPONENTS if c not in ("text_encoder_3", "tokenizer_3"))
 
     def __init__(
         self,
@@ -110,11 +113,15 @@ class SD3Adapter(Adapter):
         revision: str | None = None,
         device: Any = None,
         dtype: Any = None,
+        vae: str | None = None,
     ) -> SD3Adapter:
         """Load a StableDiffusion3Pipeline folder or Hub repo (local cache first; a missing
         download is one line naming the repo, the revision and ``path=``)."""
         from memberbench.adapters.stable_diffusion import load_pipeline
 
+        if vae:
+            name = card.name if card else "diffusers"
+            raise MemberbenchError(f"model {name!r} takes no vae= (its VAE is its own)")
         dt = parse_dtype(dtype)
         pipe = load_pipeline(
             path_or_repo, revision=revision, dtype=dt, model_name=card.name if card else None
@@ -125,7 +132,11 @@ class SD3Adapter(Adapter):
                 "use the adapter of its family"
             )
         src = str(path_or_repo) + (f"@{revision}" if revision else "")
-        return cls(pipe, card, device=device, dtype=dt, source=src)
+        adapter = cls(pipe, card, device=device, dtype=dt, source=src)
+        from memberbench.adapters.stable_diffusion import _local_dir
+
+        adapter.weight_dir = _local_dir(path_or_repo, revision)  # describe(): weights_sha256
+        return adapter
 
     # --- identity -------------------------------------------------------------------------------
     def fingerprint(self) -> str:
@@ -155,6 +166,14 @@ class SD3Adapter(Adapter):
             pipeline_class=type(self.pipe).__name__,
             max_sequence_length=self.max_sequence_length,
         )
+        weight_dir = getattr(self, "weight_dir", None)
+        if weight_dir is not None:  # loaded from files: the full-byte sha256 of all of them
+            import contextlib
+
+            from memberbench.adapters.identity import dirs_sha256
+
+            with contextlib.suppress(OSError):  # the folder went away after loading
+                d["weights_sha256"] = dirs_sha256([weight_dir])[0]
         return d
 
     # --- components -----------------------------------------------------------------------------

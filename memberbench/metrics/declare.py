@@ -168,8 +168,10 @@ class Detector:
       ``own_calls``: False when it reads the run's generations (its evaluations are a share of
       theirs), True when it makes model calls of its own on top;
     * ``check(mb)``: None when it can run on this run's adapter, else the reason it is skipped
-      (``needs_gradients`` / ``needs_unconditional`` add the common checks on the adapter of a
-      detector that differentiates or makes its own calls).
+      (``needs_gradients`` adds the common check on the adapter of a detector that
+      differentiates; ``needs_unconditional``, True unless declared otherwise, skips it on a
+      model with no unconditional branch at sampling, a guidance-distilled FLUX without
+      ``true_cfg=on``, with the adapter's ``unconditional_reason``).
     """
 
     name: str
@@ -204,9 +206,12 @@ class Detector:
         """Why it cannot run on this run (None: it can)."""
         import torch
 
+        adapter = mb.adapter
+        if self.needs_unconditional and not getattr(adapter, "has_unconditional", True):
+            why = getattr(adapter, "unconditional_reason", "") or "this model does not have one"
+            return f"detector {self.name!r} needs the model's unconditional branch: {why}"
         if not (self.needs_gradients or self.own_calls):  # it reads the run's traces
             return self.check(mb) if self.check is not None else None
-        adapter = mb.adapter
         if self.needs_gradients and getattr(adapter, "dtype", None) in (
             torch.float16,
             torch.bfloat16,
@@ -214,11 +219,6 @@ class Detector:
             return (
                 f"detector {self.name!r} differentiates through the UNet and the model runs in "
                 f"{str(adapter.dtype).replace('torch.', '')}; run with --dtype fp32 to score it"
-            )
-        if self.needs_unconditional and not getattr(adapter, "has_unconditional", True):
-            return (
-                f"detector {self.name!r} needs the model's unconditional branch, which this "
-                "model does not have"
             )
         return self.check(mb) if self.check is not None else None
 

@@ -49,6 +49,19 @@ def realtime_w0(trace: Trace, k: int) -> np.ndarray:
     return np.sqrt(resid2) / x0k
 
 
+def needs_ddpm_schedule(mb: Any) -> str | None:
+    """The skip reason of a detector defined on the DDPM family's alphas_cumprod / epsilon
+    (``abar`` at pure noise > 0) for a flow-matching model (SD3, FLUX), else None."""
+    a = mb.adapter
+    if getattr(a, "prediction", "epsilon") != "flow":
+        return None
+    return (
+        f"defined on a DDPM-family schedule (alphas_cumprod, epsilon predictions); model "
+        f"{getattr(a, 'name', '?')!r} is a flow-matching model (sigma = 1 at pure noise): not "
+        "defined for it yet"
+    )
+
+
 def realtime_d1(trace: Trace, k: int) -> float:
     """Real-time D1 at step k: ``sum_{i<=k} (W0_i - sqrt(abar_i))`` with :func:`realtime_w0`
     (``abar_i`` the noise level of state i, ``abar_next`` of update i)."""
@@ -96,6 +109,7 @@ def webster_score(trace: Trace) -> float:
     windows=(1,),
     source="Webster 2023, A Reproducible Extraction of Training Images from Diffusion Models "
     "(ryanwebster90/onestep-extraction)",
+    check=needs_ddpm_schedule,
 )
 def webster_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     return mb.per_prompt("webster", side, lambda ts: np.mean([webster_score(t) for t in ts]))
@@ -201,6 +215,7 @@ def _low_noise_t(timesteps: Any) -> Any:
     unet_evals=4,
     own_calls=True,
     source="Asthana & Belagiannis, ICLR 2026 (rohanasthana/memorization-anisotropy)",
+    check=needs_ddpm_schedule,
 )
 def anisotropy_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     import torch
@@ -271,6 +286,7 @@ def _math_attention() -> Any:
     own_calls=True,
     needs_gradients=True,
     source="Jeon, Kim & No, ICML 2025 (Dongjae0324/sharpness_memorization_diffusion)",
+    check=needs_ddpm_schedule,
 )
 def sharpness_scores(mb: Any, side: str, k: int) -> dict[str, float]:
     import torch

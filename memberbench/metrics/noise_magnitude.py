@@ -11,6 +11,10 @@ return epsilon, so :func:`raw_output_magnitude` converts back per step: for a v-
 ``eps = sqrt(abar) v + sqrt(1 - abar) x_t`` gives ``||v_c - v_u|| = ||eps_c - eps_u|| /
 sqrt(abar_t)``; for an x0 ("sample") model ``||x0_c - x0_u|| = ||eps_c - eps_u|| sqrt(1 - abar_t)
 / sqrt(abar_t)``; for epsilon it is the same number.  See docs/metrics-conventions.md.
+
+Flow-matching models (SD3, FLUX; docs/metrics.md#flow-matching-models): both scores are taken on
+the velocity ``||v_c - v_u|| = ||x0_c - x0_u|| / sigma`` (the model's raw output), because the
+epsilon difference ``((1 - sigma) / sigma) ||x0_c - x0_u||`` is 0 at the first step, sigma = 1.
 """
 
 from __future__ import annotations
@@ -25,13 +29,37 @@ from memberbench.types import BRANCHES, MemberbenchError, Trace
 
 
 def text_conditional_magnitude(trace: Trace, first_k: int = 1) -> float:
-    """Mean of ``||eps_c - eps_u||`` over the first ``first_k`` steps of one trajectory."""
+    """Mean of ``||eps_c - eps_u||`` over the first ``first_k`` steps of one trajectory; for a
+    flow-matching trace, of the velocity difference ``||v_c - v_u||`` (:func:`flow_velocity_diff`:
+    the epsilon difference vanishes at sigma = 1 whatever the prompt)."""
     if first_k < 1:
         raise MemberbenchError(f"first_k must be >= 1, got {first_k}")
+    from memberbench.sampling.schedule import family_of
+
     d = series(trace, "eps_diff_norm")
     if len(d) < first_k:
         raise MemberbenchError(f"first_k={first_k} but the trace has only {len(d)} steps")
+    if family_of(trace) == "flow":
+        return float(flow_velocity_diff(trace)[:first_k].mean())
     return float(d[:first_k].mean())
+
+
+def flow_velocity_diff(trace: Trace) -> np.ndarray:
+    """Per step of a flow-matching trace, ``||v_c - v_u||`` (v = eps - x0, the model's output).
+
+    At a fixed state ``x = (1 - sigma) x0 + sigma eps``, ``d eps = -((1 - sigma) / sigma) d x0``,
+    so ``d v = d eps - d x0 = -d x0 / sigma`` and ``||v_c - v_u|| = ||x0_c - x0_u|| / sigma =
+    ||eps_c - eps_u|| + ||x0_c - x0_u||``: defined at sigma = 1, where ``eps_hat = x`` in every
+    branch and ``||eps_c - eps_u||`` is 0.  From the trace's ``x0_diff_norm`` (sampler version 3);
+    a trace without it falls back on ``eps_diff_norm / (1 - sigma)``, NaN at sigma = 1."""
+    from memberbench.sampling.schedule import Schedule
+
+    sch = Schedule.from_levels(series(trace, "abar_t"), series(trace, "abar_t"), "flow")
+    sigma, a = sch.b_t, sch.a_t
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if trace.has("x0_diff_norm"):
+            return series(trace, "x0_diff_norm") / sigma
+        return np.where(a > 0, series(trace, "eps_diff_norm") / np.where(a > 0, a, 1.0), np.nan)
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -75,9 +103,12 @@ def raw_output_magnitude(trace: Trace, first_k: int = 1, prediction_type: str = 
         raise MemberbenchError(f"first_k={first_k} but the trace has only {len(d)} steps")
     from memberbench.sampling.schedule import family_of
 
-    f = _raw_factor(series(trace, "abar_t")[:first_k], prediction_type, family_of(trace))
+    family = family_of(trace)
+    f = _raw_factor(series(trace, "abar_t")[:first_k], prediction_type, family)
     if trace.has("guidance") and (series(trace, "guidance")[:first_k] <= 1.0).any():
         return float("nan")
+    if family == "flow" and prediction_type == "flow":  # defined at sigma = 1 too
+        return float(flow_velocity_diff(trace)[:first_k].mean())
     return float((d[:first_k] * f).mean())
 
 

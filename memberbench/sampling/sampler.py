@@ -17,6 +17,11 @@ Conventions
   and DPM++; divided by ``sqrt(1 + sigma^2)`` for the Euler/Heun/LMS family.  ``x_T`` is state 0
   after the hooks' ``on_start``.
 * The Tweedie estimate uses the scaled model input (the VP ``x_t``) and ``abar_t``.
+* Guidance-distilled models sampled without true CFG (``adapter.has_unconditional`` False,
+  FLUX): one conditional call per step, ``predict_velocity(x, t, cond, guidance=g)`` with g the
+  request's guidance (after hooks) as the model's guidance input; the guided velocity is the
+  conditional one and the unconditional series (``eps_u_*``, ``x0_u_*``, ``eps_diff_norm``,
+  ``x0_diff_norm``) are NaN: there is no unconditional prediction to trace.
 * Flow-matching models (``adapter.prediction == "flow"``, ``FlowMatch*`` schedulers): the adapter's
   ``predict_velocity`` gives ``v = eps - x0``; guidance is applied to v (as the SD3 pipeline
   does) and each branch is split into ``(eps_hat, x0_hat)`` by
@@ -63,7 +68,7 @@ from memberbench.types import BRANCHES, GenerationRequest, MemberbenchError, Sam
 HOOK_META_KEY = "meta"
 
 # Bump whenever the sampler's numerics or trace contents change: it is part of the cache key.
-SAMPLER_VERSION = "2"  # 2: latent_dot_final, final_norm2, final_dot_xT
+SAMPLER_VERSION = "3"  # 2: latent_dot_final, final_norm2, final_dot_xT; 3: x0_diff_norm
 
 # the per-step series, their kinds and which need a reference latent: memberbench/sampling/series.py
 BASE_SERIES = _series.BASE_SERIES
@@ -218,6 +223,13 @@ class TracedSampler:
         schedule = Schedule.from_scheduler(sched)
         flow = schedule.family == "flow"
         prediction = getattr(adapter, "prediction", "epsilon")
+        # a guidance-distilled model sampled without true CFG (FLUX): no unconditional branch
+        distilled = not getattr(adapter, "has_unconditional", True)
+        if distilled and prediction != "flow":
+            raise MemberbenchError(
+                f"model {adapter.name!r} has no unconditional branch; the traced sampler runs "
+                "single-branch sampling for flow-matching (velocity) models only"
+            )
         if (prediction == "flow") != flow:
             raise MemberbenchError(
                 f"model {adapter.name!r} predicts {prediction!r} but scheduler "
@@ -312,29 +324,44 @@ class TracedSampler:
         unet_dtype = getattr(getattr(adapter, "unet", None), "dtype", dt)
         for i, t in enumerate(timesteps):
             state.step = i
-            emb = torch.cat([state.uncond_embeds, state.cond_embeds])
-            inp = torch.cat([latents] * 2)
-            if hasattr(sched, "scale_model_input"):
-                inp = sched.scale_model_input(inp, t)
-            if flow:  # velocity v = eps - x0, guided in v as the pipelines do
-                out = adapter.predict_velocity(inp.to(unet_dtype), t, emb)
-                v_u, v_c = out.chunk(2)
-                eps_u, _ = schedule.split(latents, v_u.to(latents.dtype), i, "flow")
-                eps_c, _ = schedule.split(latents, v_c.to(latents.dtype), i, "flow")
-                eps = out
+            if distilled:  # one conditional call; g is the model's guidance input, not CFG's
+                g = state.guidance
+                for h in self.hooks:
+                    g = h.guidance(state, i, t, g)
+                g = torch.as_tensor(g, device=dev, dtype=torch.float32)
+                if g.ndim == 0:
+                    g = g.expand(B)
+                inp = latents
+                if hasattr(sched, "scale_model_input"):
+                    inp = sched.scale_model_input(inp, t)
+                v_c = adapter.predict_velocity(inp.to(unet_dtype), t, state.cond_embeds, guidance=g)
+                v_u = torch.full_like(v_c, float("nan"))  # no unconditional branch exists
+                eps = v_c
+                count_unet_evals(state, alive.to(torch.long))
             else:
-                eps = adapter.predict_noise(inp.to(unet_dtype), t, emb)
-                eps_u, eps_c = eps.chunk(2)
-            count_unet_evals(state, 2 * alive.to(torch.long))
+                emb = torch.cat([state.uncond_embeds, state.cond_embeds])
+                inp = torch.cat([latents] * 2)
+                if hasattr(sched, "scale_model_input"):
+                    inp = sched.scale_model_input(inp, t)
+                if flow:  # velocity v = eps - x0, guided in v as the pipelines do
+                    out = adapter.predict_velocity(inp.to(unet_dtype), t, emb)
+                    v_u, v_c = out.chunk(2)
+                    eps_u, _ = schedule.split(latents, v_u.to(latents.dtype), i, "flow")
+                    eps_c, _ = schedule.split(latents, v_c.to(latents.dtype), i, "flow")
+                    eps = out
+                else:
+                    eps = adapter.predict_noise(inp.to(unet_dtype), t, emb)
+                    eps_u, eps_c = eps.chunk(2)
+                count_unet_evals(state, 2 * alive.to(torch.long))
 
-            g = state.guidance
-            for h in self.hooks:
-                g = h.guidance(state, i, t, g)
-            g = torch.as_tensor(g, device=eps.device, dtype=torch.float32)
-            if g.ndim == 0:
-                g = g.expand(B)
+                g = state.guidance
+                for h in self.hooks:
+                    g = h.guidance(state, i, t, g)
+                g = torch.as_tensor(g, device=eps.device, dtype=torch.float32)
+                if g.ndim == 0:
+                    g = g.expand(B)
             eps_g = None
-            for h in self.hooks:
+            for h in self.hooks if not distilled else ():
                 eps_g = h.combine(state, i, t, eps_u, eps_c, g)
                 if eps_g is not None:
                     break
@@ -344,7 +371,9 @@ class TracedSampler:
                     f"flow-matching models such as {adapter.name!r}"
                 )
             gv = g.to(eps.dtype).view(-1, *([1] * (eps.ndim - 1)))
-            if flow:
+            if distilled:
+                v_g = v_c
+            elif flow:
                 v_g = v_u + gv * (v_c - v_u)
                 eps_g, _ = schedule.split(latents, v_g.to(latents.dtype), i, "flow")
             elif eps_g is None:
@@ -362,7 +391,11 @@ class TracedSampler:
             V = torch.cat([E, X0], 1)  # eps_b, x0_hat_b
             dots = torch.bmm(V, basis)  # (B, 6, 1 or 2): <., x_T> (and <., x>)
             sq = V.pow(2).sum(2)  # (B, 6)
-            pv = {"guidance": g.to(torch.float64), "eps_diff_norm": (E[:, 1] - E[:, 0]).norm(dim=1)}
+            pv = {
+                "guidance": g.to(torch.float64),
+                "eps_diff_norm": (E[:, 1] - E[:, 0]).norm(dim=1),
+                "x0_diff_norm": (X0[:, 1] - X0[:, 0]).norm(dim=1),
+            }
             for j, br in enumerate(BRANCHES):
                 pv[f"eps_{br}_norm"] = sq[:, j].sqrt()
                 pv[f"eps_{br}_dot_xT"] = dots[:, j, 0]

@@ -50,6 +50,12 @@ TABLE: tuple[Series, ...] = (
     Series("guidance", "prediction", False, "the guidance scale used at step i, after hooks"),
     *(Series(f"eps_{b}_norm", "prediction", False, f"||eps_{b}||, {_B[b]}") for b in BRANCHES),
     Series("eps_diff_norm", "prediction", False, "||eps_c - eps_u|| (Wen et al.'s magnitude)"),
+    Series(
+        "x0_diff_norm",
+        "prediction",
+        False,
+        "||x0_c - x0_u|| (Wen's magnitude of a flow model at sigma = 1, where eps_c = eps_u)",
+    ),
     *(Series(f"eps_{b}_dot_xT", "prediction", False, f"<eps_{b}, x_T>") for b in BRANCHES),
     *(Series(f"x0_{b}_norm", "prediction", False, f"||x0_{b}||") for b in BRANCHES),
     *(Series(f"eps_{b}_dot_x", "prediction", True, f"<eps_{b}, x>") for b in BRANCHES),
