@@ -388,6 +388,20 @@ def test_bad_specs(spec, pattern):
     assert "\n" not in str(e.value)
 
 
+def test_local_resolution_must_fit_the_packing(flux_dir):
+    from memberbench.adapters import load_adapter
+    from memberbench.sampling.sampler import TracedSampler
+
+    ad = load_adapter(f"diffusers:path={flux_dir},resolution=24")  # tiny VAE factor 1: 24 % 2 ok
+    assert ad.latent_shape == (1, 24, 24)
+    from dataclasses import replace
+
+    ad.card = replace(ad.card, resolution=25)  # what no spec can give, but a custom card could
+    with pytest.raises(MemberbenchError, match="resolution=25 is not a multiple of 2") as e:
+        TracedSampler(ad).sample([GenerationRequest("a cat", seed=0, steps=1)])
+    assert "\n" not in str(e.value)
+
+
 def test_true_cfg_on_a_non_flux_folder_is_refused(tiny_pipeline_dir):
     from memberbench.adapters import load_adapter
 

@@ -420,7 +420,9 @@ class FluxAdapter(Adapter):
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the unpacked latent: FluxPipeline's ``2 * (res // (vae_scale * 2))``."""
+        """(C, H, W) of the unpacked latent: FluxPipeline's ``2 * (res // (vae_scale * 2))``
+        (a resolution that is not a multiple of 2 x the VAE factor is refused in one line)."""
+        check_resolution(self.name, self.resolution, self.vae_scale_factor)
         side = 2 * (self.resolution // (self.vae_scale_factor * 2))
         return (int(self.pipe.transformer.config.in_channels) // 4, side, side)
 
