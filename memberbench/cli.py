@@ -239,13 +239,15 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def cmd_train_bundled(ns: argparse.Namespace) -> int:
+    if ns.family == "flow":
+        return _train_bundled_flow(ns)
     from memberbench.bundled.train import train_bundled
 
     info = train_bundled(
         ns.out,
         seed=ns.seed,
         vae_steps=ns.vae_steps,
-        unet_steps=ns.unet_steps,
+        unet_steps=2400 if ns.unet_steps is None else ns.unet_steps,
         refine_steps=ns.refine_steps,
         clip_steps=ns.clip_steps,
         batch=ns.batch,
@@ -260,6 +262,39 @@ def cmd_train_bundled(ns: argparse.Namespace) -> int:
         for k, v in info.items():
             if not isinstance(v, dict | list):
                 print(f"  {k}: {v}")
+    return 0
+
+
+def _train_bundled_flow(ns: argparse.Namespace) -> int:
+    from memberbench.bundled.train_flow import DEFAULT_STEPS, train_bundled_flow
+
+    unet_only = {
+        "--vae-steps": ns.vae_steps != 2000,
+        "--refine-steps": ns.refine_steps != 600,
+        "--clip-steps": ns.clip_steps != 600,
+        "--vae-from": ns.vae_from is not None,
+        "--offset-noise": bool(ns.offset_noise),
+        "--prediction-type": ns.prediction_type != "v_prediction",
+        "--unet-channels": tuple(ns.unet_channels) != (32, 64, 96),
+        "--clip-from": ns.clip_from is not None,
+    }
+    given = [k for k, v in unet_only.items() if v]
+    if given:
+        raise MemberbenchError(
+            f"{', '.join(given)}: options of --family unet; --family flow reuses the shipped VAE "
+            "and CLIP scorer and takes --out, --seed, --unet-steps (transformer steps) and --batch"
+        )
+    info = train_bundled_flow(
+        ns.out,
+        seed=ns.seed,
+        steps=DEFAULT_STEPS if ns.unet_steps is None else ns.unet_steps,
+        batch=ns.batch,
+        log_file=ns.log,
+    )
+    print(f"trained the bundled flow-matching transformer into {ns.out}")
+    for k, v in info.items():
+        if not isinstance(v, dict | list):
+            print(f"  {k}: {v}")
     return 0
 
 
@@ -393,9 +428,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-bundled", help="train the bundled model from scratch")
     t.add_argument("--out", required=True, help="output folder")
+    t.add_argument(
+        "--family",
+        choices=("unet", "flow"),
+        default="unet",
+        help="unet (default): the bundled UNet model (VAE, UNet, text encoder, CLIP scorer); "
+        "flow: the bundled flow-matching transformer over the shipped VAE "
+        "(docs/bundled-model.md)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--vae-steps", type=int, default=2000)
-    t.add_argument("--unet-steps", type=int, default=2400)
+    t.add_argument(
+        "--unet-steps",
+        type=int,
+        default=None,
+        help="denoiser training steps (default 2400 for the UNet, 2500 for the transformer)",
+    )
+    t.add_argument("--log", default=None, help="--family flow: append progress lines to this file")
     t.add_argument("--refine-steps", type=int, default=600, help="EMA refine pass (0: none)")
     t.add_argument("--clip-steps", type=int, default=600)
     t.add_argument("--batch", type=int, default=48)

@@ -272,12 +272,15 @@ def with_changes(card: ModelCard, **changes: Any) -> ModelCard:
 # The bundled model is an application on top of the library: its card and loader live in
 # memberbench/bundled/card.py and are registered here by name only, imported on first use.
 BUNDLED_ENTRY = "memberbench.bundled.card:FACTORY"
+BUNDLED_FLOW_ENTRY = "memberbench.bundled.card:FLOW_FACTORY"  # the flow-matching transformer
 LOCAL_ENTRY = "memberbench.adapters.local:FACTORY"
 
 
 def register_builtin_cards() -> None:
     if "bundled" not in MODELS:
         MODELS.register("bundled", BUNDLED_ENTRY)
+    if "bundled-flow" not in MODELS:
+        MODELS.register("bundled-flow", BUNDLED_FLOW_ENTRY)
     for name, card in CARDS.items():
         if name not in MODELS:
             MODELS.register(name, CardFactory(card, ADAPTERS.get(name, SD_ADAPTER)))

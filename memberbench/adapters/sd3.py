@@ -60,10 +60,13 @@ class SD3Adapter(Adapter):
         device: Any = None,
         dtype: Any = None,
         source: str | None = None,
-        max_sequence_length: int = 256,
+        max_sequence_length: int | None = None,
     ) -> None:
+        # T5 is optional (diffusers' docs drop it; the bundled flow model has none)
         missing = [
-            c for c in COMPONENTS if getattr(pipe, c, None) is None and c != "text_encoder_3"
+            c
+            for c in COMPONENTS
+            if getattr(pipe, c, None) is None and c not in ("text_encoder_3", "tokenizer_3")
         ]
         if missing:
             raise MemberbenchError(
@@ -88,7 +91,6 @@ class SD3Adapter(Adapter):
                 m.requires_grad_(False)
         self.pipe = pipe
         self.source = source
-        self.max_sequence_length = int(max_sequence_length)
         cfg = dict(pipe.scheduler.config)
         if card is None:
             card = ModelCard(
@@ -99,6 +101,9 @@ class SD3Adapter(Adapter):
                 prediction_type="flow",
             )
         self.card = card
+        if max_sequence_length is None:  # the card's (the bundled flow model has no T5: 0)
+            max_sequence_length = card.defaults.get("max_sequence_length", 256)
+        self.max_sequence_length = int(max_sequence_length)
         self._scheduler_config = cfg
         self._fingerprint: str | None = None
         self._vae_fp32: Any = None

@@ -6,7 +6,10 @@ The shipped files live in ``memberbench/bundled/weights/``:
   ``StableDiffusionPipeline.from_pretrained(path)``);
 * ``clip/``   the tiny open_clip utility scorer (config + weights);
 * ``recipe.json`` the training recipe and its wall times;
-* ``MANIFEST.sha256`` sha256 of every file above, checked on every load.
+* ``MANIFEST.sha256`` sha256 of every file above, checked on every load;
+* ``flow/``   the second bundled model (a flow-matching transformer, ``--model bundled-flow``):
+  its own ``model/`` (a ``StableDiffusion3Pipeline`` directory), ``recipe.json`` and
+  ``MANIFEST.sha256``, a bundle of its own (see :func:`verify_manifest`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from memberbench.io import file_sha256 as _file_sha256
 from memberbench.types import MemberbenchError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+FLOW_SUBDIR = "flow"  # the flow-matching transformer's bundle, under WEIGHTS_DIR
 MANIFEST = "MANIFEST.sha256"
 
 
@@ -26,10 +30,16 @@ def file_sha256(path: Path) -> str:
 
 
 def _files(root: Path) -> list[Path]:
+    """The files of the bundle at ``root``: a folder below it that holds a manifest of its own is
+    another bundle (the flow model's ``flow/`` under the UNet model's weights) and is left out."""
+    nested = [p.parent for p in root.rglob(MANIFEST) if p.parent != root]
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts
+        if p.is_file()
+        and p.name != MANIFEST
+        and "__pycache__" not in p.parts
+        and not any(n in p.parents for n in nested)
     )
 
 

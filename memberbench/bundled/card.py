@@ -81,3 +81,92 @@ class BundledFactory(CardFactory):
 
 
 FACTORY = BundledFactory(BUNDLED)
+
+
+# --- the second bundled model: the flow-matching transformer (``--model bundled-flow``) ----------
+
+BUNDLED_FLOW = ModelCard(
+    name="bundled-flow",
+    repo_id="bundled",
+    revision=None,
+    resolution=WORLD_SIZE,
+    prediction_type="flow",
+    training_data=training_data_text(_world).replace(
+        "SD 1.x training schedule, v-prediction like SD 2.x",
+        "rectified flow like SD 3 (x_t = (1 - sigma) x0 + sigma eps, target eps - x0, "
+        "logit-normal sigma)",
+    ),
+    notes=(
+        "family flow: a tiny SD3Transformer2DModel (MMDiT, 4 joint blocks, width 128, 2x2 "
+        "patches of the 4x16x16 latents) and two tiny CLIPTextModelWithProjection encoders "
+        "(no T5), trained with rectified flow over the bundled UNet model's VAE by `memberbench "
+        "train-bundled --family flow`; sampled with FlowMatchEulerDiscreteScheduler (shift 1). "
+        "A StableDiffusion3Pipeline directory, called with max_sequence_length=0; verified "
+        "against its own MANIFEST.sha256 on every load (a path= override skips the manifest)."
+    ),
+    defaults={
+        "guidance": 7.5,
+        "steps": 50,
+        "scheduler": "FlowMatchEulerDiscreteScheduler",
+        "max_sequence_length": 0,
+    },
+    prompt_sets={"memorized": "bundled-memorized", "nonmemorized": "bundled-nonmemorized"},
+)
+
+
+class BundledFlowFactory(CardFactory):
+    """The bundled flow-matching transformer: ``weights/flow/``, checked against its own
+    manifest on every load."""
+
+    def load(self, card: ModelCard, params: dict[str, Any]) -> Adapter:
+        from memberbench.adapters.sd3 import SD3Adapter
+
+        if params.get("vae"):
+            raise MemberbenchError(f"model {card.name!r} takes no vae= (its VAE is its own)")
+        path = params.get("path") or None
+        if path:
+            card = with_changes(
+                card, notes=card.notes + f" Loaded from {path} (manifest not checked)."
+            )
+            src = path
+        else:
+            root = _bundled.WEIGHTS_DIR / _bundled.FLOW_SUBDIR  # read at call time: tests move it
+            if not (root / "model").is_dir():
+                raise MemberbenchError(
+                    f"the bundled flow model is not in {root / 'model'}: the package installation "
+                    "is incomplete or the weights were not built yet. Reinstall memberbench, "
+                    "rebuild them with `memberbench train-bundled --family flow --out DIR`, or "
+                    "point at a copy with --model bundled-flow:path=/dir/with/model_index.json"
+                )
+            digest = _bundled.verify_manifest(root, subdir="model")
+            card = with_changes(card, revision=f"manifest-sha256:{digest[:16]}")
+            src = str(root / "model")
+        return SD3Adapter(
+            load_flow_pipeline(src, params.get("dtype")),
+            card,
+            device=params.get("device"),
+            dtype=params.get("dtype"),
+            source=str(src),
+        )
+
+
+def load_flow_pipeline(path: Any, dtype: Any = None) -> Any:
+    """``StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)``:
+    the model has no T5 encoder, and diffusers loads a pipeline without one only when told so
+    (as its docs drop SD3's T5)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from memberbench.devices import parse_dtype
+
+    try:
+        return StableDiffusion3Pipeline.from_pretrained(
+            path, text_encoder_3=None, tokenizer_3=None, torch_dtype=parse_dtype(dtype)
+        )
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MemberbenchError(
+            f"{path}: not a StableDiffusion3Pipeline folder of the bundled flow model ({first})"
+        ) from None
+
+
+FLOW_FACTORY = BundledFlowFactory(BUNDLED_FLOW)

@@ -126,6 +126,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                     "n": len(ks),
                 }
             )
+        out["settings"]["scheduler"] = samples[ok[0]].meta.get("scheduler", "DDIMScheduler")
         out["guidance"][str(g)] = {
             "per_prompt": per_prompt,
             "wall_s": wall,
@@ -139,8 +140,12 @@ def summarise(data: dict[str, Any]) -> str:
     from memberbench.metrics.stats import roc_auc
 
     settings = data["settings"]
+    sampler = {"DDIMScheduler": "DDIM", "FlowMatchEulerDiscreteScheduler": "flow-matching Euler"}
+    model = settings.get("model", "bundled")
     lines = [
-        f"Bundled model, DDIM {settings['steps']} steps, {settings['seeds']} seeds per prompt "
+        f"{'Bundled model' if model == 'bundled' else f'Model {model}'}, "
+        f"{sampler.get(settings.get('scheduler', 'DDIMScheduler'), settings.get('scheduler'))} "
+        f"{settings['steps']} steps, {settings['seeds']} seeds per prompt "
         f"(`memberbench evidence`). SSCD = cosine of sscd_disc_mixup embeddings (skew_320); "
         "ceiling = SSCD of the VAE's own reconstruction of the training image.",
         "",
