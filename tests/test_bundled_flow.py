@@ -220,3 +220,33 @@ def test_adapter_samples_what_stable_diffusion3_pipeline_samples():
     np.testing.assert_allclose(
         np.stack([s.final_latent for s in samples]), lat.numpy(), rtol=1e-4, atol=1e-4
     )
+
+
+@shipped_flow
+def test_shipped_flow_model_copies_its_most_duplicated_canaries(world):
+    """The shipped transformer reproduces its 256-copy canaries' training latents and not those
+    of the canaries it saw once (same seeds, guidance 7.5, 25 Euler steps); and at sigma = 1,
+    where a flow model's noise estimate x_t + (1 - sigma) v is x_T itself whatever the caption,
+    Wen's step-1 magnitude ||eps_c - eps_u|| is exactly 0."""
+    from test_mitigations_bundled import latent_cosine
+
+    from memberbench.adapters import load_adapter
+    from memberbench.metrics.noise_magnitude import text_conditional_magnitude
+    from memberbench.runner import run_generation
+
+    ad = load_adapter("bundled-flow", device="cpu", dtype="fp32")
+    cos = {}
+    for dup in (256, 1):
+        canaries = [c for c in world.canaries if c.duplicates == dup]
+        refs = ad.encode_images([c.image for c in canaries])
+        reqs = [
+            GenerationRequest(c.caption, seed=s, steps=25, guidance=7.5)
+            for c in canaries
+            for s in range(3)
+        ]
+        samples = run_generation(ad, reqs, progress=False)
+        cos[dup] = latent_cosine(samples, [r for r in refs for _ in range(3)])
+        if dup == 1:
+            assert [text_conditional_magnitude(s.trace, 1) for s in samples] == [0.0] * len(reqs)
+            assert all(text_conditional_magnitude(s.trace, 5) > 0 for s in samples)
+    assert cos[256].mean() > cos[1].mean() + 0.4, cos
