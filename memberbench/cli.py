@@ -238,6 +238,12 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# train-bundled's --unet-steps default per family (literals: the parser must not import torch;
+# tests/test_cli_commands.py checks them against the recipes' own defaults)
+UNET_STEPS = 2400
+FLOW_STEPS = 2500
+
+
 def cmd_train_bundled(ns: argparse.Namespace) -> int:
     if ns.family == "flow":
         return _train_bundled_flow(ns)
@@ -247,7 +253,7 @@ def cmd_train_bundled(ns: argparse.Namespace) -> int:
         ns.out,
         seed=ns.seed,
         vae_steps=ns.vae_steps,
-        unet_steps=2400 if ns.unet_steps is None else ns.unet_steps,
+        unet_steps=UNET_STEPS if ns.unet_steps is None else ns.unet_steps,
         refine_steps=ns.refine_steps,
         clip_steps=ns.clip_steps,
         batch=ns.batch,
@@ -266,7 +272,7 @@ def cmd_train_bundled(ns: argparse.Namespace) -> int:
 
 
 def _train_bundled_flow(ns: argparse.Namespace) -> int:
-    from memberbench.bundled.train_flow import DEFAULT_STEPS, train_bundled_flow
+    from memberbench.bundled.train_flow import train_bundled_flow
 
     unet_only = {
         "--vae-steps": ns.vae_steps != 2000,
@@ -287,7 +293,7 @@ def _train_bundled_flow(ns: argparse.Namespace) -> int:
     info = train_bundled_flow(
         ns.out,
         seed=ns.seed,
-        steps=DEFAULT_STEPS if ns.unet_steps is None else ns.unet_steps,
+        steps=FLOW_STEPS if ns.unet_steps is None else ns.unet_steps,
         batch=ns.batch,
         log_file=ns.log,
     )

@@ -137,10 +137,17 @@ def test_train_bundled_defaults_are_the_recipes():
         for k, v in inspect.signature(train_bundled).parameters.items()
         if v.default is not inspect.Parameter.empty
     }
+    # --unet-steps defaults per family (None in the parser)
+    from memberbench.bundled.train_flow import train_bundled_flow
+
+    flow = inspect.signature(train_bundled_flow).parameters
+    assert ns.unet_steps is None and ns.family == "unet"
+    assert defaults["unet_steps"] == cli.UNET_STEPS
+    assert flow["steps"].default == cli.FLOW_STEPS
+    assert flow["seed"].default == ns.seed and flow["batch"].default == ns.batch
     for name in (
         "seed",
         "vae_steps",
-        "unet_steps",
         "refine_steps",
         "clip_steps",
         "batch",
