@@ -26,24 +26,6 @@ import numpy as np
 from memberbench.metrics.declare import detector
 from memberbench.types import MemberbenchError, Trace
 
-
-def _vp_only(what: str) -> Callable[[Any], str | None]:
-    """A detector ``check``: the reason it cannot score a flow-matching model (``what`` needs
-    the DDPM family's alphas_cumprod / epsilon prediction), or None."""
-
-    def check(mb: Any) -> str | None:
-        ad = mb.adapter
-        if getattr(ad, "prediction", "epsilon") != "flow":
-            return None
-        return (
-            f"{what} is defined on the variance-preserving (DDPM) schedule; model "
-            f"{getattr(ad, 'name', '?')!r} samples with flow matching (sigma = 1 at its first "
-            "step, no alphas_cumprod), for which it is not defined"
-        )
-
-    return check
-
-
 # --------------------------------------------------------------------------------------------
 # real-time D1
 
@@ -125,7 +107,6 @@ def webster_score(trace: Trace) -> float:
     description="Webster's one-step white-box score sigma^2 ||eps_g||^2 at the run's first step "
     "(the one-step denoising's distance from the initial noise; his mean = this / latent size)",
     windows=(1,),
-    check=_vp_only("Webster's score sigma^2 ||eps||^2 with sigma^2 = (1 - abar) / abar"),
     source="Webster 2023, A Reproducible Extraction of Training Images from Diffusion Models "
     "(ryanwebster90/onestep-extraction)",
     check=needs_ddpm_schedule,
@@ -233,7 +214,6 @@ def _low_noise_t(timesteps: Any) -> Any:
     windows=(0,),
     unet_evals=4,
     own_calls=True,
-    check=_vp_only("the anisotropy score (epsilon predictions at DDPM timesteps)"),
     source="Asthana & Belagiannis, ICLR 2026 (rohanasthana/memorization-anisotropy)",
     check=needs_ddpm_schedule,
 )
@@ -305,7 +285,6 @@ def _math_attention() -> Any:
     grad_passes=4,
     own_calls=True,
     needs_gradients=True,
-    check=_vp_only("Jeon et al.'s sharpness (scores -eps / sqrt(1 - abar))"),
     source="Jeon, Kim & No, ICML 2025 (Dongjae0324/sharpness_memorization_diffusion)",
     check=needs_ddpm_schedule,
 )
