@@ -144,3 +144,28 @@ def tensor_fingerprint(tensors: dict[str, torch.Tensor], extra: Any = None) -> s
     if extra is not None:
         h.update(stable_hash(extra).encode())
     return h.hexdigest()[:16]
+
+
+def pack_pooled(prompt_embeds, pooled, pooled_dim: int):
+    """Pack a pooled text embedding ``(B, P)`` into extra rows after ``prompt_embeds``
+    ``(B, L, D)``, zero-padded to whole rows, so that one tensor carries both through the
+    sampler and the mitigations (:func:`unpack_pooled` reverses it)."""
+    import math
+
+    import torch
+
+    B, _, D = prompt_embeds.shape
+    rows = math.ceil(pooled_dim / D)
+    pad = torch.zeros(B, rows * D, dtype=prompt_embeds.dtype, device=prompt_embeds.device)
+    pad[:, : pooled.shape[1]] = pooled.to(prompt_embeds.dtype)
+    return torch.cat([prompt_embeds, pad.view(B, rows, D)], 1)
+
+
+def unpack_pooled(embeds, pooled_dim: int):
+    """``(prompt_embeds (B, L, D), pooled (B, P))`` of :func:`pack_pooled`'s packing."""
+    import math
+
+    B, _, D = embeds.shape
+    rows = math.ceil(pooled_dim / D)
+    pooled = embeds[:, -rows:].reshape(B, rows * D)[:, :pooled_dim]
+    return embeds[:, :-rows], pooled

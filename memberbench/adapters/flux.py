@@ -39,7 +39,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from memberbench.adapters.base import Adapter, ModelCard, tensor_fingerprint
+from memberbench.adapters.base import (
+    Adapter,
+    ModelCard,
+    pack_pooled,
+    tensor_fingerprint,
+    unpack_pooled,
+)
 from memberbench.devices import DTYPE_NAMES, parse_device, parse_dtype
 from memberbench.types import MemberbenchError, stable_hash
 
@@ -439,18 +445,11 @@ class FluxAdapter(Adapter):
             num_images_per_prompt=1,
             max_sequence_length=self.max_sequence_length,
         )
-        B, _, D = pe.shape
-        rows = math.ceil(self._pooled_dim / D)
-        pad = torch.zeros(B, rows * D, dtype=pe.dtype, device=pe.device)
-        pad[:, : pooled.shape[1]] = pooled.to(pe.dtype)
-        return torch.cat([pe, pad.view(B, rows, D)], 1)
+        return pack_pooled(pe, pooled, self._pooled_dim)
 
     def split_embeds(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prompt_embeds (B, L, D), pooled (B, P))`` of :meth:`encode_prompts`' packing."""
-        B, _, D = embeds.shape
-        rows = math.ceil(self._pooled_dim / D)
-        pooled = embeds[:, -rows:].reshape(B, rows * D)[:, : self._pooled_dim]
-        return embeds[:, :-rows], pooled
+        return unpack_pooled(embeds, self._pooled_dim)
 
     def predict_velocity(
         self,

@@ -16,7 +16,6 @@ sequence ``(L, D)`` followed by ``ceil(P / D)`` extra rows holding the pooled pr
 from __future__ import annotations
 
 import functools
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from memberbench.adapters.base import Adapter, ModelCard, tensor_fingerprint
+from memberbench.adapters.base import (
+    Adapter,
+    ModelCard,
+    pack_pooled,
+    tensor_fingerprint,
+    unpack_pooled,
+)
 from memberbench.devices import DTYPE_NAMES, parse_device, parse_dtype
 from memberbench.types import MemberbenchError, stable_hash
 
@@ -252,18 +257,11 @@ class SD3Adapter(Adapter):
             do_classifier_free_guidance=False,
             max_sequence_length=self.max_sequence_length,
         )
-        B, _, D = pe.shape
-        rows = math.ceil(self._pooled_dim / D)
-        pad = torch.zeros(B, rows * D, dtype=pe.dtype, device=pe.device)
-        pad[:, : pooled.shape[1]] = pooled.to(pe.dtype)
-        return torch.cat([pe, pad.view(B, rows, D)], 1)
+        return pack_pooled(pe, pooled, self._pooled_dim)
 
     def split_embeds(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prompt_embeds (B, L, D), pooled (B, P))`` of :meth:`encode_prompts`' packing."""
-        B, _, D = embeds.shape
-        rows = math.ceil(self._pooled_dim / D)
-        pooled = embeds[:, -rows:].reshape(B, rows * D)[:, : self._pooled_dim]
-        return embeds[:, :-rows], pooled
+        return unpack_pooled(embeds, self._pooled_dim)
 
     def predict_velocity(
         self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor
