@@ -430,7 +430,8 @@ def tradeoff_points(
 def _place_numbers(ax: Any, xy: Sequence[tuple[float, float]], labels: Sequence[tuple[str, Any]]):
     """Write each point's number beside it where it overlaps no other number and no point:
     the nearest free spot among rings of candidate offsets, with a leader line when it had to
-    move away (a plain greedy placement; deterministic)."""
+    move away (a plain greedy placement; deterministic).  A point with no free spot nearby gets
+    no number on the plot (the key beside the axes lists every one)."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     pts = ax.transData.transform(xy) if len(xy) else []
@@ -462,8 +463,11 @@ def _place_numbers(ax: Any, xy: Sequence[tuple[float, float]], labels: Sequence[
             if not any(
                 box[0] < t[2] and t[0] < box[2] and box[1] < t[3] and t[1] < box[3] for t in taken
             ):
+                taken.append(box)
                 break
-        taken.append(box)
+        else:  # no free spot near the point: its number stays in the key beside the axes only
+            if ann is not None:
+                ann.remove()
 
 
 def plot_sscd_vs_clip(entries: Sequence[Entry], out: Path) -> Path | None:
