@@ -44,8 +44,8 @@ from memberbench.adapters.base import (
     ModelCard,
     pack_pooled,
     tensor_fingerprint,
-    unpack_pooled,
 )
+from memberbench.adapters.sd3 import FlowTransformerAdapter
 from memberbench.devices import DTYPE_NAMES, parse_device, parse_dtype
 from memberbench.types import MemberbenchError, stable_hash
 
@@ -152,7 +152,7 @@ def check_weights(root: Path, index: dict[str, Any] | None = None) -> None:
             )
 
 
-class FluxAdapter(Adapter):
+class FluxAdapter(FlowTransformerAdapter):
     """A ``FluxPipeline`` as an Adapter (``prediction = "flow"``; see the module doc)."""
 
     prediction = "flow"
@@ -417,14 +417,6 @@ class FluxAdapter(Adapter):
         return d
 
     @property
-    def transformer(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
-
-    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the unpacked latent: FluxPipeline's ``2 * (res // (vae_scale * 2))``
         (a resolution that is not a multiple of 2 x the VAE factor is refused in one line)."""
@@ -446,10 +438,6 @@ class FluxAdapter(Adapter):
             max_sequence_length=self.max_sequence_length,
         )
         return pack_pooled(pe, pooled, self._pooled_dim)
-
-    def split_embeds(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(prompt_embeds (B, L, D), pooled (B, P))`` of :meth:`encode_prompts`' packing."""
-        return unpack_pooled(embeds, self._pooled_dim)
 
     def predict_velocity(
         self,
@@ -486,31 +474,6 @@ class FluxAdapter(Adapter):
             return_dict=False,
         )[0]
         return unpack_latents(out, H, W)
-
-    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor):
-        raise MemberbenchError(
-            f"model {self.name!r} predicts a flow-matching velocity, not epsilon: its epsilon "
-            "depends on sigma, which the traced sampler supplies (use predict_velocity)"
-        )
-
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Unpacked latents -> uint8 (B, H, W, 3): ``vae.decode(z / scaling + shift)``."""
-        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
-
-        return StableDiffusionAdapter.decode(self, latents)
-
-    def encode_images(self, images: Any) -> torch.Tensor:
-        """uint8 images -> fp32 unpacked latents ``(mode - shift) * scaling`` at the model
-        resolution."""
-        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
-
-        return StableDiffusionAdapter.encode_images(self, images)
-
-    def close(self) -> None:
-        self._vae_fp32 = None
-        self.pipe = self.pipe.to("cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def check_folder(root: Path) -> None:

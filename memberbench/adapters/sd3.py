@@ -48,7 +48,54 @@ COMPONENTS = (
 OWN_SCHEDULER = ("ddim", "flow_euler", "FlowMatchEulerDiscreteScheduler", "default")
 
 
-class SD3Adapter(Adapter):
+class FlowTransformerAdapter(Adapter):
+    """What the SD 3 and FLUX adapters share: a diffusers pipeline with a ``transformer`` that
+    predicts a flow-matching velocity, text embeddings packed with a pooled vector
+    (``self._pooled_dim``), and the SD family's VAE (scaling and shift factors)."""
+
+    pipe: Any
+    _pooled_dim: int
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    def split_embeds(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prompt_embeds (B, L, D), pooled (B, P))`` of :meth:`encode_prompts`' packing."""
+        return unpack_pooled(embeds, self._pooled_dim)
+
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor):
+        raise MemberbenchError(
+            f"model {self.name!r} predicts a flow-matching velocity, not epsilon: its epsilon "
+            "depends on sigma, which the traced sampler supplies (use predict_velocity)"
+        )
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """(Unpacked) latents -> uint8 (B, H, W, 3): ``vae.decode(z / scaling + shift)``, as the
+        pipeline."""
+        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
+
+        return StableDiffusionAdapter.decode(self, latents)
+
+    def encode_images(self, images: Any) -> torch.Tensor:
+        """uint8 images -> fp32 (unpacked) latents ``(mode - shift) * scaling`` at the model
+        resolution."""
+        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
+
+        return StableDiffusionAdapter.encode_images(self, images)
+
+    def close(self) -> None:
+        self._vae_fp32 = None
+        self.pipe = self.pipe.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class SD3Adapter(FlowTransformerAdapter):
     """A ``StableDiffusion3Pipeline`` as an Adapter (``prediction = "flow"``)."""
 
     prediction = "flow"
@@ -221,14 +268,6 @@ class SD3Adapter(Adapter):
         return sched
 
     @property
-    def transformer(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
-
-    @property
     def latent_shape(self) -> tuple[int, int, int]:
         side = self.resolution // self.vae_scale_factor
         return (int(self.pipe.transformer.config.in_channels), side, side)
@@ -259,10 +298,6 @@ class SD3Adapter(Adapter):
         )
         return pack_pooled(pe, pooled, self._pooled_dim)
 
-    def split_embeds(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(prompt_embeds (B, L, D), pooled (B, P))`` of :meth:`encode_prompts`' packing."""
-        return unpack_pooled(embeds, self._pooled_dim)
-
     def predict_velocity(
         self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor
     ) -> torch.Tensor:
@@ -278,31 +313,6 @@ class SD3Adapter(Adapter):
             pooled_projections=pooled,
             return_dict=False,
         )[0]
-
-    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor):
-        raise MemberbenchError(
-            f"model {self.name!r} predicts a flow-matching velocity, not epsilon: its epsilon "
-            "depends on sigma, which the traced sampler supplies (use predict_velocity)"
-        )
-
-    # the VAE side is the SD family's (scaling and shift factors)
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents -> uint8 (B, H, W, 3): ``vae.decode(z / scaling + shift)``, as the pipeline."""
-        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
-
-        return StableDiffusionAdapter.decode(self, latents)
-
-    def encode_images(self, images: Any) -> torch.Tensor:
-        """uint8 images -> fp32 latents ``(mode - shift) * scaling`` at the model resolution."""
-        from memberbench.adapters.stable_diffusion import StableDiffusionAdapter
-
-        return StableDiffusionAdapter.encode_images(self, images)
-
-    def close(self) -> None:
-        self._vae_fp32 = None
-        self.pipe = self.pipe.to("cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------
