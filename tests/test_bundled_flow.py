@@ -81,7 +81,7 @@ def test_training_encoding_is_the_pipelines_encode_prompt(small_tokenizer):
         max_sequence_length=tf.MAX_SEQUENCE_LENGTH,
     )
     with torch.no_grad():
-        pe2, pooled2 = tf.encode(tes, tf._ids(tok, caps))
+        pe2, pooled2 = tf.encode(tes, tf.tokenize(tok, caps))
     assert pe.shape == (3, tf.TOKENS, tf.TRANSFORMER["joint_attention_dim"])
     assert pooled.shape == (3, tf.TRANSFORMER["pooled_projection_dim"])
     torch.testing.assert_close(pe, pe2, rtol=0, atol=0)

@@ -38,7 +38,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from memberbench.bundled.train import _bytes_to_unicode_chars, _lr_lambda, images_to_tensor
+from memberbench.bundled.train import (
+    _bytes_to_unicode_chars,
+    _lr_lambda,
+    images_to_tensor,
+    tokenize,
+)
 from memberbench.bundled.world import BACKGROUNDS, World, all_scenes, build_world, shape_caption
 from memberbench.types import MemberbenchError
 
@@ -183,8 +188,9 @@ def train_transformer(
     pairs = world.training_pairs()
     captions = sorted({c for _, c in pairs})
     row = {c: k for k, c in enumerate(captions)}
-    ids = _ids(tokenizer, captions)
-    empty = _ids(tokenizer, [""])[0]
+    # as StableDiffusion3Pipeline._get_clip_prompt_embeds tokenizes (the same call as the UNet's)
+    ids = tokenize(tokenizer, captions)
+    empty = tokenize(tokenizer, [""])[0]
     pair_image = torch.tensor([i for i, _ in pairs])
     pair_caption = torch.tensor([row[c] for _, c in pairs])
     rng = np.random.default_rng(seed + 3)
@@ -230,17 +236,6 @@ def train_transformer(
     for m in averaged:
         m.eval()
     return averaged[0], averaged[1:]
-
-
-def _ids(tokenizer, captions: list[str]) -> torch.Tensor:
-    # as StableDiffusion3Pipeline._get_clip_prompt_embeds tokenizes
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
 
 
 def build_pipeline(vae, transformer, text_encoders, tokenizer):
