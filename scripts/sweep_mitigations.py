@@ -92,6 +92,22 @@ SWEEPS: dict[str, list[str]] = {
     ],
 }
 
+# Settings that differ by model (units are the model's own): on the flow-matching transformer
+# the steer's probe flag is refused (flow models have no DDPM first step), so it is swept with
+# the trace flag, whose thresholds come from the calibration half of the held-out prompts only
+# (scripts/calibrate_steer.py --model bundled-flow --seeds 0-3 --spec
+# overestimation-steer:flag=trace,flag_step=K): at step 8 its maximum 8.12 and 90th percentile
+# 6.50, at step 12 its maximum 6.16 (2 x 12 extra evaluations: 1.24x, over the 1.2x budget)
+MODEL_SWEEPS: dict[str, dict[str, list[str]]] = {
+    "bundled-flow": {
+        "overestimation-steer": [
+            "overestimation-steer:flag=trace,flag_step=8,threshold=8.12",
+            "overestimation-steer:flag=trace,flag_step=8,threshold=6.5",
+            "overestimation-steer:flag=trace,flag_step=12,threshold=6.16",
+        ],
+    },
+}
+
 # The task files that score a mitigation: memorization (SSCD, rates), overestimation (D1/D2, k),
 # utility (CLIP score on both sets), cost (UNet evaluations, wall time per image) and robustness
 # (how much SSCD a perturbed text embedding brings back under the method).
@@ -104,12 +120,13 @@ DEFAULT_TASKS = (
 )
 
 
-def settings(methods: list[str] | None) -> list[str]:
-    names = methods or list(SWEEPS)
-    unknown = [m for m in names if m not in SWEEPS]
+def settings(methods: list[str] | None, model: str = "bundled") -> list[str]:
+    sweeps = {**SWEEPS, **MODEL_SWEEPS.get(model, {})}
+    names = methods or list(sweeps)
+    unknown = [m for m in names if m not in sweeps]
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; swept: {', '.join(SWEEPS)}")
-    specs = ["none"] + [s for m in names for s in SWEEPS[m] if s != "none"]
+        raise SystemExit(f"unknown method(s) {unknown}; swept: {', '.join(sweeps)}")
+    specs = ["none"] + [s for m in names for s in sweeps[m] if s != "none"]
     settings_check(specs)  # refuse a bad setting before running anything
     return specs
 
@@ -167,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from memberbench.registry import parse_spec, slug
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or None
-    specs = settings(methods)
+    specs = settings(methods, args.model)
     if args.only:
         specs = ["none"] + [s for s in args.only if s != "none"]
         settings_check(specs)

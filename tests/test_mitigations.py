@@ -212,14 +212,44 @@ def test_dynamic_transition_is_the_first_local_minimum_per_sample(adapter):
         eps_c = torch.zeros(2, 4, 16, 16)
         for b in range(2):
             eps_c[b, 0, 0, 0] = mags[b][i]
-        g = hook.guidance(state, i, t, state.guidance)
-        eps_g = hook.combine(state, i, t, eps_u, eps_c, g)
-        used.append(g.tolist())
-        # the returned prediction is CFG at the scale written back into g
-        torch.testing.assert_close(eps_g, eps_u + g.view(-1, 1, 1, 1) * (eps_c - eps_u))
+        hook.observe(state, i, t, eps_u, eps_c)
+        used.append(hook.guidance(state, i, t, state.guidance).tolist())
     assert np.array(used).T.tolist() == [[-1, -1, -1, G, G, G], [-1, -1, G, G, G, G]]
     assert state.extra["meta"]["transition_step"] == [3, 2]
     assert state.guidance.tolist() == [G, G]  # the request's scales are not modified
+
+
+def first_local_minimum(d: np.ndarray) -> int:
+    """Jain et al.'s transition step, by hand: the first j with d_j > d_{j-1} < d_{j-2}."""
+    return next((j for j in range(2, len(d)) if d[j] > d[j - 1] < d[j - 2]), -1)
+
+
+def test_dynamic_schedule_runs_on_a_flow_model_on_the_velocity_difference():
+    """On a flow-matching model the signal is ||v_c - v_u||, which the trace holds as
+    eps_diff_norm + x0_diff_norm ((1 - sigma) ||dv|| + sigma ||dv||)."""
+    from test_sd3 import CARD, SEQ, tiny_sd3_pipeline
+
+    from memberbench.adapters.sd3 import SD3Adapter
+    from memberbench.runner import run_generation
+
+    ad = SD3Adapter(tiny_sd3_pipeline(), CARD, max_sequence_length=SEQ)
+    m = build_mitigation("guidance-schedule:mode=dynamic,before=-1")
+    reqs = [GenerationRequest("a red circle", seed=s, steps=12, guidance=5.0) for s in range(3)]
+    plain = run_generation(ad, reqs, progress=False)
+    out = run_generation(ad, reqs, mitigation=m, progress=False)
+    for p, s in zip(plain, out):
+        dv = np.asarray(s.trace["eps_diff_norm"]) + np.asarray(s.trace["x0_diff_norm"])
+        j = first_local_minimum(dv)
+        assert s.meta["transition_step"] == j
+        k = j if j >= 0 else 12
+        np.testing.assert_array_equal(s.trace["guidance"], [-1.0] * k + [5.0] * (12 - k))
+        # up to the transition the schedule changes only the guidance, so the first step's
+        # velocities equal plain sampling's
+        np.testing.assert_allclose(
+            dv[0],
+            np.asarray(p.trace["eps_diff_norm"])[0] + np.asarray(p.trace["x0_diff_norm"])[0],
+            rtol=1e-6,
+        )
 
 
 def test_dynamic_schedule_trace_shows_the_scale_used(adapter):
@@ -504,8 +534,9 @@ def test_mitigations_declared_for_sd3_run_on_it():
     ad = SD3Adapter(tiny_sd3_pipeline(), CARD, max_sequence_length=SEQ)
     req = GenerationRequest("a red circle", seed=0, steps=3, guidance=5.0)
     ran = []
+    flow_spec = {"overestimation-steer": "overestimation-steer:flag=trace,flag_step=2"}
     for name in sorted(BUILTIN):
-        m = build_mitigation(name)
+        m = build_mitigation(flow_spec.get(name, name))
         fams = mitigation_class(name).families
         if "sd3" in fams or "*" in fams:
             (s,) = run_generation(ad, [req], mitigation=m, progress=False)
@@ -514,7 +545,13 @@ def test_mitigations_declared_for_sd3_run_on_it():
         else:
             with pytest.raises(MemberbenchError, match="does not support model 'tiny-sd3'"):
                 run_generation(ad, [req], mitigation=m, progress=False)
-    assert ran == ["caption-randomization", "guidance-scale", "guidance-schedule", "none"]
+    assert ran == [
+        "caption-randomization",
+        "guidance-scale",
+        "guidance-schedule",
+        "none",
+        "overestimation-steer",
+    ]
 
 
 def test_sd_only_method_is_refused_for_sdxl_naming_the_alternatives():

@@ -110,3 +110,74 @@ def test_parameters_are_checked_before_generation():
 
     with pytest.raises(MemberbenchError, match="probes"):
         build_mitigation("overestimation-steer:probes=0")
+
+
+# --- the trace flag --------------------------------------------------------------------------
+
+
+def _wen_of_plain_trace(s, step: int, flow: bool) -> float:
+    """Wen's magnitude at ``step`` (1-based) as the sampler itself traced it in plain sampling:
+    ||eps_c - eps_u||, or on a flow model ||v_c - v_u|| = eps_diff_norm + x0_diff_norm (the two
+    are (1 - sigma) and sigma times it)."""
+    d = np.asarray(s.trace["eps_diff_norm"])
+    if flow:
+        d = d + np.asarray(s.trace["x0_diff_norm"])
+    return float(d[step - 1])
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_trace_score_is_the_plain_trajectorys_magnitude_at_the_flag_step(adapter, k):
+    base = _run(adapter, None)
+    out = _run(adapter, f"overestimation-steer:flag=trace,flag_step={k},threshold=1e9")
+    for s, b in zip(out, base):
+        assert s.meta["steer_score"] == pytest.approx(_wen_of_plain_trace(b, k, False), rel=1e-5)
+        np.testing.assert_array_equal(s.final_latent, b.final_latent)  # nothing flagged
+        assert s.unet_evals == b.unet_evals + 2 * k
+    # per trajectory: the seeds of one prompt get their own scores
+    assert out[0].meta["steer_score"] != out[1].meta["steer_score"]
+
+
+def test_trace_flag_steers_the_flagged_trajectories_from_the_first_step(adapter):
+    base = _run(adapter, None)
+    scores = [_wen_of_plain_trace(b, 2, False) for b in base]
+    cut = float(np.median(scores))
+    out = _run(
+        adapter,
+        f"overestimation-steer:flag=trace,flag_step=2,threshold={cut!r},transition_t=500,before=-1",
+    )
+    assert 0 < sum(sc > cut for sc in scores) < len(scores)
+    for s, b, sc in zip(out, base, scores):
+        flagged = sc > cut
+        assert s.meta["steer_flagged"] is flagged
+        want = [-1.0, -1.0, 7.5, 7.5, 7.5] if flagged else [7.5] * STEPS
+        np.testing.assert_array_equal(s.trace["guidance"], want)
+        assert np.array_equal(s.final_latent, b.final_latent) is (not flagged)
+
+
+def test_trace_flag_runs_on_a_flow_model_and_the_probe_flag_is_refused():
+    from test_sd3 import CARD, SEQ, tiny_sd3_pipeline
+
+    from memberbench.adapters.sd3 import SD3Adapter
+    from memberbench.runner import run_generation
+    from memberbench.types import MemberbenchError
+
+    ad = SD3Adapter(tiny_sd3_pipeline(), CARD, max_sequence_length=SEQ)
+    reqs = [GenerationRequest("a red circle", seed=s, steps=6, guidance=5.0) for s in range(2)]
+    base = run_generation(ad, reqs, progress=False)
+    spec = "overestimation-steer:flag=trace,flag_step=3,threshold=1e9"
+    out = run_generation(ad, reqs, mitigation=build_mitigation(spec), progress=False)
+    for s, b in zip(out, base):
+        assert s.meta["steer_score"] == pytest.approx(_wen_of_plain_trace(b, 3, True), rel=1e-5)
+        np.testing.assert_array_equal(s.final_latent, b.final_latent)
+    with pytest.raises(MemberbenchError, match="flag=trace") as e:
+        run_generation(
+            ad, reqs, mitigation=build_mitigation("overestimation-steer"), progress=False
+        )
+    assert "\n" not in str(e.value)
+
+
+def test_a_flag_step_beyond_the_steps_is_one_line(adapter):
+    from memberbench.types import MemberbenchError
+
+    with pytest.raises(MemberbenchError, match="flag_step=9 is beyond the 5 sampling steps"):
+        _run(adapter, "overestimation-steer:flag=trace,flag_step=9")

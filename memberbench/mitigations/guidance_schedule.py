@@ -21,9 +21,11 @@ Modes
              timestep (0: never force, as in the paper).  The authors' dynamic script uses
              ``before=1`` (conditional prediction only); the default here is 0 for both modes.
 
-Static schedules go through the ``guidance`` hook.  Dynamic ones decide inside ``combine`` (the
-signal of step j is only known once the UNet has run) and write the scale they used back into the
-guidance tensor, so the trace's ``guidance`` series shows what was applied.  The transition step
+Static schedules go through the ``guidance`` hook.  Dynamic ones read step j's predictions in
+``observe`` (the signal of step j is only known once the model has run, and the sampler chooses
+the guidance after that) and set the scale in ``guidance``, so the trace's ``guidance`` series
+shows what was applied.  On flow-matching models the signal is the velocities' difference
+``||v_c - v_u||`` (Wen's magnitude on velocity, docs/metrics.md#flow-matching-models).  The transition step
 of each sample is recorded as ``Sample.meta["transition_step"]`` (-1: never).  No extra UNet
 evaluations.
 """
@@ -34,10 +36,6 @@ import torch
 
 from memberbench.mitigations.base import Mitigation, Param, per_batch, record_meta
 from memberbench.sampling.hooks import SamplerState, StepHook
-
-
-def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
 
 class _StaticSchedule(StepHook):
@@ -71,30 +69,25 @@ class _DynamicSchedule(StepHook):
         s["step"] = torch.full((B,), -1, dtype=torch.long)
         record_meta(state, "transition_step", s["step"])
 
-    def guidance(
-        self, state: SamplerState, i: int, t: torch.Tensor, g: torch.Tensor
-    ) -> torch.Tensor:
-        # a fresh tensor that combine may overwrite with the scale it actually used
-        fresh = g.detach().clone()
-        per_batch(state, self)["g"] = fresh
-        return fresh
-
-    def combine(self, state, i, t, eps_u, eps_c, g):
+    def observe(self, state, i, t, pred_u, pred_c):
         s = per_batch(state, self)
-        d = (eps_c - eps_u).flatten(1).to(torch.float64).norm(dim=1).cpu()
+        d = (pred_c - pred_u).flatten(1).to(torch.float64).norm(dim=1).cpu()
         on = s["step"] >= 0
         # first local minimum at step i-1: d_i > d_{i-1} and d_{i-2} > d_{i-1} (NaN compares false)
         found = (~on) & (d > s["prev"]) & (s["prev2"] > s["prev"])
         if self.latest_t > 0 and float(t) <= self.latest_t:
             found = found | ~on
         s["step"] = torch.where(found, torch.full_like(s["step"], i), s["step"])
-        on = s["step"] >= 0
         s["prev2"], s["prev"] = s["prev"], d
         record_meta(state, "transition_step", s["step"])
-        g_used = torch.where(on.to(g.device), g, torch.full_like(g, self.before))
-        if g is s.get("g"):  # report the scale used in the tensor the trace records
-            g.copy_(g_used)
-        return eps_u + _bshape(g_used, eps_u) * (eps_c - eps_u)
+
+    def guidance(
+        self, state: SamplerState, i: int, t: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
+        on = per_batch(state, self)["step"] >= 0
+        g = torch.as_tensor(g)
+        g = g.expand(len(state.requests)) if g.ndim == 0 else g
+        return torch.where(on.to(g.device), g, torch.full_like(g, self.before))
 
 
 class GuidanceSchedule(Mitigation):

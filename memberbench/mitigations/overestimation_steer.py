@@ -33,6 +33,23 @@ without the method.
 Cost per sample: 4 UNet evaluations per probe (eps_u, eps_c at x and at the probe point), i.e.
 16 with the default 4 probes: 1.16x plain sampling at 50 DDIM steps.  ``Sample.meta`` gets
 ``steer_score`` and ``steer_flagged``.
+
+Trace flag (``flag=trace``), for every family with a CFG branch, flow matching included.  The
+probe score needs the first step of a DDPM-family schedule: at sigma = 1 a flow model's ideal
+velocity difference ``v_c - v_u = E[x0 | u] - E[x0 | c]`` does not depend on x at all, so it has
+no sharpness to probe (on the bundled flow transformer the probe score ranks the 64-copy
+canaries *below* held-out prompts).  What does separate them there is how long the text's pull
+lasts: memorized trajectories keep a large ``||pred_c - pred_u||`` well into sampling while a
+generalising prompt's decays (bundled flow transformer, step 8 of 50: AUC 0.985 for the 64-copy
+canaries against held-out prompts, docs/mitigations.md).  By then, though, the sample is
+decided: steering from step k on leaves the copying as it was.  So the trace flag runs the
+first ``flag_step`` steps of each trajectory itself, from the sample's own x_T, with plain CFG
+at the request's scale (a fresh scheduler; other hooks are not applied to this pre-pass), takes
+Wen's magnitude ``||pred_c - pred_u||`` of step ``flag_step`` (noise, or velocity on flow
+models) as the score, and then the sampler starts from x_T as usual, steering the flagged
+trajectories from the first step.  The verdict is per trajectory (per seed), not per prompt.
+Cost: ``2 * flag_step`` evaluations per sample, 16 at the default 8: 1.16x plain sampling at 50
+steps.  Unflagged trajectories are sampled exactly as without the method.
 """
 
 from __future__ import annotations
@@ -51,7 +68,7 @@ from memberbench.mitigations.base import (
 )
 from memberbench.sampling import schedulers as _sched
 from memberbench.sampling.hooks import SamplerState, StepHook
-from memberbench.types import stable_hash
+from memberbench.types import MemberbenchError, stable_hash
 
 
 def probe_seeds(prompt: str, n: int) -> list[int]:
@@ -126,20 +143,78 @@ class _Steer(StepHook):
         return g
 
 
+class _TraceSteer(_Steer):
+    """The trace flag (module docstring): Wen's magnitude at step ``flag_step`` of a plain-CFG
+    pre-pass from the sample's own x_T; the steering is the probe flag's (``_Steer.guidance``)."""
+
+    def __init__(self, c: dict) -> None:
+        super().__init__(c)
+        self.flag_step = c["flag_step"]
+
+    def on_start(self, state: SamplerState) -> None:
+        ad, r0 = state.adapter, state.requests[0]
+        k = self.flag_step
+        if state.num_steps < k:
+            raise MemberbenchError(
+                f"overestimation-steer: flag_step={k} is beyond the {state.num_steps} sampling "
+                "steps; use a smaller flag_step"
+            )
+        flow = getattr(ad, "prediction", "epsilon") == "flow"
+        sched = ad.make_scheduler(r0.scheduler)  # the pre-pass's own, so the sampler's is untouched
+        sched.set_timesteps(r0.steps, device=state.latents.device)
+        x = state.latents.clone()
+        emb = torch.cat([state.uncond_embeds, state.cond_embeds])
+        g = torch.as_tensor(state.guidance, dtype=x.dtype, device=x.device)
+        g = g.expand(len(state.requests)) if g.ndim == 0 else g
+        gv = g.view(-1, *([1] * (x.ndim - 1)))
+        unet = getattr(ad, "unet", None)
+        with torch.no_grad():
+            for i, t in enumerate(sched.timesteps[:k]):
+                inp = torch.cat([x, x])
+                if hasattr(sched, "scale_model_input"):
+                    inp = sched.scale_model_input(inp, t)
+                inp = inp.to(getattr(unet, "dtype", inp.dtype))
+                if flow:
+                    out = ad.predict_velocity(inp, t, emb)
+                else:
+                    out = ad.predict_noise(inp, t, emb)
+                pu, pc = out.to(x.dtype).chunk(2)
+                if i == k - 1:
+                    break
+                x = sched.step(pu + gv * (pc - pu), t, x, return_dict=False)[0]
+        count_unet_evals(state, 2 * k)
+        score = (pc - pu).flatten(1).to(torch.float64).norm(dim=1).cpu()
+        flagged = score > self.threshold
+        per_batch(state, self)["flagged"] = flagged
+        record_meta(state, "steer_score", score)
+        record_meta(state, "steer_flagged", flagged)
+
+
 class OverestimationSteer(Mitigation):
     """Flag memorized prompts by their text-added sharpness at the first step (before sampling)
     and steer only their early, overestimating steps."""
 
     name = "overestimation-steer"
-    families = frozenset({"sd", "sdxl", "pixart"})  # epsilon predictions at a DDPM-family t_1
+    # flag=probe: epsilon predictions at a DDPM-family t_1; flag=trace: any CFG family
+    families = frozenset({"sd", "sdxl", "pixart", "sd3"})
     citation = (
         "memberbench's own method, from the early-overestimation account of memorization in Kim, "
         "Kim & Lee, 'How Diffusion Models Memorize', arXiv 2509.25705 (2025); the flag is a "
         "finite-difference form of Jeon, Kim & No's sharpness (ICML 2025)"
     )
     params = {
+        "flag": Param(
+            str,
+            "probe",
+            "probe: text-added sharpness at the first step (per prompt, DDPM family); trace: "
+            "Wen's magnitude at step flag_step of a plain pre-pass (per trajectory, any family)",
+            choices=("probe", "trace"),
+        ),
         "threshold": Param(
             float, 0.45, "flag a prompt when its mean score exceeds this (model-specific)", 0, 1e9
+        ),
+        "flag_step": Param(
+            int, 8, "flag=trace: the step whose ||pred_c - pred_u|| is the score", 1, 1000
         ),
         "probes": Param(int, 4, "probe noises per prompt (4 UNet evaluations each)", 1, 64),
         "rho": Param(float, 0.05, "probe step relative to the expected norm of x_T", 1e-6, 10.0),
@@ -151,5 +226,18 @@ class OverestimationSteer(Mitigation):
         ),
     }
 
+    def check_compatible(self, adapter) -> None:
+        super().check_compatible(adapter)
+        if not getattr(adapter, "has_unconditional", True):
+            raise MemberbenchError(
+                f"overestimation-steer needs an unconditional branch; model {adapter.name!r} is "
+                "sampled without one (for FLUX pass true_cfg=on)"
+            )
+        if self.config["flag"] == "probe" and getattr(adapter, "prediction", "") == "flow":
+            raise MemberbenchError(
+                f"overestimation-steer's probe flag needs a DDPM-family first step; model "
+                f"{adapter.name!r} is flow-matching: use overestimation-steer:flag=trace"
+            )
+
     def hooks(self) -> list[StepHook]:
-        return [_Steer(self.config)]
+        return [(_TraceSteer if self.config["flag"] == "trace" else _Steer)(self.config)]

@@ -6,6 +6,8 @@ one loop.  A hook may change, in place or by returning new values:
 * ``on_start``      the initial latents ``state.latents`` (= x_T, e.g. initial-noise adjustment)
                     and the text embeddings ``state.cond_embeds`` / ``state.uncond_embeds``
                     (e.g. prompt-embedding optimisation);
+* ``observe``       reads the two branches' predictions of step i before its guidance is chosen
+                    (noise for DDPM-family models, velocity for flow-matching ones; any family);
 * ``guidance``      the per-sample guidance scale of step i (guidance schedules, online control);
 * ``combine``       the guided noise prediction from (eps_u, eps_c) (e.g. opposite guidance);
 * ``after_step``    the latents after update i.
@@ -50,6 +52,20 @@ class StepHook:
 
     def on_start(self, state: SamplerState) -> None:
         """Called once after x_T and the embeddings exist, before the first UNet call."""
+
+    def observe(
+        self,
+        state: SamplerState,
+        i: int,
+        t: torch.Tensor,
+        pred_u: torch.Tensor,
+        pred_c: torch.Tensor,
+    ) -> None:
+        """Called with step i's unconditional and conditional predictions, before ``guidance``:
+        the model's own output, noise (DDPM family) or velocity ``v = eps - x0`` (flow
+        matching), so a hook that only reads them (e.g. Wen's magnitude ``||pred_c - pred_u||``)
+        works on every family with a CFG branch.  Not called for single-branch (guidance-
+        distilled) sampling."""
 
     def guidance(
         self, state: SamplerState, i: int, t: torch.Tensor, g: torch.Tensor

@@ -28,7 +28,8 @@ Conventions
   :meth:`memberbench.sampling.schedule.Schedule.split`.  States are traced as the scheduler holds
   them (``(1 - sigma) x0 + sigma eps``), ``abar_t``/``abar_next`` hold the VP-equivalent levels
   and the trace scalar ``flow_matching`` is 1.  Hooks that replace the CFG combination
-  (``combine``) are refused for them.
+  (``combine``) are refused for them; hooks that read the predictions (``observe``) get the
+  velocities.
 * Noise levels are exact for DDIM / DDPM / DPM++ and the sigma schedulers; for multi-stage
   schedulers (PNDM's repeated first timestep, Heun's two evaluations per step) each loop
   iteration is one "step" of the trace and ``abar_next`` is that of the next grid entry.
@@ -353,6 +354,8 @@ class TracedSampler:
                     eps = adapter.predict_noise(inp.to(unet_dtype), t, emb)
                     eps_u, eps_c = eps.chunk(2)
                 count_unet_evals(state, 2 * alive.to(torch.long))
+                for h in self.hooks:  # the model's own predictions: velocity for flow models
+                    h.observe(state, i, t, *((v_u, v_c) if flow else (eps_u, eps_c)))
 
                 g = state.guidance
                 for h in self.hooks:
