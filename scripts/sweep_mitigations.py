@@ -97,12 +97,14 @@ SWEEPS: dict[str, list[str]] = {
 # the trace flag, whose thresholds come from the calibration half of the held-out prompts only
 # (scripts/calibrate_steer.py --model bundled-flow --seeds 0-3 --spec
 # overestimation-steer:flag=trace,flag_step=K): at step 8 its maximum 8.12 and 90th percentile
-# 6.50, at step 12 its maximum 6.16 (2 x 12 extra evaluations: 1.24x, over the 1.2x budget)
+# 6.50, at step 10 its maximum 6.91 (2 x 10 extra evaluations: 1.2x plain sampling), at step 12
+# its maximum 6.16 (1.24x, over the 1.2x budget)
 MODEL_SWEEPS: dict[str, dict[str, list[str]]] = {
     "bundled-flow": {
         "overestimation-steer": [
             "overestimation-steer:flag=trace,flag_step=8,threshold=8.12",
             "overestimation-steer:flag=trace,flag_step=8,threshold=6.5",
+            "overestimation-steer:flag=trace,flag_step=10,threshold=6.91",
             "overestimation-steer:flag=trace,flag_step=12,threshold=6.16",
         ],
     },

@@ -368,9 +368,14 @@ def test_committed_site_is_small():
     pages = [p for p in site.rglob("*") if p.is_file()]
     runs = len(list((REPO / "leaderboard" / "results").glob("*/*.json")))
     size = sum(p.stat().st_size for p in pages)
-    # a run page holds every metric and per-prompt value of its run: ~60-250 KB here
-    big = [(p.name, p.stat().st_size) for p in pages if p.stat().st_size > 400 * 1024]
-    assert not big, f"pages over 400 KB: {big}"
+    # a run page holds every metric and per-prompt value of its run: ~60-250 KB here; the index
+    # holds one row per run in each section's table: ~8 KB per run (497 KB for 61 runs)
+    big = [
+        (p.name, p.stat().st_size)
+        for p in pages
+        if p.stat().st_size > (64 + 10 * runs if p.name == "index.html" else 400) * 1024
+    ]
+    assert not big, f"pages over budget (run pages 400 KB, the index 64 + 10 KB per run): {big}"
     assert size < (512 + 160 * runs) * 1024, f"{size} bytes: gitignore leaderboard/site/ instead"
 
 
